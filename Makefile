@@ -1,0 +1,45 @@
+# ITS developer entry points. `make run` and `make test` are the two promises of the README.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICE_DIRS := $(sort $(wildcard services/*))
+PYPROJECTS := libs/common/pyproject.toml $(addsuffix /pyproject.toml,$(SERVICE_DIRS)) requirements-dev.txt
+EDITABLES := -e 'libs/common[local]' $(foreach s,$(SERVICE_DIRS),-e $(s))
+
+.PHONY: venv run test lint typecheck pytest bench clean distclean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: $(PYPROJECTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(EDITABLES) -r requirements-dev.txt
+	touch $@
+
+## Start the whole system locally: Redis, PostgreSQL, migrations, simulator and every service.
+run: venv
+	$(BIN)/its-local run
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy libs/common/src $(addsuffix /src,$(SERVICE_DIRS)) tests
+
+pytest: venv
+	$(BIN)/pytest
+
+## ruff, mypy and pytest: what CI runs.
+test: lint typecheck pytest
+
+## Benchmarks (figures printed as ratios against a ceiling measured in the same run).
+bench: venv
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV) var

@@ -1,0 +1,177 @@
+"""Service runtime: logging, telemetry, health endpoint, heartbeat and graceful shutdown.
+
+A service provides ``async def main(ctx: ServiceContext)`` that runs until ``ctx.stopping`` is
+set, and calls :func:`run_service` from its CLI. SIGTERM and SIGINT set ``ctx.stopping``; main
+gets ``shutdown_grace_s`` to finish (flush, ack) before it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from its_common.health import HealthState, ReadinessCheck, bound_port, start_health_server
+from its_common.heartbeat import heartbeat_loop
+from its_common.logs import setup_logging
+from its_common.settings import BaseServiceSettings
+from its_common.streams import connect
+from its_common.telemetry import setup_telemetry
+
+log = logging.getLogger("its.runtime")
+SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
+
+
+@dataclass
+class ServiceContext(Generic[SettingsT]):
+    """What a service's main gets: its settings, a stop signal, metrics and shared clients."""
+
+    settings: SettingsT
+    version: str
+    registry: CollectorRegistry
+    health: HealthState
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    counters: dict[str, float] = field(default_factory=dict)
+    status: str = "starting"
+    redis: aioredis.Redis | None = None
+    http_port: int = 0
+
+    @property
+    def service(self) -> str:
+        return self.settings.effective_service_name()
+
+    def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
+        self.health.checks[name] = check
+
+    def require_redis(self) -> aioredis.Redis:
+        if self.redis is None:
+            raise RuntimeError(f"{self.service} was started without Redis")
+        return self.redis
+
+
+MainFn = Callable[[ServiceContext[SettingsT]], Coroutine[Any, Any, None]]
+
+
+def run_service(
+    settings: SettingsT,
+    main: MainFn[SettingsT],
+    *,
+    version: str,
+    uses_redis: bool = True,
+    shutdown_grace_s: float = 10.0,
+) -> int:
+    """Run a service to completion; returns the process exit code."""
+    service = settings.effective_service_name()
+    setup_logging(service, settings.log_level)
+    telemetry = setup_telemetry(service, version)
+    try:
+        return asyncio.run(_serve(settings, main, version, uses_redis, shutdown_grace_s))
+    finally:
+        telemetry.shutdown()
+
+
+async def _serve(
+    settings: SettingsT,
+    main: MainFn[SettingsT],
+    version: str,
+    uses_redis: bool,
+    shutdown_grace_s: float,
+) -> int:
+    registry = CollectorRegistry()
+    service = settings.effective_service_name()
+    health = HealthState(service=service, version=version, registry=registry)
+    ctx = ServiceContext(settings=settings, version=version, registry=registry, health=health)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _request_stop, ctx, sig)
+
+    info = Gauge("its_service_info", "Service version", ["service", "version"], registry=registry)
+    info.labels(service, version).set(1)
+    started = Gauge("its_service_start_time_seconds", "Start time", registry=registry)
+    started.set(time.time())
+    heartbeat_failures = Counter(
+        "its_heartbeat_failures", "Heartbeats that could not be written", registry=registry
+    )
+
+    tasks: list[asyncio.Task[None]] = []
+    if uses_redis:
+        ctx.redis = connect(settings.redis_url_with_password())
+        redis_client = ctx.redis
+
+        async def redis_ready() -> None:
+            await redis_client.ping()
+
+        ctx.add_readiness_check("redis", redis_ready)
+
+        def heartbeat_failed(exc: Exception) -> None:
+            heartbeat_failures.inc()
+            log.warning("heartbeat not written: %s", exc)
+
+        tasks.append(
+            asyncio.create_task(
+                heartbeat_loop(
+                    redis_client,
+                    service,
+                    version,
+                    settings.heartbeat_interval_s,
+                    lambda: ctx.status,
+                    lambda: ctx.counters,
+                    heartbeat_failed,
+                ),
+                name="heartbeat",
+            )
+        )
+
+    runner = await start_health_server(health, settings.http_host, settings.http_port)
+    ctx.http_port = bound_port(runner)
+    main_task = asyncio.create_task(main(ctx), name=f"{service}-main")
+    stop_task = asyncio.create_task(ctx.stopping.wait(), name="stop-signal")
+    ctx.status = "running"
+    exit_code = 0
+    try:
+        await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if main_task.done():
+            exit_code = _main_outcome(main_task, ctx)
+        else:
+            ctx.status = "stopping"
+            done, _ = await asyncio.wait({main_task}, timeout=shutdown_grace_s)
+            if not done:
+                log.warning("main did not stop within %.0fs; cancelling", shutdown_grace_s)
+                main_task.cancel()
+                await asyncio.gather(main_task, return_exceptions=True)
+            else:
+                exit_code = _main_outcome(main_task, ctx)
+    finally:
+        stop_task.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(stop_task, *tasks, return_exceptions=True)
+        await runner.cleanup()
+        if ctx.redis is not None:
+            await ctx.redis.aclose()
+        log.info("stopped", extra={"exit_code": exit_code})
+    return exit_code
+
+
+def _request_stop(ctx: ServiceContext[SettingsT], sig: signal.Signals) -> None:
+    log.info("received %s, stopping", sig.name)
+    ctx.stopping.set()
+
+
+def _main_outcome(task: asyncio.Task[None], ctx: ServiceContext[SettingsT]) -> int:
+    if task.cancelled():
+        return 1
+    exc = task.exception()
+    if exc is not None:
+        ctx.health.alive = False
+        ctx.health.detail = f"main failed: {type(exc).__name__}"
+        log.error("main failed", exc_info=exc)
+        return 1
+    return 0

@@ -1,0 +1,215 @@
+"""Validated settings from the environment, with secrets also read from files.
+
+Every ITS setting is an environment variable: ``ITS_*`` for our own, the standard names for the
+rest (``POLYGON_API_KEY``, ``REDIS_URL``, ``DATABASE_URL``, ``OTEL_*``). A secret can instead be
+given as a file path in ``<NAME>_FILE`` (how Kubernetes mounts Secrets). Settings are validated
+once at start; :class:`SettingsError` names each bad variable and says what is expected, without
+ever echoing a secret's value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from its_common import redaction
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
+ENV_PREFIX = "ITS_"
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot run; the message lists every problem, one per line."""
+
+
+def env_names(name: str, field: FieldInfo, prefix: str = ENV_PREFIX) -> list[str]:
+    """The environment variable names a field is read from, in priority order."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    if isinstance(alias, str):
+        return [alias]
+    return [f"{prefix}{name}".upper()]
+
+
+class FileSecretsSource(PydanticBaseSettingsSource):
+    """Reads ``<ENV_NAME>_FILE`` for every field: the file's content (trailing newline dropped)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for env_name in env_names(field_name, field, self._prefix()):
+            path = os.environ.get(f"{env_name}_FILE")
+            if path:
+                return _read_secret_file(f"{env_name}_FILE", path), field_name, False
+        return None, field_name, False
+
+    def _prefix(self) -> str:
+        return str(self.settings_cls.model_config.get("env_prefix", ENV_PREFIX))
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(
+            f"{variable}: cannot read the file it names ({exc.strerror or exc}); "
+            "expected a readable file holding the value"
+        ) from None
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class BaseServiceSettings(BaseSettings):
+    """Settings every ITS process shares; services subclass it and add their own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+        populate_by_name=True,
+    )
+    SERVICE: ClassVar[str] = "its"
+
+    service_name: str = Field(default="", description="Service name in logs, metrics, traces")
+    environment: str = Field(default="local", description="Deployment environment label")
+    log_level: str = Field(default="INFO", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    http_host: str = Field(default="127.0.0.1", description="Bind address of the health endpoint")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="/healthz /readyz /metrics")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    symbols: Annotated[list[str], NoDecode] = Field(default=["NVDA", "MSFT"], min_length=1)
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "ITS_REDIS_URL"),
+        pattern=r"^(redis|rediss|unix)://",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_PASSWORD", "ITS_REDIS_PASSWORD")
+    )
+    database_url: str = Field(
+        default="postgresql://its@127.0.0.1:5432/its",
+        validation_alias=AliasChoices("DATABASE_URL", "ITS_DATABASE_URL"),
+        pattern=r"^postgres(ql)?://",
+    )
+    database_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_PASSWORD", "ITS_DATABASE_PASSWORD"),
+    )
+    polygon_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("POLYGON_API_KEY", "ITS_POLYGON_API_KEY")
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        pattern=r"^https?://",
+    )
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _parse_symbols(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("symbols")
+    @classmethod
+    def _check_symbols(cls, value: list[str]) -> list[str]:
+        upper = [symbol.upper() for symbol in value]
+        bad = [symbol for symbol in upper if not SYMBOL_PATTERN.match(symbol)]
+        if bad:
+            raise ValueError(f"ticker symbols like NVDA,MSFT; not {', '.join(bad)}")
+        if len(set(upper)) != len(upper):
+            raise ValueError("each symbol once")
+        return upper
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        return (init_settings, env_settings, FileSecretsSource(settings_cls))
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plain value, for log redaction."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
+        return values
+
+    def effective_service_name(self) -> str:
+        return self.service_name or self.SERVICE
+
+    def redis_url_with_password(self) -> str:
+        """REDIS_URL with REDIS_PASSWORD applied (never log the result)."""
+        if self.redis_password is None:
+            return self.redis_url
+        scheme, rest = self.redis_url.split("://", 1)
+        if "@" in rest.split("/", 1)[0]:
+            return self.redis_url
+        password = self.redis_password.get_secret_value()
+        from urllib.parse import quote
+
+        return f"{scheme}://:{quote(password, safe='')}@{rest}"
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build and validate settings; on failure raise :class:`SettingsError` naming each variable."""
+    try:
+        settings = cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(cls, exc)) from None
+    redaction.register(*settings.secret_values())
+    return settings
+
+
+def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:
+    lines = [f"invalid configuration for {getattr(cls, 'SERVICE', cls.__name__)}:"]
+    for error in exc.errors(include_url=False):
+        field_name = str(error["loc"][0]) if error["loc"] else ""
+        field = cls.model_fields.get(field_name)
+        names = env_names(field_name, field) if field is not None else [field_name]
+        secret = field is not None and "SecretStr" in repr(field.annotation)
+        problem = error["msg"].removeprefix("Value error, ")
+        where = " or ".join(names)
+        if not secret and "input" in error and error["type"] != "missing":
+            where += f"={error['input']!r}"
+        hint = f" [{field.description}]" if field is not None and field.description else ""
+        lines.append(f"  {where}: {problem}{hint}")
+    return "\n".join(lines)

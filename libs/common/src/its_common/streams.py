@@ -1,0 +1,283 @@
+"""The Redis Streams contract: stream names, the versioned entry format, consumer groups, trimming.
+
+Entry format, version 1 (all values bytes):
+
+``v``
+    format version, ``b"1"``
+``type``
+    event type of the batch: ``T``, ``Q``, ``A``, ``AM`` (or a service-defined label)
+``n``
+    number of events in ``data``
+``data``
+    the events as one Polygon JSON array (exactly what :func:`its_common.events.encode_frame`
+    writes), so an entry carries a batch and every consumer decodes with the same codec
+``rt``
+    receive time in Unix milliseconds (when the batch entered ITS)
+``tp``
+    optional W3C ``traceparent``, so one trace follows the batch across services
+
+Consumers must reject a version they do not know (:class:`EntryFormatError`), never guess.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from its_common.events import Event, decode_frame, encode_frame
+
+ENTRY_VERSION: Final = b"1"
+KEY_PREFIX: Final = "its"
+
+
+class Stream(StrEnum):
+    """Every stream ITS writes. Names are stable: they are the contract between services."""
+
+    TRADES = "its:stream:trades"
+    QUOTES = "its:stream:quotes"
+    BARS_1S = "its:stream:bars:1s"
+    BARS_1M = "its:stream:bars:1m"
+    FEED_STATUS = "its:stream:feed-status"
+    GAPS = "its:stream:gaps"
+    DEAD_LETTER = "its:stream:dead-letter"
+    FEATURES = "its:stream:features"
+    DECISIONS = "its:stream:decisions"
+    ALERT_EVENTS = "its:stream:alert-events"
+
+
+STREAM_FOR_EVENT: Final[dict[str, Stream]] = {
+    "T": Stream.TRADES,
+    "Q": Stream.QUOTES,
+    "A": Stream.BARS_1S,
+    "AM": Stream.BARS_1M,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrimPolicy:
+    """Approximate MAXLEN for every XADD plus an optional age bound applied by :func:`trim`.
+
+    Sized from the Redis memory budget: ``maxlen = budget_bytes / average_entry_bytes``. Redis runs
+    with ``noeviction``, so trimming is what keeps memory bounded, never eviction.
+    """
+
+    maxlen: int
+    max_age_s: float | None = None
+
+    @classmethod
+    def for_budget(
+        cls, budget_bytes: int, avg_entry_bytes: int, max_age_s: float | None = None
+    ) -> TrimPolicy:
+        if budget_bytes <= 0 or avg_entry_bytes <= 0:
+            raise ValueError("budget and entry size must be positive")
+        return cls(maxlen=max(1_000, budget_bytes // avg_entry_bytes), max_age_s=max_age_s)
+
+
+MIB: Final = 1024 * 1024
+# Budgets within Redis' 200 MB maxmemory (the alert fires at 180 MB). Entries hold batches.
+DEFAULT_TRIM: Final[dict[Stream, TrimPolicy]] = {
+    Stream.TRADES: TrimPolicy.for_budget(60 * MIB, 2_000, max_age_s=6 * 3600),
+    Stream.QUOTES: TrimPolicy.for_budget(30 * MIB, 2_000, max_age_s=3600),
+    Stream.BARS_1S: TrimPolicy.for_budget(10 * MIB, 1_000, max_age_s=6 * 3600),
+    Stream.BARS_1M: TrimPolicy.for_budget(10 * MIB, 500, max_age_s=48 * 3600),
+    Stream.FEED_STATUS: TrimPolicy(maxlen=10_000),
+    Stream.GAPS: TrimPolicy(maxlen=10_000),
+    Stream.DEAD_LETTER: TrimPolicy.for_budget(5 * MIB, 1_000),
+    Stream.FEATURES: TrimPolicy.for_budget(10 * MIB, 1_000, max_age_s=48 * 3600),
+    Stream.DECISIONS: TrimPolicy.for_budget(5 * MIB, 500, max_age_s=7 * 24 * 3600),
+    Stream.ALERT_EVENTS: TrimPolicy(maxlen=10_000),
+}
+
+
+class EntryFormatError(ValueError):
+    """A stream entry that does not follow a known version of the format."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decoded stream entry."""
+
+    entry_id: str
+    event_type: str
+    events: list[Event]
+    received_ms: int
+    traceparent: str | None = None
+
+
+def encode_entry(
+    event_type: str,
+    events: Sequence[Event],
+    received_ms: int | None = None,
+    traceparent: str | None = None,
+) -> dict[bytes, bytes]:
+    fields = {
+        b"v": ENTRY_VERSION,
+        b"type": event_type.encode(),
+        b"n": str(len(events)).encode(),
+        b"data": encode_frame(events),
+        b"rt": str(received_ms if received_ms is not None else now_ms()).encode(),
+    }
+    if traceparent:
+        fields[b"tp"] = traceparent.encode()
+    return fields
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+    ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    version = fields.get(b"v")
+    if version != ENTRY_VERSION:
+        raise EntryFormatError(f"entry {ident}: unsupported format version {version!r}")
+    try:
+        events = decode_frame(fields[b"data"])
+        count = int(fields[b"n"])
+        received = int(fields[b"rt"])
+        event_type = fields[b"type"].decode()
+    except (KeyError, ValueError) as exc:
+        raise EntryFormatError(f"entry {ident}: {exc}") from exc
+    if count != len(events):
+        raise EntryFormatError(f"entry {ident}: n={count} but data holds {len(events)} events")
+    traceparent = fields.get(b"tp")
+    return Entry(ident, event_type, events, received, traceparent.decode() if traceparent else None)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def connect(url: str, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio Redis client (hiredis parses replies when installed; bytes responses)."""
+    kwargs.setdefault("health_check_interval", 30)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    kwargs.setdefault("socket_keepalive", True)
+    return aioredis.Redis.from_url(url, decode_responses=False, **kwargs)
+
+
+async def add(
+    client: aioredis.Redis | Any, stream: str, fields: dict[bytes, bytes], policy: TrimPolicy
+) -> Any:
+    """XADD with approximate MAXLEN (works on a client or a pipeline)."""
+    payload: dict[Any, Any] = fields
+    return await _maybe_await(client.xadd(stream, payload, maxlen=policy.maxlen, approximate=True))
+
+
+async def _maybe_await(value: Any) -> Any:
+    if hasattr(value, "__await__"):
+        return await value
+    return value
+
+
+async def trim_by_age(client: aioredis.Redis, stream: str, policy: TrimPolicy) -> int:
+    """Drop entries older than the policy's age bound (XTRIM MINID ~); returns the count removed."""
+    if policy.max_age_s is None:
+        return 0
+    min_id = f"{now_ms() - int(policy.max_age_s * 1000)}-0"
+    return int(await client.xtrim(stream, minid=min_id, approximate=True))
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str, start: str = "0") -> bool:
+    """Create the consumer group (and the stream) if missing; True when it was created."""
+    try:
+        await client.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+    return True
+
+
+RawEntries = list[tuple[str, str, dict[bytes, bytes]]]
+
+
+async def read_group(
+    client: aioredis.Redis,
+    group: str,
+    consumer: str,
+    streams: Iterable[str],
+    count: int = 500,
+    block_ms: int | None = 1000,
+) -> RawEntries:
+    """New entries for this consumer: ``[(stream, entry_id, fields), ...]``."""
+    reply = await client.xreadgroup(
+        group, consumer, {stream: ">" for stream in streams}, count=count, block=block_ms
+    )
+    return _flatten(reply)
+
+
+async def ack(client: aioredis.Redis, stream: str, group: str, entry_ids: Sequence[str]) -> int:
+    if not entry_ids:
+        return 0
+    return int(await client.xack(stream, group, *entry_ids))
+
+
+async def claim_stale(
+    client: aioredis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    count: int = 500,
+) -> RawEntries:
+    """Take over entries another consumer read but never acked (it died) and that sat idle.
+
+    Walks the whole pending list with XAUTOCLAIM; entries deleted from the stream meanwhile are
+    dropped from the pending list by Redis and not returned.
+    """
+    claimed: RawEntries = []
+    cursor = "0-0"
+    while True:
+        reply = await client.xautoclaim(
+            stream, group, consumer, min_idle_time=min_idle_ms, start_id=cursor, count=count
+        )
+        next_cursor, messages = reply[0], reply[1]
+        for entry_id, fields in messages:
+            if fields is not None:
+                claimed.append((stream, _text(entry_id), fields))
+        cursor = _text(next_cursor)
+        if cursor == "0-0" or len(claimed) >= count:
+            return claimed
+
+
+async def delivery_counts(
+    client: aioredis.Redis, stream: str, group: str, entry_ids: Sequence[str]
+) -> dict[str, int]:
+    """How many times each pending entry was delivered (to spot poison entries)."""
+    counts: dict[str, int] = {}
+    for entry_id in entry_ids:
+        rows = await client.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
+        if rows:
+            counts[entry_id] = int(rows[0]["times_delivered"])
+    return counts
+
+
+def _flatten(reply: Any) -> RawEntries:
+    entries: RawEntries = []
+    if not reply:
+        return entries
+    items = reply.items() if isinstance(reply, dict) else reply
+    for stream, messages in items:
+        name = _text(stream)
+        for entry_id, fields in messages:
+            entries.append((name, _text(entry_id), fields))
+    return entries
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def latest_trade_key(symbol: str) -> str:
+    """Hash holding the latest trade of one symbol (directly addressable, no stream scan)."""
+    return f"{KEY_PREFIX}:last:trade:{symbol}"
+
+
+def heartbeat_key(service: str, instance: str) -> str:
+    return f"{KEY_PREFIX}:heartbeat:{service}:{instance}"
+
+
+HEARTBEAT_PATTERN: Final = f"{KEY_PREFIX}:heartbeat:*"
