@@ -19,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -131,8 +132,11 @@ class RedisServer:
             args += ["--requirepass", self.password]
         return args
 
-    def start(self, timeout_s: float = 15.0) -> RedisServer:
+    def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        self.prepare()
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -200,7 +204,14 @@ class PostgresServer:
             "-c", "shared_buffers=128MB",
         ]  # fmt: skip
         if self.fast_unsafe:  # test databases only: durability traded for speed
-            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            args += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         return args
 
     def prepare(self) -> None:
@@ -221,8 +232,8 @@ class PostgresServer:
             [str(initdb), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
              "-E", "UTF8", "--locale=C", "--no-instructions"],
             capture_output=True,
-            preexec_fn=_demote(user),
             check=False,
+            **run_as_kwargs(user),
         )  # fmt: skip
         if result.returncode != 0:
             raise ServerError(f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}")
@@ -235,8 +246,8 @@ class PostgresServer:
                 self.argv(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_demote(user),
                 start_new_session=True,
+                **run_as_kwargs(user),
             )
         self.wait_ready(timeout_s)
         self.bootstrap()
@@ -262,6 +273,10 @@ class PostgresServer:
             if not exists:
                 conn.execute(f'CREATE DATABASE "{self.database}" OWNER "{self.role}"')
 
+    def run_as(self) -> dict[str, Any]:
+        """subprocess keyword arguments that drop root for the postgres process."""
+        return run_as_kwargs(_postgres_user())
+
     def stop(self) -> None:
         _terminate(self.process, graceful_signal=2)  # SIGINT: PostgreSQL's fast shutdown
         self.process = None
@@ -283,16 +298,11 @@ def _postgres_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(POSTGRES_SYSTEM_USER)
 
 
-def _demote(user: pwd.struct_passwd | None) -> object:
+def run_as_kwargs(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """subprocess keyword arguments that run the child as ``user`` (nothing when not root)."""
     if user is None:
-        return None
-
-    def switch() -> None:
-        os.setgid(user.pw_gid)
-        os.setgroups([])
-        os.setuid(user.pw_uid)
-
-    return switch
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
 def _make_traversable(path: Path) -> None:

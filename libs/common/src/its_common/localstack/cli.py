@@ -1,0 +1,198 @@
+"""``its-local``: run the whole system on one machine (what ``make run`` calls).
+
+Starts Redis and PostgreSQL from pip-installed binaries with data under ``./var`` (reused by the
+next run), applies the migrations, starts every installed ITS service, prints what runs where,
+restarts a crashed process and reports it, and stops everything cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from its_common.db.migrate import apply_migrations
+from its_common.localstack.servers import PostgresServer, RedisServer, ServerError
+from its_common.localstack.services import LocalService, local_services
+from its_common.localstack.supervisor import ProcessSpec, Supervisor, http_ok
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is ok
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _check_ports(ports: dict[str, int]) -> None:
+    busy = [f"{name} ({port})" for name, port in ports.items() if not _port_free(port)]
+    if busy:
+        raise ServerError(
+            f"ports already in use: {', '.join(busy)}. Is another `make run` running? "
+            "Stop it, or choose other ports (its-local run --help)."
+        )
+
+
+async def run(args: argparse.Namespace) -> int:
+    var_dir: Path = args.var_dir
+    supervisor = Supervisor(var_dir / "logs")
+    redis_server = RedisServer(var_dir / "redis", port=args.redis_port)
+    postgres = PostgresServer(var_dir / "postgres", port=args.postgres_port)
+    polygon_key_set = bool(
+        os.environ.get("POLYGON_API_KEY") or os.environ.get("POLYGON_API_KEY_FILE")
+    )
+    services = [] if args.only_infra else _installed(local_services(polygon_key_set))
+    _check_ports(
+        {"redis": redis_server.port, "postgres": postgres.port}
+        | {service.name: service.http_port for service in services}
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    startup = asyncio.create_task(_start_all(supervisor, redis_server, postgres, services, var_dir))
+    stop_wait = asyncio.create_task(stop.wait())
+    await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if not startup.done():
+        startup.cancel()
+        await asyncio.gather(startup, return_exceptions=True)
+        supervisor.report("interrupted during start-up")
+    elif startup.exception() is not None:
+        supervisor.report(f"start-up failed: {startup.exception()}")
+        exit_code = 1
+    else:
+        await stop_wait
+        supervisor.report("stopping (Ctrl-C)")
+    stop_wait.cancel()
+    await supervisor.stop()
+    supervisor.report(f"all stopped; data kept in {var_dir}")
+    return exit_code
+
+
+async def _start_all(
+    supervisor: Supervisor,
+    redis_server: RedisServer,
+    postgres: PostgresServer,
+    services: list[LocalService],
+    var_dir: Path,
+) -> None:
+    await asyncio.to_thread(redis_server.prepare)
+    await supervisor.start(
+        ProcessSpec("redis", redis_server.argv(), ready=redis_server.ping, ready_timeout_s=20)
+    )
+    await asyncio.to_thread(postgres.prepare)
+    await supervisor.start(
+        ProcessSpec(
+            "postgres",
+            postgres.argv(),
+            ready=postgres.ping,
+            popen_kwargs=postgres.run_as(),
+            stop_signal=signal.SIGINT,
+        )
+    )
+    await asyncio.to_thread(postgres.bootstrap)
+    report = await asyncio.to_thread(_migrate, postgres.url)
+    supervisor.report(
+        f"schema ready: applied {report.applied or 'nothing new'}, "
+        f"skipped {report.skipped or 'none'} (timescaledb: {report.timescale})"
+    )
+    common_env = {
+        "REDIS_URL": redis_server.url,
+        "DATABASE_URL": postgres.url,
+        "ITS_HTTP_HOST": "127.0.0.1",
+        "ITS_ENVIRONMENT": "local",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for service in services:
+        executable = service.executable()
+        assert executable is not None
+        env = common_env | service.env
+        env |= {"ITS_SERVICE_NAME": service.name, "ITS_HTTP_PORT": str(service.http_port)}
+        await supervisor.start(
+            ProcessSpec(
+                service.name,
+                [executable],
+                env=env,
+                ready=http_ok(f"http://127.0.0.1:{service.http_port}/healthz"),
+            )
+        )
+    _print_summary(supervisor, redis_server, postgres, services, var_dir)
+
+
+def _installed(services: list[LocalService]) -> list[LocalService]:
+    return [service for service in services if service.executable() is not None]
+
+
+def _migrate(url: str) -> Any:
+    with psycopg.connect(url) as conn:
+        return apply_migrations(conn)
+
+
+def _print_summary(
+    supervisor: Supervisor,
+    redis_server: RedisServer,
+    postgres: PostgresServer,
+    services: list[LocalService],
+    var_dir: Path,
+) -> None:
+    lines = [
+        "",
+        "ITS is running locally (Ctrl-C stops everything):",
+        f"  redis        {redis_server.url}   (maxmemory 200mb, noeviction)",
+        f"  postgres     {postgres.url}",
+    ]
+    for service in services:
+        lines.append(
+            f"  {service.name:<12} http://127.0.0.1:{service.http_port}/healthz  /readyz  /metrics"
+        )
+        for label, url in service.urls.items():
+            lines.append(f"  {'':<12} {label}: {url}")
+    dashboard = next((s for s in services if s.name == "dashboard"), None)
+    lines.append(
+        f"  dashboard    {dashboard.urls['dashboard']}"
+        if dashboard
+        else "  dashboard    not installed yet"
+    )
+    lines.append(f"  data and logs under {var_dir}")
+    for line in lines:
+        supervisor.say("its-local", line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="its-local", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="start the whole system locally")
+    run_parser.add_argument("--var-dir", default=os.environ.get("ITS_VAR_DIR", "var"))
+    run_parser.add_argument(
+        "--redis-port", type=int, default=int(os.environ.get("ITS_LOCAL_REDIS_PORT", "16379"))
+    )
+    run_parser.add_argument(
+        "--postgres-port", type=int, default=int(os.environ.get("ITS_LOCAL_POSTGRES_PORT", "15432"))
+    )
+    run_parser.add_argument(
+        "--only-infra", action="store_true", help="Redis and PostgreSQL only, no services"
+    )
+    args = parser.parse_args(argv)
+    args.var_dir = Path(args.var_dir).resolve()
+    try:
+        return asyncio.run(run(args))
+    except ServerError as exc:
+        print(f"its-local: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Which ITS services the local stack runs, on which ports, with which environment.
+
+A service runs when its console script (``its-<name>``) is installed in the virtualenv. Each later
+service adds its entry here; ports are fixed so URLs stay the same across runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LocalService:
+    name: str
+    http_port: int
+    env: dict[str, str] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def executable(self) -> str | None:
+        script = f"its-{self.name}"
+        beside_python = Path(sys.executable).parent / script
+        if beside_python.exists():
+            return str(beside_python)
+        return shutil.which(script)
+
+
+MARKETSIM_WS_PORT = 18765
+MARKETSIM_REST_PORT = 18766
+DEV_API_KEY = "its-dev-key"  # the simulator's local key: not a secret, documented in the README
+
+
+def local_services(polygon_key_set: bool) -> list[LocalService]:
+    feed_ws = (
+        "wss://socket.polygon.io/stocks"
+        if polygon_key_set
+        else f"ws://127.0.0.1:{MARKETSIM_WS_PORT}/stocks"
+    )
+    feed_rest = (
+        "https://api.polygon.io" if polygon_key_set else f"http://127.0.0.1:{MARKETSIM_REST_PORT}"
+    )
+    feed_env = {"ITS_FEED_WS_URL": feed_ws, "ITS_FEED_REST_URL": feed_rest}
+    if not polygon_key_set:
+        feed_env["POLYGON_API_KEY"] = DEV_API_KEY
+    return [
+        LocalService(
+            "marketsim",
+            18080,
+            env={
+                "ITS_MARKETSIM_PORT": str(MARKETSIM_WS_PORT),
+                "ITS_MARKETSIM_REST_PORT": str(MARKETSIM_REST_PORT),
+                "ITS_MARKETSIM_API_KEYS": DEV_API_KEY,
+                "ITS_MARKETSIM_SPEED": "1",
+            },
+            urls={
+                "websocket": f"ws://127.0.0.1:{MARKETSIM_WS_PORT}/stocks",
+                "rest": f"http://127.0.0.1:{MARKETSIM_REST_PORT}",
+            },
+        ),
+        LocalService("router", 18081, env=feed_env),
+        LocalService("loader", 18082, env=feed_env),
+        LocalService("collector", 18083),
+        LocalService("features", 18084),
+        LocalService("inference", 18085),
+        LocalService("trader", 18086),
+        LocalService("validator", 18087),
+        LocalService("alerter", 18088),
+        LocalService("dashboard", 18089, urls={"dashboard": "http://127.0.0.1:18089/"}),
+    ]
