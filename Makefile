@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-SERVICE_DIRS := $(sort $(wildcard services/*))
+SERVICE_DIRS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard services/*/pyproject.toml)))
 PYPROJECTS := libs/common/pyproject.toml $(addsuffix /pyproject.toml,$(SERVICE_DIRS)) requirements-dev.txt
 EDITABLES := -e 'libs/common[local]' $(foreach s,$(SERVICE_DIRS),-e $(s))
 

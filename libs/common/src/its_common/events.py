@@ -214,6 +214,8 @@ def _check_finite(events: Iterable[Event]) -> None:
 
 def _reason(message: str) -> str:
     """Map msgspec's validation message to a short, countable reason label."""
+    if message.startswith("Number out of range"):  # overflows to infinity
+        return "non_finite"
     if message.startswith("Object missing required field"):
         return "missing_field"
     if message.startswith("Expected") and _RANGE.search(message):

@@ -173,11 +173,15 @@ async def _maybe_await(value: Any) -> Any:
 
 
 async def trim_by_age(client: aioredis.Redis, stream: str, policy: TrimPolicy) -> int:
-    """Drop entries older than the policy's age bound (XTRIM MINID ~); returns the count removed."""
+    """Drop entries older than the policy's age bound; returns the count removed.
+
+    Exact MINID trimming: the approximate form only drops whole radix-tree nodes, which on a
+    quiet stream can mean nothing at all. Run it periodically, not per write.
+    """
     if policy.max_age_s is None:
         return 0
     min_id = f"{now_ms() - int(policy.max_age_s * 1000)}-0"
-    return int(await client.xtrim(stream, minid=min_id, approximate=True))
+    return int(await client.xtrim(stream, minid=min_id, approximate=False))
 
 
 async def ensure_group(client: aioredis.Redis, stream: str, group: str, start: str = "0") -> bool:

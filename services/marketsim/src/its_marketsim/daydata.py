@@ -1,0 +1,438 @@
+"""One trading day of market data, shared by the generator, the replay, the WebSocket and REST.
+
+A :class:`DayData` holds every trade of one day for every symbol in columnar numpy arrays, in
+*emission order* (the time each trade is reported, then its SIP time). The WebSocket stream
+slices these columns by emission time; REST reads them per symbol in SIP-time order. Bars (``A``
+per second, ``AM`` per minute, REST aggregates) are computed from the same trades, so every
+view agrees.
+
+Bar rules (the simulator's, documented in the README): every trade counts toward open, high,
+low, close, volume, VWAP and count; a trade reported late (after its minute ended) makes the
+minute's ``AM`` bar be re-sent at the report time with the corrected values; ``A`` bars count
+only trades reported in time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+import numpy as np
+from its_common.events import MarketEvent, MinuteAgg, Quote, SecondAgg, Trade
+from numpy.typing import NDArray
+
+I64 = NDArray[np.int64]
+F64 = NDArray[np.float64]
+MINUTE_MS = 60_000
+SECOND_MS = 1_000
+NS_PER_MS = 1_000_000
+
+# Event type ranks: at one emission time, trades come before quotes, then bars.
+RANK_T, RANK_Q, RANK_A, RANK_AM = 0, 1, 2, 3
+EVENT_TYPES = ("T", "Q", "A", "AM")
+
+
+@dataclass
+class TradeColumns:
+    """Trades of one day, all symbols, in emission order."""
+
+    sym: NDArray[np.int8]
+    t_ns: I64
+    report_ms: I64
+    price: F64
+    size: NDArray[np.int32]
+    exchange: NDArray[np.int16]
+    cond: NDArray[np.int16]
+    seq: I64
+    trf_id: NDArray[np.int16]
+    part_delta_ns: NDArray[np.int32]
+    trf_delta_ns: NDArray[np.int32]
+    idnum: I64 | None = None
+    ids: NDArray[np.object_] | None = None
+
+    def __len__(self) -> int:
+        return len(self.t_ns)
+
+    def take(self, index: NDArray[np.intp] | slice) -> TradeColumns:
+        return TradeColumns(
+            sym=self.sym[index],
+            t_ns=self.t_ns[index],
+            report_ms=self.report_ms[index],
+            price=self.price[index],
+            size=self.size[index],
+            exchange=self.exchange[index],
+            cond=self.cond[index],
+            seq=self.seq[index],
+            trf_id=self.trf_id[index],
+            part_delta_ns=self.part_delta_ns[index],
+            trf_delta_ns=self.trf_delta_ns[index],
+            idnum=None if self.idnum is None else self.idnum[index],
+            ids=None if self.ids is None else self.ids[index],
+        )
+
+    def trade_ids(self) -> list[str]:
+        if self.ids is not None:
+            return [str(v) for v in self.ids.tolist()]
+        assert self.idnum is not None
+        return list(map(str, self.idnum.tolist()))
+
+
+@dataclass
+class QuoteColumns:
+    """Quotes of one day, all symbols, in time order."""
+
+    sym: NDArray[np.int8]
+    t_ms: I64
+    bid: F64
+    ask: F64
+    bid_size: NDArray[np.int32]
+    ask_size: NDArray[np.int32]
+    bid_exchange: NDArray[np.int16]
+    ask_exchange: NDArray[np.int16]
+    seq: I64
+
+
+@dataclass
+class Bars:
+    """Aggregates over buckets: one row per bucket that has trades."""
+
+    start: I64
+    open: F64
+    high: F64
+    low: F64
+    close: F64
+    volume: I64
+    value: F64
+    count: I64
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def vwap(self) -> F64:
+        return np.divide(self.value, np.maximum(self.volume, 1))
+
+    @staticmethod
+    def empty() -> Bars:
+        z = np.zeros(0, np.int64)
+        f = np.zeros(0, np.float64)
+        return Bars(z, f, f, f, f, z, f, z)
+
+
+def aggregate(t_ms: I64, price: F64, size: NDArray[Any], width_ms: int, origin_ms: int = 0) -> Bars:
+    """Bucket trades (sorted by time) into bars of ``width_ms`` aligned at ``origin_ms``."""
+    if len(t_ms) == 0:
+        return Bars.empty()
+    key = (t_ms - origin_ms) // width_ms
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1))
+    ends = np.concatenate((starts[1:], [len(key)])) - 1
+    vol = size.astype(np.int64)
+    return Bars(
+        start=key[starts] * width_ms + origin_ms,
+        open=price[starts],
+        high=np.maximum.reduceat(price, starts),
+        low=np.minimum.reduceat(price, starts),
+        close=price[ends],
+        volume=np.add.reduceat(vol, starts),
+        value=np.add.reduceat(price * vol, starts),
+        count=np.diff(np.concatenate((starts, [len(key)]))).astype(np.int64),
+    )
+
+
+def merge_bars(bars: Bars, width_ms: int, origin_ms: int = 0) -> Bars:
+    """Combine finer bars (sorted by start) into coarser buckets."""
+    if len(bars) == 0:
+        return bars
+    key = (bars.start - origin_ms) // width_ms
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1))
+    ends = np.concatenate((starts[1:], [len(key)])) - 1
+    return Bars(
+        start=key[starts] * width_ms + origin_ms,
+        open=bars.open[starts],
+        high=np.maximum.reduceat(bars.high, starts),
+        low=np.minimum.reduceat(bars.low, starts),
+        close=bars.close[ends],
+        volume=np.add.reduceat(bars.volume, starts),
+        value=np.add.reduceat(bars.value, starts),
+        count=np.add.reduceat(bars.count, starts),
+    )
+
+
+def concat_bars(parts: Sequence[Bars]) -> Bars:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Bars.empty()
+    return Bars(*(np.concatenate([getattr(p, f) for p in parts]) for f in Bars.__dataclass_fields__))
+
+
+class EmitTable(Protocol):
+    """Events of one type in emission order: their times, symbols and a builder for a slice."""
+
+    emit_ms: I64
+    sym: NDArray[np.int8]
+
+    def build(self, lo: int, hi: int) -> list[MarketEvent]: ...
+
+
+@dataclass
+class ListEmit:
+    """Prebuilt events (bars: few per day)."""
+
+    emit_ms: I64
+    sym: NDArray[np.int8]
+    events: list[MarketEvent]
+
+    def build(self, lo: int, hi: int) -> list[MarketEvent]:
+        return self.events[lo:hi]
+
+
+class TradeEmit:
+    """Trades built into :class:`Trade` structs lazily, one slice at a time."""
+
+    def __init__(self, day: DayData) -> None:
+        cols = day.trades
+        self.cols = cols
+        self.emit_ms = cols.report_ms
+        self.sym = cols.sym
+        self.t_ms = cols.t_ns // NS_PER_MS
+        self.trft_ms = (cols.t_ns - cols.trf_delta_ns) // NS_PER_MS
+        self.names = np.array(day.symbols, dtype=object)
+        self.tapes = np.array(day.tapes, dtype=np.int64)
+        self.cond_table = day.cond_table
+
+    def build(self, lo: int, hi: int) -> list[MarketEvent]:
+        c = self.cols
+        sym = c.sym[lo:hi]
+        ctab = self.cond_table
+        trf = c.trf_id[lo:hi].tolist()
+        trft = self.trft_ms[lo:hi].tolist()
+        trf_ids = [v or None for v in trf]
+        trf_ts = [t if f else None for f, t in zip(trf, trft, strict=True)]
+        conds = [ctab[i] for i in c.cond[lo:hi].tolist()]
+        if c.ids is not None:
+            ids = [str(v) for v in c.ids[lo:hi].tolist()]
+        else:
+            assert c.idnum is not None
+            ids = list(map(str, c.idnum[lo:hi].tolist()))
+        return list(
+            map(
+                Trade,
+                self.names[sym].tolist(),
+                c.exchange[lo:hi].tolist(),
+                ids,
+                self.tapes[sym].tolist(),
+                c.price[lo:hi].tolist(),
+                c.size[lo:hi].tolist(),
+                self.t_ms[lo:hi].tolist(),
+                c.seq[lo:hi].tolist(),
+                conds,
+                trf_ids,
+                trf_ts,
+            )
+        )
+
+
+class QuoteEmit:
+    def __init__(self, day: DayData, quotes: QuoteColumns) -> None:
+        self.q = quotes
+        self.emit_ms = quotes.t_ms
+        self.sym = quotes.sym
+        self.names = np.array(day.symbols, dtype=object)
+        self.tapes = np.array(day.tapes, dtype=np.int64)
+
+    def build(self, lo: int, hi: int) -> list[MarketEvent]:
+        q = self.q
+        sym = q.sym[lo:hi]
+        return list(
+            map(
+                Quote,
+                self.names[sym].tolist(),
+                q.bid_exchange[lo:hi].tolist(),
+                q.bid[lo:hi].tolist(),
+                q.bid_size[lo:hi].tolist(),
+                q.ask_exchange[lo:hi].tolist(),
+                q.ask[lo:hi].tolist(),
+                q.ask_size[lo:hi].tolist(),
+                q.t_ms[lo:hi].tolist(),
+                q.seq[lo:hi].tolist(),
+                self.tapes[sym].tolist(),
+            )
+        )
+
+
+@dataclass
+class DayData:
+    """Every trade of one day (all symbols) plus lazily built views."""
+
+    day: date
+    symbols: tuple[str, ...]
+    tapes: tuple[int, ...]
+    start_ms: int  # emission window [start_ms, end_ms)
+    end_ms: int
+    open_ms: int  # regular-session open (the official open is the first trade from here)
+    trades: TradeColumns
+    cond_table: tuple[tuple[int, ...], ...]
+    quote_factory: Callable[[], QuoteColumns] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _by_symbol: dict[int, NDArray[np.intp]] = field(default_factory=dict, repr=False)
+    _tables: dict[str, EmitTable] = field(default_factory=dict, repr=False)
+
+    def symbol_index(self, symbol: str) -> int | None:
+        try:
+            return self.symbols.index(symbol)
+        except ValueError:
+            return None
+
+    def symbol_rows(self, k: int) -> NDArray[np.intp]:
+        """Row indices of symbol ``k``'s trades in SIP-time order."""
+        with self._lock:
+            rows = self._by_symbol.get(k)
+            if rows is None:
+                mine = np.flatnonzero(self.trades.sym == k)
+                order = np.argsort(self.trades.t_ns[mine], kind="stable")
+                rows = mine[order]
+                self._by_symbol[k] = rows
+            return rows
+
+    def symbol_trades(self, symbol: str, now_ms: int | None = None) -> TradeColumns | None:
+        """One symbol's trades in SIP-time order, only those reported by ``now_ms``."""
+        k = self.symbol_index(symbol)
+        if k is None:
+            return None
+        rows = self.symbol_rows(k)
+        if now_ms is not None and now_ms < self.end_ms:
+            rows = rows[self.trades.report_ms[rows] <= now_ms]
+        return self.trades.take(rows)
+
+    def table(self, kind: str) -> EmitTable:
+        with self._lock:
+            table = self._tables.get(kind)
+            if table is None:
+                table = self._build_table(kind)
+                self._tables[kind] = table
+            return table
+
+    def _build_table(self, kind: str) -> EmitTable:
+        if kind == "T":
+            return TradeEmit(self)
+        if kind == "Q":
+            if self.quote_factory is None:
+                z = np.zeros(0, np.int64)
+                return ListEmit(z, z.astype(np.int8), [])
+            return QuoteEmit(self, self.quote_factory())
+        if kind == "A":
+            return self._bar_table(SECOND_MS, SecondAgg, resend=False)
+        if kind == "AM":
+            return self._bar_table(MINUTE_MS, MinuteAgg, resend=True)
+        raise ValueError(kind)
+
+    def _bar_table(
+        self, width: int, cls: type[SecondAgg] | type[MinuteAgg], resend: bool
+    ) -> ListEmit:
+        emit: list[int] = []
+        syms: list[int] = []
+        events: list[MarketEvent] = []
+        for k, symbol in enumerate(self.symbols):
+            rows = self.symbol_rows(k)
+            t = self.trades.t_ns[rows] // NS_PER_MS
+            price = self.trades.price[rows]
+            size = self.trades.size[rows].astype(np.int64)
+            report = self.trades.report_ms[rows]
+            bucket_end = (t // width) * width + width
+            on_time = report <= bucket_end
+            day = _DayRunning(t, price, size, report, self.open_ms)
+            first = aggregate(t[on_time], price[on_time], size[on_time], width)
+            for i in range(len(first)):
+                end = int(first.start[i]) + width
+                events.append(_bar(cls, symbol, first, i, width, day.at(end)))
+                emit.append(end)
+                syms.append(k)
+            if not resend:
+                continue
+            late = np.flatnonzero(~on_time)
+            for j in late[np.argsort(report[late], kind="stable")]:
+                start = int(bucket_end[j]) - width
+                r = int(report[j])
+                in_bucket = (t >= start) & (t < start + width) & (report <= r)
+                bars = aggregate(t[in_bucket], price[in_bucket], size[in_bucket], width)
+                events.append(_bar(cls, symbol, bars, 0, width, day.at(r)))
+                emit.append(r)
+                syms.append(k)
+        order = np.argsort(np.asarray(emit, dtype=np.int64), kind="stable")
+        return ListEmit(
+            emit_ms=np.asarray(emit, dtype=np.int64)[order],
+            sym=np.asarray(syms, dtype=np.int8)[order],
+            events=[events[i] for i in order.tolist()],
+        )
+
+
+class _DayRunning:
+    """Day-level running values (volume, VWAP, official open) as known at a given time."""
+
+    def __init__(self, t: I64, price: F64, size: I64, report: I64, open_ms: int) -> None:
+        order = np.argsort(report, kind="stable")
+        self.report = report[order]
+        self.cum_volume = np.cumsum(size[order])
+        self.cum_value = np.cumsum(price[order] * size[order])
+        regular = np.flatnonzero(t >= open_ms)
+        self.open_ms = open_ms
+        self.official_open = float(price[regular[0]]) if len(regular) else 0.0
+        self.first_price = float(price[0]) if len(price) else 0.0
+
+    def at(self, when: int) -> tuple[float, float, float]:
+        """(day volume, day open, day VWAP) counting trades reported up to ``when``."""
+        n = int(np.searchsorted(self.report, when, side="right"))
+        if n == 0:
+            return 0.0, 0.0, 0.0
+        volume = float(self.cum_volume[n - 1])
+        vwap = float(self.cum_value[n - 1]) / volume if volume else 0.0
+        day_open = self.official_open if when > self.open_ms else self.first_price
+        return volume, day_open, round(vwap, 4)
+
+
+def _bar(
+    cls: type[SecondAgg] | type[MinuteAgg],
+    symbol: str,
+    bars: Bars,
+    i: int,
+    width: int,
+    day: tuple[float, float, float],
+) -> SecondAgg | MinuteAgg:
+    volume = int(bars.volume[i])
+    start = int(bars.start[i])
+    return cls(
+        symbol,
+        float(volume),
+        float(bars.open[i]),
+        float(bars.close[i]),
+        float(bars.high[i]),
+        float(bars.low[i]),
+        start,
+        start + width,
+        round(float(bars.value[i]) / volume, 4) if volume else 0.0,
+        day[0],
+        day[1],
+        day[2],
+        round(volume / int(bars.count[i]), 2),
+    )
+
+
+class MarketSource(Protocol):
+    """Where market data comes from: the synthetic generator or a replay file."""
+
+    symbols: tuple[str, ...]
+
+    def day(self, day: date) -> DayData | None:
+        """The data of one New York date, or None when there is no trading that day."""
+        ...
+
+    def first_window_after(self, ms: int) -> tuple[date, int, int] | None:
+        """The first emission window ``(day, start, end)`` whose end is after ``ms``."""
+        ...
+
+    def last_window_before(self, ms: int) -> tuple[date, int, int] | None:
+        """The last emission window that starts at or before ``ms``."""
+        ...

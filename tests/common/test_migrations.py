@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from its_common.db.migrate import MigrationError, apply_migrations, discover
+
+EXPECTED_TABLES = {
+    "market_data",
+    "trades",
+    "sys_metrics",
+    "signals",
+    "orders",
+    "fills",
+    "positions",
+    "portfolio_snapshots",
+    "price_checks",
+    "alerts",
+    "gap_audit",
+    "schema_migrations",
+}
+
+
+def tables(conn: psycopg.Connection) -> set[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_migrations_apply_once_then_are_idempotent(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        first = apply_migrations(conn)
+        assert "0001_core_schema.sql" in first.applied
+        assert not first.timescale  # plain PostgreSQL here
+        assert first.skipped == ["0002_hypertables.timescale.sql"]
+        assert EXPECTED_TABLES <= tables(conn)
+        second = apply_migrations(conn)
+        assert second.applied == []
+        assert second.already == first.applied
+        versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
+        assert [v[0] for v in versions] == [1]
+
+
+def test_market_data_primary_key_is_symbol_and_ts(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn)
+        row = conn.execute(
+            """SELECT array_agg(a.attname ORDER BY array_position(i.indkey, a.attnum))
+               FROM pg_index i JOIN pg_attribute a
+                 ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+               WHERE i.indrelid = 'market_data'::regclass AND i.indisprimary"""
+        ).fetchone()
+        assert row is not None and row[0] == ["symbol", "ts"]
+        insert = (
+            "INSERT INTO market_data (symbol, ts, open, high, low, close, volume, source) "
+            "VALUES ('NVDA', '2026-11-24 14:30Z', 1, 2, 1, 2, 10, 'test')"
+        )
+        conn.execute(insert)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(insert)
+
+
+def test_an_edited_applied_migration_is_refused(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn)
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            apply_migrations(conn)
+
+
+def test_migration_files_are_ordered_and_unique() -> None:
+    migrations = discover()
+    versions = [m.version for m in migrations]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    assert any(m.timescale_only for m in migrations)
+
+
+def test_migrate_cli_applies_schema(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from its_common.db import migrate
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert migrate.main(["--wait", "5"]) == 0
+    assert migrate.main(["--wait", "5"]) == 0
+    with psycopg.connect(database_url) as conn:
+        assert EXPECTED_TABLES <= tables(conn)
+
+
+def test_migrate_cli_reports_unreachable_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    from its_common.db import migrate
+    from its_common.localstack.servers import free_port
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://its@127.0.0.1:{free_port()}/its")
+    assert migrate.main(["--wait", "0.5"]) == 1
