@@ -41,7 +41,7 @@ def local_services(polygon_key_set: bool) -> list[LocalService]:
     feed_rest = (
         "https://api.polygon.io" if polygon_key_set else f"http://127.0.0.1:{MARKETSIM_REST_PORT}"
     )
-    feed_env = {"ITS_FEED_WS_URL": feed_ws, "ITS_FEED_REST_URL": feed_rest}
+    feed_env = {"ITS_POLYGON_WS_URL": feed_ws, "ITS_POLYGON_REST_URL": feed_rest}
     if not polygon_key_set:
         feed_env["POLYGON_API_KEY"] = DEV_API_KEY
     return [

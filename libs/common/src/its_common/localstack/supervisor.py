@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,11 +80,13 @@ class Supervisor:
         await self._spawn(state)
         if spec.ready is not None:
             assert state.process is not None
-            ready = asyncio.create_task(asyncio.to_thread(_poll_ready, spec))
+            give_up = threading.Event()
+            ready = asyncio.create_task(asyncio.to_thread(_poll_ready, spec, give_up))
             exited = asyncio.create_task(state.process.wait())
             await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
             if not ready.done():
-                ready.cancel()
+                give_up.set()
+                await asyncio.gather(ready, return_exceptions=True)
                 raise StartError(
                     f"{spec.name} exited with code {exited.result()} during start-up; "
                     f"see {self.log_dir / (spec.name + '.log')}"
@@ -166,11 +169,11 @@ class Supervisor:
         await asyncio.gather(*self._watchers, return_exceptions=True)
 
 
-def _poll_ready(spec: ProcessSpec) -> None:
+def _poll_ready(spec: ProcessSpec, give_up: threading.Event) -> None:
     assert spec.ready is not None
     deadline = time.monotonic() + spec.ready_timeout_s
     last: Exception | None = None
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not give_up.is_set():
         try:
             spec.ready()
             return
