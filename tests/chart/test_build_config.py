@@ -56,7 +56,7 @@ def test_service_dockerfile_builds_on_the_base_image(dockerfile: Path) -> None:
     name = dockerfile.parent.name
     assert "ARG BASE_IMAGE=its-common:latest" in text
     assert "FROM ${BASE_IMAGE}" in text
-    assert "COPY --from=base /opt/venv" in text
+    assert "--no-index --find-links /wheels" in text  # extends the base venv, no second copy
     assert f"COPY services/{name}/" in text
     assert f'ENTRYPOINT ["its-{name}"]' in text
     assert "USER 10001" in text

@@ -9,8 +9,8 @@ import pytest
 from its_common import calendar
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, sec, tzinfo=UTC)
 
 
 def test_regular_session_in_winter_is_1430_to_2100_utc() -> None:
@@ -93,4 +93,4 @@ def test_sessions_between_counts_trading_days() -> None:
 
 def test_naive_timestamps_are_rejected() -> None:
     with pytest.raises(ValueError, match="no time zone"):
-        calendar.is_open(datetime(2026, 11, 24, 15))  # noqa: DTZ001
+        calendar.is_open(datetime(2026, 11, 24, 15))

@@ -34,7 +34,7 @@ def test_migrations_apply_once_then_are_idempotent(database_url: str) -> None:
         assert "0001_core_schema.sql" in first.applied
         assert not first.timescale  # plain PostgreSQL here
         assert first.skipped == ["0002_hypertables.timescale.sql"]
-        assert EXPECTED_TABLES <= tables(conn)
+        assert tables(conn) >= EXPECTED_TABLES
         second = apply_migrations(conn)
         assert second.applied == []
         assert second.already == first.applied
@@ -83,7 +83,7 @@ def test_migrate_cli_applies_schema(database_url: str, monkeypatch: pytest.Monke
     assert migrate.main(["--wait", "5"]) == 0
     assert migrate.main(["--wait", "5"]) == 0
     with psycopg.connect(database_url) as conn:
-        assert EXPECTED_TABLES <= tables(conn)
+        assert tables(conn) >= EXPECTED_TABLES
 
 
 def test_migrate_cli_reports_unreachable_database(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,9 +85,9 @@ def test_probes_metrics_and_heartbeat(demo: tuple[subprocess.Popen[str], int], r
     assert status == 200 and isinstance(metrics, str)
     assert 'its_service_info{service="demo",version="9.9.9"} 1.0' in metrics
 
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client: Any = redis.Redis.from_url(redis_server.url, decode_responses=True)
     deadline = time.monotonic() + 5
-    beat: dict[str, str] = {}
+    beat: dict[str, Any] = {}
     while time.monotonic() < deadline and beat.get("status") != "running":
         keys = list(client.scan_iter("its:heartbeat:demo:*"))
         beat = client.hgetall(keys[0]) if keys else {}

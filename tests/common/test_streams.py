@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,7 +16,9 @@ from its_common import streams
 from its_common.events import MinuteAgg, Trade
 from its_common.streams import EntryFormatError, Stream, TrimPolicy
 
-TRADES = [Trade("NVDA", 4, str(i), 3, 180.0 + i / 100, 100, 1_764_081_000_000 + i, i) for i in range(5)]
+TRADES = [
+    Trade("NVDA", 4, str(i), 3, 180.0 + i / 100, 100, 1_764_081_000_000 + i, i) for i in range(5)
+]
 
 
 def test_entry_round_trip_carries_batch_receive_time_and_trace() -> None:
@@ -58,15 +61,16 @@ async def test_xadd_trims_to_maxlen(redis_client: aioredis.Redis) -> None:
 
 
 async def test_trim_by_age_drops_old_entries(redis_client: aioredis.Redis) -> None:
-    fields = streams.encode_entry("AM", [])
+    fields: dict[Any, Any] = streams.encode_entry("AM", [])
     old_id = f"{streams.now_ms() - 3_600_000}-0"
     await redis_client.xadd(Stream.BARS_1M, fields, id=old_id)
-    new_id = (await redis_client.xadd(Stream.BARS_1M, fields)).decode()
+    new_id = streams.now_ms()
+    await redis_client.xadd(Stream.BARS_1M, fields, id=f"{new_id}-0")
     assert await streams.trim_by_age(redis_client, Stream.BARS_1M, TrimPolicy(10)) == 0
     removed = await streams.trim_by_age(redis_client, Stream.BARS_1M, TrimPolicy(10, 60))
     assert removed == 1
-    remaining = await redis_client.xrange(Stream.BARS_1M)
-    assert [entry_id.decode() for entry_id, _ in remaining] == [new_id]
+    remaining: Any = await redis_client.xrange(Stream.BARS_1M)
+    assert [entry_id for entry_id, _ in remaining] == [f"{new_id}-0".encode()]
 
 
 async def test_group_read_and_ack(redis_client: aioredis.Redis) -> None:
@@ -108,7 +112,8 @@ async def test_pending_entries_of_a_killed_consumer_are_claimed(
     await streams.ensure_group(redis_client, stream, "loader")
     for trade in TRADES:
         await streams.add(redis_client, stream, streams.encode_entry("T", [trade]), TrimPolicy(100))
-    process = subprocess.Popen(
+    process = await asyncio.to_thread(
+        subprocess.Popen,
         [sys.executable, "-c", DEAD_CONSUMER, redis_server.url, stream],
         stdout=subprocess.PIPE,
         text=True,
