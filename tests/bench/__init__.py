@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): every ``*_bench.py`` module here exposes ``run() -> dict``."""
