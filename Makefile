@@ -26,7 +26,8 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy libs/common/src $(addsuffix /src,$(SERVICE_DIRS)) tests
+	$(BIN)/mypy -p its_common $(foreach s,$(SERVICE_DIRS),-p its_$(notdir $(s)))
+	$(BIN)/mypy tests
 
 pytest: venv
 	$(BIN)/pytest

@@ -15,6 +15,9 @@ Entry format, version 1 (all values bytes):
     receive time in Unix milliseconds (when the batch entered ITS)
 ``tp``
     optional W3C ``traceparent``, so one trace follows the batch across services
+``src``
+    optional origin of the events: ``ws`` (the feed's WebSocket, the default when absent) or
+    ``rest`` (REST polling; storage treats REST bars as authoritative)
 
 Consumers must reject a version they do not know (:class:`EntryFormatError`), never guess.
 """
@@ -59,6 +62,9 @@ STREAM_FOR_EVENT: Final[dict[str, Stream]] = {
 }
 
 
+MIN_MAXLEN: Final = 1_000
+
+
 @dataclass(frozen=True, slots=True)
 class TrimPolicy:
     """Approximate MAXLEN for every XADD plus an optional age bound applied by :func:`trim`.
@@ -69,6 +75,7 @@ class TrimPolicy:
 
     maxlen: int
     max_age_s: float | None = None
+    budget_bytes: int | None = None
 
     @classmethod
     def for_budget(
@@ -76,7 +83,14 @@ class TrimPolicy:
     ) -> TrimPolicy:
         if budget_bytes <= 0 or avg_entry_bytes <= 0:
             raise ValueError("budget and entry size must be positive")
-        return cls(maxlen=max(1_000, budget_bytes // avg_entry_bytes), max_age_s=max_age_s)
+        maxlen = max(MIN_MAXLEN, budget_bytes // avg_entry_bytes)
+        return cls(maxlen=maxlen, max_age_s=max_age_s, budget_bytes=budget_bytes)
+
+    def maxlen_for(self, observed_entry_bytes: float) -> int:
+        """MAXLEN for the entry size a writer actually observes (batches vary in size)."""
+        if self.budget_bytes is None or observed_entry_bytes <= 0:
+            return self.maxlen
+        return max(MIN_MAXLEN, int(self.budget_bytes / observed_entry_bytes))
 
 
 MIB: Final = 1024 * 1024
@@ -108,6 +122,7 @@ class Entry:
     events: list[Event]
     received_ms: int
     traceparent: str | None = None
+    source: str = "ws"
 
 
 def encode_entry(
@@ -115,6 +130,7 @@ def encode_entry(
     events: Sequence[Event],
     received_ms: int | None = None,
     traceparent: str | None = None,
+    source: str = "ws",
 ) -> dict[bytes, bytes]:
     fields = {
         b"v": ENTRY_VERSION,
@@ -125,6 +141,8 @@ def encode_entry(
     }
     if traceparent:
         fields[b"tp"] = traceparent.encode()
+    if source != "ws":
+        fields[b"src"] = source.encode()
     return fields
 
 
@@ -143,7 +161,10 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
     if count != len(events):
         raise EntryFormatError(f"entry {ident}: n={count} but data holds {len(events)} events")
     traceparent = fields.get(b"tp")
-    return Entry(ident, event_type, events, received, traceparent.decode() if traceparent else None)
+    source = fields.get(b"src", b"ws").decode()
+    return Entry(
+        ident, event_type, events, received, traceparent.decode() if traceparent else None, source
+    )
 
 
 def now_ms() -> int:

@@ -1,0 +1,305 @@
+"""The WebSocket session with Polygon (or the simulator): connect, auth, subscribe, read.
+
+The read loop only stamps each frame with its receive time and puts it on a bounded queue; it
+never parses market data and never touches Redis. A full queue drops the frame, counts it and
+records a gap window. Around it: reconnect forever with capped exponential backoff and jitter,
+resubscribe, a staleness watchdog, live symbol changes, and the gap published after every
+reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from its_common import calendar
+from its_common.events import CodecError, Status, decode_frame
+from its_common.gaps import GapWindow
+from its_common.streams import now_ms
+from its_router.backoff import Backoff
+from its_router.batching import Frame
+from its_router.config import RouterSettings
+from its_router.metrics import RouterMetrics
+from its_router.status import StatusPublisher
+from its_router.subscriptions import diff, subscribe_message, topics
+from its_router.symbols import read_symbols
+
+log = logging.getLogger("its.router.feed")
+
+
+class AuthFailedError(Exception):
+    """The feed rejected the API key: a configuration error, not a network one."""
+
+
+class MaxConnectionsError(Exception):
+    """The feed allows one connection per key; another client holds it."""
+
+
+class StaleFeedError(Exception):
+    """Nothing arrived for too long during market hours."""
+
+
+class FeedClient:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        api_key: str,
+        queue: asyncio.Queue[Frame],
+        metrics: RouterMetrics,
+        status: StatusPublisher,
+        record_gap: Callable[[GapWindow], None],
+        symbols_source: Callable[[list[str]], Awaitable[list[str]]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api_key = api_key
+        self.queue = queue
+        self.metrics = metrics
+        self.status = status
+        self.record_gap = record_gap
+        self.symbols = list(settings.symbols)
+        self.symbols_source = symbols_source or (
+            lambda current: read_symbols(status.redis, settings.symbols_key, current)
+        )
+        self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self.last_message_ms: int | None = None
+        self.subscribed = False
+        self.fatal: str | None = None
+        self._overflow_start: int | None = None
+        self._overflow_end = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self.symbols = await self.symbols_source(self.symbols)
+        while not stopping.is_set():
+            delay: float
+            try:
+                await self._session(stopping)
+                delay = 0 if stopping.is_set() else self.backoff.next_delay()
+                cause = "closed"
+            except AuthFailedError as exc:
+                self.fatal = f"auth_failed: {exc}"
+                log.error(
+                    "the feed rejected the API key (%s). Check POLYGON_API_KEY; "
+                    "not retrying for %.0fs",
+                    exc,
+                    self.settings.auth_failed_retry_s,
+                    extra={"alert": "feed_auth_failed"},
+                )
+                await self.status.publish("auth_failed", str(exc))
+                delay, cause = self.settings.auth_failed_retry_s, "auth_failed"
+            except MaxConnectionsError as exc:
+                log.error(
+                    "max_connections: another client uses this API key (%s); backing off %.0fs",
+                    exc,
+                    self.settings.max_connections_backoff_s,
+                    extra={"alert": "feed_max_connections"},
+                )
+                await self.status.publish("max_connections", str(exc))
+                delay, cause = self.settings.max_connections_backoff_s, "max_connections"
+            except StaleFeedError as exc:
+                await self.status.publish("stale", str(exc))
+                delay, cause = 0.0, "stale"
+            except (OSError, TimeoutError, websockets.WebSocketException, CodecError) as exc:
+                delay, cause = self.backoff.next_delay(), "error"
+                log.warning(
+                    "feed connection lost (%s: %s); reconnecting in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+            self._disconnected(cause)
+            if stopping.is_set():
+                return
+            self.metrics.reconnects.labels(cause).inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+
+    def _disconnected(self, cause: str) -> None:
+        if self.subscribed:
+            log.warning("feed disconnected (%s)", cause)
+        self.subscribed = False
+        self.metrics.connected.set(0)
+
+    async def _session(self, stopping: asyncio.Event) -> None:
+        async with websockets.connect(
+            self.settings.polygon_ws_url,
+            open_timeout=10,
+            ping_interval=20,
+            ping_timeout=20,
+            max_size=None,
+            max_queue=64,
+            compression=None,
+        ) as ws:
+            await self._handshake(ws)
+            self.fatal = None
+            self.backoff.reset()
+            self._publish_reconnect_gap()
+            await self.status.publish("subscribed", ",".join(self.symbols))
+            tasks = [
+                asyncio.create_task(self._read(ws), name="feed-read"),
+                asyncio.create_task(self._watchdog(), name="feed-watchdog"),
+                asyncio.create_task(self._watch_symbols(ws), name="feed-symbols"),
+                asyncio.create_task(stopping.wait(), name="feed-stop"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        timeout = self.settings.auth_timeout_s
+        await self._expect(ws, {"connected"}, timeout)
+        await ws.send(json.dumps({"action": "auth", "params": self.api_key}))
+        await self._expect(ws, {"auth_success"}, timeout)
+        wanted = topics(self.symbols, self.settings.channels)
+        await ws.send(json.dumps(subscribe_message("subscribe", wanted)))
+        self.subscribed = True
+        self.metrics.connected.set(1)
+        log.info("subscribed", extra={"topics": wanted, "url": self.settings.polygon_ws_url})
+
+    async def _expect(self, ws: ClientConnection, wanted: set[str], within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {'/'.join(sorted(wanted))} status within {within_s:.0f}s")
+            raw = await asyncio.wait_for(ws.recv(decode=False), remaining)
+            for event in decode_frame(raw):
+                if isinstance(event, Status):
+                    self._check_status(event)
+                    if event.status in wanted:
+                        return
+
+    def _check_status(self, status: Status) -> None:
+        self.metrics.feed_status.labels(status.status).inc()
+        if status.status == "auth_failed":
+            raise AuthFailedError(status.message or "authentication failed")
+        if status.status == "max_connections":
+            raise MaxConnectionsError(status.message)
+        if status.status in {"auth_timeout", "error"}:
+            log.warning("feed status %s: %s", status.status, status.message)
+
+    # -- the hot loop ------------------------------------------------------------------------
+
+    async def _read(self, ws: ClientConnection) -> None:
+        queue, metrics = self.queue, self.metrics
+        frames = metrics.frames
+        while True:
+            payload = await ws.recv(decode=False)
+            received = now_ms()
+            self.last_message_ms = received
+            frames.inc()
+            if b'"ev":"status"' in payload:
+                self._statuses(payload)
+            try:
+                queue.put_nowait(Frame(received, payload))
+            except asyncio.QueueFull:
+                self._overflow(received)
+
+    def _statuses(self, payload: bytes) -> None:
+        try:
+            events = decode_frame(payload)
+        except CodecError:
+            return  # a malformed frame: the writer dead-letters it
+        for event in events:
+            if isinstance(event, Status):
+                self._check_status(event)
+
+    def _overflow(self, received_ms: int) -> None:
+        self.metrics.queue_dropped_frames.inc()
+        if self._overflow_start is None:
+            self._overflow_start = received_ms
+            log.error(
+                "read queue full (%d frames): dropping frames, recording the window as a gap",
+                self.queue.maxsize,
+                extra={"alert": "router_queue_overflow"},
+            )
+        self._overflow_end = received_ms
+        if self.queue.qsize() < self.queue.maxsize // 2:
+            self._close_overflow()
+
+    def _close_overflow(self) -> None:
+        if self._overflow_start is None:
+            return
+        # Receive time approximates exchange time; pad a minute each side for clock skew.
+        self.record_gap(
+            GapWindow(
+                tuple(self.symbols),
+                self._overflow_start - 60_000,
+                self._overflow_end + 60_000,
+                "queue_overflow",
+            )
+        )
+        self._overflow_start = None
+
+    # -- around the loop ---------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        stale_ms = int(self.settings.stale_after_s * 1000)
+        started = now_ms()
+        while True:
+            await asyncio.sleep(min(1.0, self.settings.stale_after_s / 4))
+            if self._overflow_start is not None and self.queue.qsize() < self.queue.maxsize // 2:
+                self._close_overflow()
+            last = self.last_message_ms or started
+            silent = now_ms() - max(last, started)
+            if silent < stale_ms:
+                continue
+            if self.settings.watchdog_always or calendar.is_open(datetime.now(UTC)):
+                log.warning(
+                    "no data for %.1fs during market hours; reconnecting",
+                    silent / 1000,
+                    extra={"alert": "feed_stale"},
+                )
+                raise StaleFeedError(f"no data for {silent / 1000:.1f}s")
+
+    async def _watch_symbols(self, ws: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.settings.symbols_poll_s)
+            wanted = await self.symbols_source(self.symbols)
+            if wanted == self.symbols:
+                continue
+            add, remove = diff(self.symbols, wanted, self.settings.channels)
+            if remove:
+                await ws.send(json.dumps(subscribe_message("unsubscribe", remove)))
+            if add:
+                await ws.send(json.dumps(subscribe_message("subscribe", add)))
+            log.info("symbols changed", extra={"old": self.symbols, "new": wanted})
+            if add:
+                # Newly added symbols have no history here: let storage backfill today.
+                self.record_gap(
+                    GapWindow(
+                        tuple(s for s in wanted if s not in self.symbols),
+                        now_ms() - 3_600_000,
+                        now_ms(),
+                        "symbol_added",
+                    )
+                )
+            self.symbols = wanted
+            await self.status.publish("subscribed", ",".join(self.symbols))
+
+    def _publish_reconnect_gap(self) -> None:
+        if self.last_message_ms is None:
+            return
+        self.record_gap(GapWindow(tuple(self.symbols), self.last_message_ms, now_ms(), "reconnect"))
+
+    async def ready(self) -> None:
+        """Readiness: authenticated and subscribed."""
+        if self.fatal:
+            raise RuntimeError(self.fatal)
+        if not self.subscribed:
+            raise RuntimeError("feed not connected")

@@ -1,0 +1,77 @@
+"""Feed state changes, published for the alerter and dashboard (never fatal when Redis is down)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from its_common.gaps import GapWindow, encode_gap
+from its_common.streams import DEFAULT_TRIM, Stream, now_ms
+
+log = logging.getLogger("its.router.status")
+FEED_STATE_KEY: Final = "its:feed:state"
+
+
+class FeedStatus(msgspec.Struct, frozen=True):
+    """One entry of ``its:stream:feed-status`` (field ``data``; ``v=1``, ``type=feed_status``)."""
+
+    state: str  # connected | subscribed | disconnected | stale | auth_failed | max_connections
+    detail: str
+    ts_ms: int
+    source: str = "router"
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def decode_status(fields: dict[bytes, bytes]) -> FeedStatus:
+    return msgspec.json.decode(fields[b"data"], type=FeedStatus)
+
+
+@dataclass
+class StatusPublisher:
+    redis: aioredis.Redis
+
+    async def publish(self, state: str, detail: str = "") -> None:
+        status = FeedStatus(state=state, detail=detail, ts_ms=now_ms())
+        fields: dict[Any, Any] = {
+            b"v": b"1",
+            b"type": b"feed_status",
+            b"data": _encoder.encode(status),
+        }
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    Stream.FEED_STATUS,
+                    fields,
+                    maxlen=DEFAULT_TRIM[Stream.FEED_STATUS].maxlen,
+                    approximate=True,
+                )
+                pipe.hset(
+                    FEED_STATE_KEY,
+                    mapping={"state": state, "detail": detail, "ts_ms": str(status.ts_ms)},
+                )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("feed status %s not published: %s", state, exc)
+
+    async def publish_gap(self, window: GapWindow) -> None:
+        """Publish a missed window; raises on Redis errors so the caller can keep and retry it."""
+        fields: dict[Any, Any] = encode_gap(window)
+        await self.redis.xadd(
+            Stream.GAPS, fields, maxlen=DEFAULT_TRIM[Stream.GAPS].maxlen, approximate=True
+        )
+        log.info(
+            "gap window published",
+            extra={
+                "symbols": list(window.symbols),
+                "start_ms": window.start_ms,
+                "end_ms": window.end_ms,
+                "reason": window.reason,
+            },
+        )

@@ -1,0 +1,258 @@
+"""The write side: drain the read queue, batch, and write to Redis Streams in one pipeline.
+
+The read loop never waits for this: it only enqueues frames. When Redis is unreachable, batches
+are held in memory (bounded by events) and retried with backoff while the queue keeps being
+drained; when the bound is reached the oldest batch is dropped, counted, logged and recorded as a
+gap window that is published (for REST backfill) once Redis is back. Nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from opentelemetry import trace
+from redis.exceptions import RedisError
+
+from its_common.events import Trade, encode_frame
+from its_common.gaps import GapWindow
+from its_common.streams import (
+    DEFAULT_TRIM,
+    STREAM_FOR_EVENT,
+    Stream,
+    TrimPolicy,
+    encode_entry,
+    latest_trade_key,
+    now_ms,
+)
+from its_common.telemetry import current_traceparent
+from its_router.backoff import Backoff
+from its_router.batching import Batch, Frame, build_batch, chunks
+from its_router.metrics import RouterMetrics
+
+log = logging.getLogger("its.router.writer")
+tracer = trace.get_tracer("its.router")
+MAX_DEAD_LETTER_BYTES = 64 * 1024
+
+
+class StreamWriter:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        metrics: RouterMetrics,
+        *,
+        batch_max_events: int,
+        hold_max_events: int,
+        max_events_per_entry: int = 2_000,
+        symbols: Callable[[], list[str]] = list,
+        publish_gap: Callable[[GapWindow], Any] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.redis = redis
+        self.metrics = metrics
+        self.batch_max_events = batch_max_events
+        self.hold_max_events = hold_max_events
+        self.max_events_per_entry = max_events_per_entry
+        self.symbols = symbols
+        self.publish_gap = publish_gap
+        self.backoff = backoff or Backoff(0.2, 5.0)
+        self.held: deque[Batch] = deque()
+        self.held_events = 0
+        self.pending_gaps: list[GapWindow] = []
+        self.retry_at = 0.0
+        self.redis_ok = True
+        self.entry_bytes: dict[Stream, float] = {}
+        self.written_events = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, queue: asyncio.Queue[Frame], stopping: asyncio.Event) -> None:
+        """Drain ``queue`` until ``stopping`` is set and the queue is empty, then flush."""
+        while not (stopping.is_set() and queue.empty()):
+            frames = await self._take(queue, stopping)
+            self.metrics.queue_depth.set(queue.qsize())
+            if frames:
+                self.hold(build_batch(frames))
+            if self.held and time.monotonic() >= self.retry_at:
+                await self.flush()
+        deadline = time.monotonic() + 5
+        while self.held and time.monotonic() < deadline:
+            if not await self.flush():
+                await asyncio.sleep(0.2)
+        if self.held:
+            self._drop_all("shutdown with Redis unreachable")
+        await self._publish_pending_gaps()
+
+    async def _take(self, queue: asyncio.Queue[Frame], stopping: asyncio.Event) -> list[Frame]:
+        frames: list[Frame] = []
+        if queue.empty():
+            timeout = 0.2 if not self.held else max(0.01, self.retry_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                frames.append(await asyncio.wait_for(queue.get(), timeout))
+        # Everything already waiting, up to the batch bound (frames hold ~10-1000 events each).
+        while not queue.empty() and len(frames) < self.batch_max_events:
+            frames.append(queue.get_nowait())
+        return frames
+
+    # -- holding and dropping ---------------------------------------------------------------
+
+    def hold(self, batch: Batch) -> None:
+        for status in batch.statuses:
+            self.metrics.feed_status.labels(status.status).inc()
+        if batch.event_count == 0 and not batch.dead_letters:
+            return
+        self.held.append(batch)
+        self.held_events += batch.event_count
+        while self.held_events > self.hold_max_events and len(self.held) > 1:
+            self._drop(self.held.popleft(), "hold buffer full while Redis is unreachable")
+        self.metrics.held_events.set(self.held_events)
+
+    def _drop(self, batch: Batch, why: str) -> None:
+        self.held_events -= batch.event_count
+        self.metrics.dropped_events.inc(batch.event_count)
+        if batch.min_event_ms is not None and batch.max_event_ms is not None:
+            self.pending_gaps.append(
+                GapWindow(
+                    symbols=tuple(sorted(batch.symbols)),
+                    start_ms=batch.min_event_ms,
+                    end_ms=batch.max_event_ms + 1,
+                    reason="buffer_overflow",
+                )
+            )
+        log.error(
+            "dropped %d events: %s; recorded as a gap to backfill",
+            batch.event_count,
+            why,
+            extra={"alert": "router_events_dropped"},
+        )
+
+    def _drop_all(self, why: str) -> None:
+        while self.held:
+            self._drop(self.held.popleft(), why)
+        self.metrics.held_events.set(0)
+
+    def record_gap(self, window: GapWindow) -> None:
+        """Queue a gap window for publication (published with the next successful write)."""
+        self.pending_gaps.append(window)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def flush(self) -> bool:
+        """Write held batches in order; False (and a retry time) when Redis failed."""
+        try:
+            await self._publish_pending_gaps(raise_errors=True)
+            while self.held:
+                await self._write(self.held[0])
+                batch = self.held.popleft()
+                self.held_events -= batch.event_count
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_write_errors.inc()
+            delay = self.backoff.next_delay()
+            self.retry_at = time.monotonic() + delay
+            if self.redis_ok:
+                log.error(
+                    "Redis write failed (%s); holding %d events, retrying in %.1fs",
+                    exc,
+                    self.held_events,
+                    delay,
+                    extra={"alert": "router_redis_unreachable"},
+                )
+            self.redis_ok = False
+            return False
+        finally:
+            self.metrics.held_events.set(self.held_events)
+        if not self.redis_ok:
+            log.info("Redis writes recovered")
+        self.redis_ok = True
+        self.backoff.reset()
+        return True
+
+    async def _publish_pending_gaps(self, raise_errors: bool = False) -> None:
+        while self.pending_gaps:
+            try:
+                if self.publish_gap is not None:
+                    await self.publish_gap(self.pending_gaps[0])
+            except (RedisError, OSError):
+                if raise_errors:
+                    raise
+                log.error("gap window could not be published: %s", self.pending_gaps[0])
+            self.pending_gaps.pop(0)
+
+    async def _write(self, batch: Batch) -> None:
+        with tracer.start_as_current_span("router.write_batch") as span:
+            span.set_attribute("its.events", batch.event_count)
+            traceparent = current_traceparent()
+            received = batch.first_received_ms
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (source, tag), events in batch.groups.items():
+                    stream = STREAM_FOR_EVENT[tag]
+                    policy = DEFAULT_TRIM[stream]
+                    for part in chunks(events, self.max_events_per_entry):
+                        fields: dict[Any, Any] = encode_entry(
+                            tag, part, received, traceparent, source
+                        )
+                        self._observe_size(stream, fields)
+                        pipe.xadd(
+                            stream, fields, maxlen=self._maxlen(stream, policy), approximate=True
+                        )
+                for symbol, trade in batch.latest_trades.items():
+                    pipe.hset(latest_trade_key(symbol), mapping=_trade_mapping(trade, received))
+                for received_ms, error in batch.dead_letters:
+                    pipe.xadd(
+                        Stream.DEAD_LETTER,
+                        {
+                            "v": "1",
+                            "source": "router",
+                            "reason": error.reason,
+                            "detail": error.detail[:500],
+                            "raw": error.raw[:MAX_DEAD_LETTER_BYTES],
+                            "rt": str(received_ms),
+                        },
+                        maxlen=DEFAULT_TRIM[Stream.DEAD_LETTER].maxlen,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        stored = now_ms()
+        self._account(batch, stored)
+
+    def _observe_size(self, stream: Stream, fields: dict[Any, Any]) -> None:
+        size = sum(len(k) + len(v) for k, v in fields.items()) + 64
+        previous = self.entry_bytes.get(stream)
+        self.entry_bytes[stream] = size if previous is None else 0.9 * previous + 0.1 * size
+
+    def _maxlen(self, stream: Stream, policy: TrimPolicy) -> int:
+        return policy.maxlen_for(self.entry_bytes.get(stream, 0.0))
+
+    def _account(self, batch: Batch, stored_ms: int) -> None:
+        metrics = self.metrics
+        for (_, tag), events in batch.groups.items():
+            metrics.events.labels(tag).inc(len(events))
+        for _, error in batch.dead_letters:
+            metrics.parse_errors.labels(error.reason).inc()
+            log.warning("invalid event sent to the dead-letter stream: %s", error)
+        metrics.batch_size.observe(batch.event_count)
+        for received_ms in batch.frame_received_ms:
+            metrics.receive_to_stored.observe(max(0, stored_ms - received_ms) / 1000)
+        for exchange_ms in batch.frame_newest_exchange_ms:
+            if exchange_ms:
+                metrics.exchange_to_stored.observe(max(0, stored_ms - exchange_ms) / 1000)
+        self.written_events += batch.event_count
+
+
+def _trade_mapping(trade: Trade, received_ms: int) -> dict[Any, Any]:
+    return {
+        "p": repr(trade.price),
+        "s": str(trade.size),
+        "t": str(trade.timestamp),
+        "x": str(trade.exchange),
+        "i": trade.trade_id,
+        "q": str(trade.sequence),
+        "rt": str(received_ms),
+        "json": encode_frame([trade]),
+    }
