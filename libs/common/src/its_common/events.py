@@ -142,11 +142,11 @@ def decode_frame_lenient(frame: bytes | str) -> tuple[list[Event], list[CodecErr
     """
     try:
         return decode_frame(frame), []
-    except CodecError as whole_error:
+    except CodecError:
         try:
             parts = json.loads(frame)
-        except ValueError:
-            return [], [whole_error]
+        except ValueError as exc:
+            return [], [CodecError("invalid_json", str(exc), _as_bytes(frame))]
     if not isinstance(parts, list):
         return [], [CodecError("not_an_array", "a frame must be a JSON array", _as_bytes(frame))]
     good: list[Event] = []

@@ -1,4 +1,4 @@
-"""Capped exponential backoff with full jitter."""
+"""Capped exponential backoff with jitter ("equal jitter": half fixed, half random)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The next wait: uniform in [cap/2, cap], cap = min(max, initial * 2**attempt)."""
-        cap = min(self.max_s, self.initial_s * (2**self.attempt))
+        cap = min(self.max_s, self.initial_s * (2.0**self.attempt))
         self.attempt = min(self.attempt + 1, 32)
         jitter = float(self.rng.random())
         return cap / 2 + jitter * cap / 2

@@ -1,0 +1,69 @@
+"""Pure parts of the router: backoff, subscriptions, batching, settings."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from its_common.events import MinuteAgg, Trade, encode_frame
+from its_common.settings import SettingsError, load_settings
+from its_router.backoff import Backoff
+from its_router.batching import Frame, build_batch
+from its_router.config import RouterSettings
+from its_router.subscriptions import diff, subscribe_message, topics
+from its_router.symbols import SymbolError, parse_symbols
+
+
+def test_backoff_grows_capped_with_jitter_and_resets() -> None:
+    backoff = Backoff(0.5, 8.0, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(8)]
+    caps = [0.5, 1, 2, 4, 8, 8, 8, 8]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert len({round(d, 6) for d in delays[4:]}) > 1  # jittered, not lock-step
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_topics_and_symbol_diff() -> None:
+    assert topics(["NVDA", "MSFT"], ["T", "AM"]) == ["T.NVDA", "AM.NVDA", "T.MSFT", "AM.MSFT"]
+    add, remove = diff(["NVDA", "MSFT"], ["NVDA", "AAPL"], ["T", "AM"])
+    assert add == ["T.AAPL", "AM.AAPL"] and remove == ["T.MSFT", "AM.MSFT"]
+    assert subscribe_message("subscribe", add) == {"action": "subscribe", "params": "T.AAPL,AM.AAPL"}
+
+
+def test_symbol_parsing() -> None:
+    assert parse_symbols(" nvda, aapl ,NVDA") == ["NVDA", "AAPL"]
+    with pytest.raises(SymbolError):
+        parse_symbols("NVDA,bad ticker")
+
+
+def trade(symbol: str, ts: int, price: float = 100.0) -> Trade:
+    return Trade(symbol, 4, str(ts), 3, price, 100, ts, ts)
+
+
+def test_batch_groups_by_type_keeps_latest_trade_and_isolates_bad_events() -> None:
+    bar = MinuteAgg("NVDA", 10.0, 1.0, 1.0, 1.0, 1.0, 60_000, 120_000)
+    good = encode_frame([trade("NVDA", 5), trade("MSFT", 3), bar, trade("NVDA", 4)])
+    bad = b'[{"ev":"T","sym":"NVDA","x":4,"i":"9","z":3,"p":-2.0,"s":1,"t":9,"q":9}]'
+    batch = build_batch([Frame(1_000, good), Frame(1_001, bad), Frame(1_002, b"{oops")])
+    assert [len(v) for v in batch.groups.values()] == [3, 1]
+    assert batch.groups[("ws", "T")][0].symbol == "NVDA"
+    assert batch.latest_trades["NVDA"].timestamp == 5 and batch.latest_trades["MSFT"].timestamp == 3
+    assert [e.reason for _, e in batch.dead_letters] == ["out_of_range", "invalid_json"]
+    assert batch.event_count == 4 and batch.symbols == {"NVDA", "MSFT"}
+    assert (batch.min_event_ms, batch.max_event_ms) == (3, 60_000)
+    assert batch.first_received_ms == 1_000
+
+
+def test_router_settings_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ITS_CHANNELS", "T,AM,XX")
+    monkeypatch.setenv("USE_POLYGON_WS", "maybe")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(RouterSettings)
+    assert "ITS_CHANNELS" in str(caught.value) and "XX" in str(caught.value)
+    assert "USE_POLYGON_WS" in str(caught.value)
+    monkeypatch.setenv("ITS_CHANNELS", "t, am, q")
+    monkeypatch.setenv("USE_POLYGON_WS", "false")
+    settings = load_settings(RouterSettings)
+    assert settings.channels == ["T", "AM", "Q"] and settings.use_polygon_ws is False

@@ -1,0 +1,110 @@
+"""The stream writer against a real Redis that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from its_common import streams
+from its_common.events import Trade, encode_frame
+from its_common.gaps import decode_gap
+from its_common.localstack.servers import RedisServer
+from its_common.streams import Stream
+from its_router.backoff import Backoff
+from its_router.batching import Frame
+from its_router.metrics import RouterMetrics
+from its_router.status import StatusPublisher
+from its_router.writer import StreamWriter
+
+
+def frame(start: int, count: int = 10, symbol: str = "NVDA") -> Frame:
+    trades = [
+        Trade(symbol, 4, str(i), 3, 100.0 + i / 100, 100, 1_764_081_000_000 + i, i)
+        for i in range(start, start + count)
+    ]
+    return Frame(streams.now_ms(), encode_frame(trades))
+
+
+async def stored_trades(client: Any) -> list[int]:
+    sequences: list[int] = []
+    for entry_id, fields in await client.xrange(Stream.TRADES):
+        entry = streams.decode_entry(entry_id, fields)
+        sequences += [event.sequence for event in entry.events]  # type: ignore[union-attr]
+    return sequences
+
+
+async def eventually(check: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def test_events_are_held_while_redis_is_down_and_overflow_becomes_a_gap(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis").start()
+    client = streams.connect(server.url, health_check_interval=0)
+    registry = CollectorRegistry()
+    metrics = RouterMetrics.create(registry)
+    writer = StreamWriter(
+        client,
+        metrics,
+        batch_max_events=1_000,
+        hold_max_events=55,
+        publish_gap=StatusPublisher(client).publish_gap,
+        backoff=Backoff(0.05, 0.2),
+    )
+    queue: asyncio.Queue[Frame] = asyncio.Queue()
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(queue, stop))
+    try:
+        queue.put_nowait(frame(0))
+        queue.put_nowait(frame(10))
+
+        async def first_written() -> bool:
+            return len(await stored_trades(client)) == 20
+
+        await eventually(first_written)
+        latest = await client.hgetall(streams.latest_trade_key("NVDA"))
+        assert latest[b"q"] == b"19"
+
+        await asyncio.to_thread(server.stop)
+        for start in range(20, 100, 10):  # 80 events while down; the hold keeps at most 55
+            queue.put_nowait(frame(start))
+            await asyncio.sleep(0.05)
+        await eventually(lambda: _true(writer.held_events <= 55 and queue.empty() and not writer.redis_ok))
+        dropped = registry.get_sample_value("router_dropped_events_total")
+        assert dropped is not None and dropped >= 30
+        assert registry.get_sample_value("router_redis_write_errors_total")
+
+        await asyncio.to_thread(server.start)
+
+        async def drained() -> bool:
+            return writer.held_events == 0 and writer.redis_ok
+
+        await eventually(drained)
+        sequences = await stored_trades(client)
+        kept = 20 + 80 - int(dropped)
+        assert len(sequences) == kept == len(set(sequences))  # no loss beyond the counted drop
+        assert sequences == sorted(sequences)  # order kept across the outage
+        gaps = [decode_gap(f) for _, f in await client.xrange(Stream.GAPS)]
+        assert gaps and all(g.reason == "buffer_overflow" for g in gaps)
+        missing = set(range(100)) - set(sequences)
+        covered = {
+            s for s in missing for g in gaps if g.start_ms <= 1_764_081_000_000 + s < g.end_ms
+        }
+        assert covered == missing  # every dropped event lies in a published gap window
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()
+        server.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
