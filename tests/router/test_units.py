@@ -29,7 +29,10 @@ def test_topics_and_symbol_diff() -> None:
     assert topics(["NVDA", "MSFT"], ["T", "AM"]) == ["T.NVDA", "AM.NVDA", "T.MSFT", "AM.MSFT"]
     add, remove = diff(["NVDA", "MSFT"], ["NVDA", "AAPL"], ["T", "AM"])
     assert add == ["T.AAPL", "AM.AAPL"] and remove == ["T.MSFT", "AM.MSFT"]
-    assert subscribe_message("subscribe", add) == {"action": "subscribe", "params": "T.AAPL,AM.AAPL"}
+    assert subscribe_message("subscribe", add) == {
+        "action": "subscribe",
+        "params": "T.AAPL,AM.AAPL",
+    }
 
 
 def test_symbol_parsing() -> None:
