@@ -68,6 +68,7 @@ class RestPoller:
         self.backoff = Backoff(1.0, 120.0)
         self.next_bar_ms: dict[str, int] = {}
         self.last_trade_ns: dict[str, int] = {}
+        self.last_trade_ms: dict[str, int] = {}
         self.healthy = False
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -91,12 +92,14 @@ class RestPoller:
                     await asyncio.wait_for(stopping.wait(), wait)
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
-        now = now_ms()
         for symbol in list(self.symbols):
-            bars = await self._minute_bars(session, symbol, now)
+            trade = await self._last_trade(session, symbol)
+            # The market's own clock: the last trade's time (the simulator may replay a past or
+            # accelerated day); wall-clock time when the symbol has not traded yet.
+            market_now = self.last_trade_ms.get(symbol) or now_ms()
+            bars = await self._minute_bars(session, symbol, market_now)
             if bars:
                 self._enqueue(bars)
-            trade = await self._last_trade(session, symbol)
             if trade is not None:
                 self._enqueue([trade])
 
@@ -138,6 +141,7 @@ class RestPoller:
         if not result:
             return None
         ts_ns = int(result["t"])
+        self.last_trade_ms[symbol] = ts_ns // 1_000_000
         if self.last_trade_ns.get(symbol) == ts_ns:
             return None
         self.last_trade_ns[symbol] = ts_ns

@@ -1,0 +1,212 @@
+"""The router as a real process against the real simulator, every fault mode."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from its_common import streams
+from its_common.events import MinuteAgg, Trade
+from its_common.gaps import decode_gap
+from its_common.localstack.servers import RedisServer
+from its_common.streams import Stream
+from its_router.status import decode_status
+from tests.router.harness import BIN, router, simulator, wait_until
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Any:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def events(r: Any, stream: Stream) -> list[Any]:
+    out: list[Any] = []
+    for entry_id, fields in r.xrange(stream):
+        out += streams.decode_entry(entry_id, fields).events
+    return out
+
+
+def entries(r: Any, stream: Stream) -> list[streams.Entry]:
+    return [streams.decode_entry(i, f) for i, f in r.xrange(stream)]
+
+
+def gaps(r: Any) -> list[Any]:
+    return [decode_gap(fields) for _, fields in r.xrange(Stream.GAPS)]
+
+
+def feed_states(r: Any) -> list[str]:
+    return [decode_status(fields).state for _, fields in r.xrange(Stream.FEED_STATUS)]
+
+
+def test_trades_and_minute_bars_reach_the_streams(tmp_path: Path, redis_server, r) -> None:
+    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim) as rt:
+        wait_until(lambda: r.xlen(Stream.BARS_1M) >= 2, 30, "minute bars")
+        trades = events(r, Stream.TRADES)
+        bars = events(r, Stream.BARS_1M)
+        assert trades and all(isinstance(t, Trade) for t in trades)
+        assert {t.symbol for t in trades} == {"NVDA", "MSFT"}
+        assert all(isinstance(b, MinuteAgg) and b.end - b.start == 60_000 for b in bars)
+        first = entries(r, Stream.TRADES)[0]
+        assert first.received_ms > 0 and first.source == "ws"
+        latest = r.hgetall(streams.latest_trade_key("NVDA"))
+        assert float(latest[b"p"]) > 0 and int(latest[b"t"]) > 0
+        assert wait_until(lambda: rt.readyz()[0] == 200, 10, "ready")
+        assert rt.metric("router_events_total", type="T") >= len(trades) > 0
+        assert rt.metric("router_frames_total") > 0
+        assert r.xlen(Stream.DEAD_LETTER) == 0
+        assert list(r.scan_iter("its:heartbeat:router:*"))
+
+
+def test_drop_reconnects_resubscribes_and_publishes_the_gap(tmp_path: Path, redis_server, r):
+    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim) as rt:
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+        sim.drop()
+        wait_until(lambda: any(g.reason == "reconnect" for g in gaps(r)), 20, "gap window")
+        window = next(g for g in gaps(r) if g.reason == "reconnect")
+        assert set(window.symbols) == {"NVDA", "MSFT"} and window.end_ms >= window.start_ms
+        assert rt.metric("router_reconnects_total") >= 1
+        before = r.xlen(Stream.TRADES)
+        wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "trades after the reconnect")
+        assert feed_states(r).count("subscribed") >= 2
+
+
+def test_stall_triggers_the_watchdog(tmp_path: Path, redis_server, r) -> None:
+    with (
+        simulator(tmp_path) as sim,
+        router(
+            tmp_path, redis_server.url, sim, ITS_STALE_AFTER_S="1", ITS_WATCHDOG_ALWAYS="true"
+        ) as rt,
+    ):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+        sim.faults(stall=True)
+        wait_until(lambda: "stale" in feed_states(r), 20, "stale state")
+        assert rt.metric("router_reconnects_total", cause="stale") >= 1
+        sim.faults(stall=False)
+        before = r.xlen(Stream.TRADES)
+        wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "trades after the stall")
+
+
+def test_malformed_frames_go_to_dead_letters_and_the_router_keeps_going(
+    tmp_path: Path, redis_server, r
+) -> None:
+    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim) as rt:
+        sim.faults(malformed_rate=0.3)
+        wait_until(lambda: r.xlen(Stream.DEAD_LETTER) >= 20, 30, "dead letters")
+        reasons = {fields[b"reason"].decode() for _, fields in r.xrange(Stream.DEAD_LETTER)}
+        assert reasons & {"invalid_json", "wrong_type", "missing_field", "non_finite"}
+        assert "out_of_range" in reasons or "non_finite" in reasons
+        raw = next(iter(r.xrange(Stream.DEAD_LETTER)))[1][b"raw"]
+        assert raw  # the raw payload is kept
+        assert rt.metric("router_parse_errors_total") >= 20
+        sim.faults(malformed_rate=0.0)
+        before = r.xlen(Stream.TRADES)
+        wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "trades keep flowing")
+        assert rt.process.poll() is None
+        for trade in events(r, Stream.TRADES):
+            assert trade.price > 0 and trade.size >= 0
+
+
+def test_duplicates_and_resent_bars_are_forwarded_for_storage_to_dedupe(
+    tmp_path: Path, redis_server, r
+) -> None:
+    with (
+        simulator(tmp_path, "--late-bar-rate", "0.5") as sim,
+        router(tmp_path, redis_server.url, sim),
+    ):
+        sim.faults(duplicate_rate=0.2)
+        wait_until(lambda: r.xlen(Stream.BARS_1M) >= 6, 40, "bars")
+        trades = events(r, Stream.TRADES)
+        keys = [(t.symbol, t.timestamp, t.exchange, t.trade_id) for t in trades]
+        assert len(keys) > len(set(keys))  # the router does not drop them: the loader's upsert does
+        bars = events(r, Stream.BARS_1M)
+        starts = [(b.symbol, b.start) for b in bars]
+        assert len(starts) > len(set(starts))  # re-sent bars arrive as new entries
+
+
+def test_auth_failure_is_a_clear_configuration_error_without_hammering(
+    tmp_path: Path, redis_server, r
+) -> None:
+    with (
+        simulator(tmp_path) as sim,
+        router(
+            tmp_path,
+            redis_server.url,
+            sim,
+            POLYGON_API_KEY="wrong-key",
+            ITS_AUTH_FAILED_RETRY_S="60",
+        ) as rt,
+    ):
+        wait_until(lambda: "auth_failed" in feed_states(r), 20, "auth_failed state")
+        status, body = rt.readyz()
+        assert status == 503 and "auth_failed" in body["checks"]["feed"]
+        assert "rejected the API key" in rt.log() and "POLYGON_API_KEY" in rt.log()
+        assert "wrong-key" not in rt.log()  # the key itself is never logged
+        wait_until(lambda: rt.metric("router_reconnects_total", cause="auth_failed") == 1, 5)
+        import time
+
+        time.sleep(2)
+        assert rt.metric("router_reconnects_total") == 1  # one attempt, then it waits
+        assert r.hget("its:feed:state", "state") == b"auth_failed"
+
+
+def test_symbol_list_changes_at_run_time(tmp_path: Path, redis_server, r) -> None:
+    with (
+        simulator(tmp_path, "--symbols", "NVDA,MSFT,AAPL") as sim,
+        router(tmp_path, redis_server.url, sim, ITS_SYMBOLS="NVDA,MSFT"),
+    ):
+        wait_until(lambda: r.exists(streams.latest_trade_key("MSFT")), 20, "MSFT trades")
+        assert not r.exists(streams.latest_trade_key("AAPL"))
+        result = subprocess.run(
+            [str(BIN / "its-router"), "set-symbols", "NVDA,AAPL"],
+            env={"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: r.exists(streams.latest_trade_key("AAPL")), 20, "AAPL trades")
+        r.delete(streams.latest_trade_key("MSFT"))
+        before = r.xlen(Stream.TRADES)
+        wait_until(lambda: r.xlen(Stream.TRADES) > before + 5, 20, "more trades")
+        assert not r.exists(streams.latest_trade_key("MSFT"))  # unsubscribed
+        assert any(g.reason == "symbol_added" and g.symbols == ("AAPL",) for g in gaps(r))
+
+
+def test_set_symbols_rejects_bad_input(redis_server) -> None:
+    result = subprocess.run(
+        [str(BIN / "its-router"), "set-symbols", "NVDA,not a ticker"],
+        env={"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2 and "expected comma-separated tickers" in result.stderr
+
+
+def test_rest_fallback_end_to_end_with_the_switch_recorded(tmp_path: Path, redis_server, r):
+    with simulator(tmp_path) as sim:
+        with router(tmp_path, redis_server.url, sim):
+            wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "ws trades")
+        r.delete(Stream.BARS_1M)
+        with router(
+            tmp_path, redis_server.url, sim, USE_POLYGON_WS="false", ITS_REST_POLL_INTERVAL_S="0.5"
+        ) as rt:
+            wait_until(lambda: r.xlen(Stream.BARS_1M) >= 1, 30, "REST minute bars")
+            bar_entries = entries(r, Stream.BARS_1M)
+            assert all(entry.source == "rest" for entry in bar_entries)
+            bars = [b for entry in bar_entries for b in entry.events]
+            assert all(isinstance(b, MinuteAgg) and b.end - b.start == 60_000 for b in bars)
+            starts = [(b.symbol, b.start) for b in bars]
+            assert len(starts) == len(set(starts))  # each completed minute polled once
+            assert any(g.reason == "fallback_switch" for g in gaps(r))
+            assert rt.metric("router_rest_requests_total", outcome="ok") > 0
+            wait_until(lambda: rt.readyz()[0] == 200, 10, "ready in REST mode")
