@@ -203,7 +203,7 @@ def test_rest_fallback_end_to_end_with_the_switch_recorded(tmp_path: Path, redis
             wait_until(lambda: r.xlen(Stream.BARS_1M) >= 1, 30, "REST minute bars")
             bar_entries = entries(r, Stream.BARS_1M)
             assert all(entry.source == "rest" for entry in bar_entries)
-            bars = [b for entry in bar_entries for b in entry.events]
+            bars: list[Any] = [b for entry in bar_entries for b in entry.events]
             assert all(isinstance(b, MinuteAgg) and b.end - b.start == 60_000 for b in bars)
             starts = [(b.symbol, b.start) for b in bars]
             assert len(starts) == len(set(starts))  # each completed minute polled once
