@@ -285,7 +285,8 @@ def test_production_wiring(render: Render) -> None:
     assert env["DATABASE_URL"]["value"] == "postgresql://its@its-timescaledb:5432/its"
     assert env["REDIS_PASSWORD_FILE"]["value"] == "/var/run/secrets/its/redis/password"
     assert env["DATABASE_PASSWORD_FILE"]["value"] == "/var/run/secrets/its/database/password"
-    assert "POLYGON_API_KEY_FILE" not in env  # the loader does not need Polygon
+    # The loader backfills from Polygon REST (values.yaml: needs.polygon), so it gets the key.
+    assert env["POLYGON_API_KEY_FILE"]["value"] == "/var/run/secrets/its/polygon/api-key"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http://otel-collector")
     assert container["image"] == "registry.example.com/its/its-loader:9.9.9"
     assert container["livenessProbe"]["periodSeconds"] == 30
@@ -572,7 +573,9 @@ def test_internet_egress_only_with_a_polygon_key(render: Render) -> None:
     router = pod_template_metadata(find(objects, "Deployment", "its-router"))["labels"]
     assert router["its.io/internet-client"] == "true"
     loader = pod_template_metadata(find(objects, "Deployment", "its-loader"))["labels"]
-    assert "its.io/internet-client" not in loader
+    assert loader["its.io/internet-client"] == "true"  # REST backfill
+    collector = pod_template_metadata(find(objects, "Deployment", "its-collector"))["labels"]
+    assert "its.io/internet-client" not in collector
 
 
 # ----- NOTES -----------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
-from its_common.events import MinuteAgg, Trade, encode_frame
+from its_common.events import MinuteAgg, Trade, decode_frame, encode_frame
 from its_common.settings import SettingsError, load_settings
 from its_router.backoff import Backoff
 from its_router.batching import Frame, build_batch
@@ -50,8 +51,9 @@ def test_batch_groups_by_type_keeps_latest_trade_and_isolates_bad_events() -> No
     good = encode_frame([trade("NVDA", 5), trade("MSFT", 3), bar, trade("NVDA", 4)])
     bad = b'[{"ev":"T","sym":"NVDA","x":4,"i":"9","z":3,"p":-2.0,"s":1,"t":9,"q":9}]'
     batch = build_batch([Frame(1_000, good), Frame(1_001, bad), Frame(1_002, b"{oops")])
-    assert [len(v) for v in batch.groups.values()] == [3, 1]
-    assert batch.groups[("ws", "T")][0].symbol == "NVDA"
+    assert batch.counts_by_type() == {"T": 3, "AM": 1}
+    ((data, count),) = batch.groups[("ws", "T")].entries(100)
+    assert count == 3 and [t.symbol for t in decode_frame(data)] == ["NVDA", "MSFT", "NVDA"]
     assert batch.latest_trades["NVDA"].timestamp == 5 and batch.latest_trades["MSFT"].timestamp == 3
     assert [e.reason for _, e in batch.dead_letters] == ["out_of_range", "invalid_json"]
     assert batch.event_count == 4 and batch.symbols == {"NVDA", "MSFT"}
@@ -70,3 +72,19 @@ def test_router_settings_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USE_POLYGON_WS", "false")
     settings = load_settings(RouterSettings)
     assert settings.channels == ["T", "AM", "Q"] and settings.use_polygon_ws is False
+
+
+def test_clean_single_type_frames_are_kept_raw_and_split_into_bounded_entries() -> None:
+    frames = [
+        Frame(i, encode_frame([trade("NVDA", i * 10 + j) for j in range(10)])) for i in range(5)
+    ]
+    frames.append(Frame(9, frames[0].payload.replace(b'"ds"', b'"ds"')[:-1] + b',{"ev":"T"}]'))
+    batch = build_batch(frames)
+    group = batch.groups[("ws", "T")]
+    entries = group.entries(25)
+    # five clean frames kept raw, plus the good events of the sixth: frame granularity, <= 25
+    assert [count for _, count in entries] == [20, 20, 20]
+    decoded: list[Any] = [t for data, _ in entries for t in decode_frame(data)]
+    assert [t.timestamp for t in decoded] == list(range(50)) + list(range(10))
+    assert [e.reason for _, e in batch.dead_letters] == ["missing_field"]
+    assert batch.latest_trades["NVDA"].timestamp == 49

@@ -132,11 +132,28 @@ def encode_entry(
     traceparent: str | None = None,
     source: str = "ws",
 ) -> dict[bytes, bytes]:
+    return encode_entry_raw(
+        event_type, encode_frame(events), len(events), received_ms, traceparent, source
+    )
+
+
+def encode_entry_raw(
+    event_type: str,
+    data: bytes,
+    count: int,
+    received_ms: int | None = None,
+    traceparent: str | None = None,
+    source: str = "ws",
+) -> dict[bytes, bytes]:
+    """An entry from an already-encoded, already-validated Polygon JSON array of ``count`` events.
+
+    The writer's fast path: frames that decoded cleanly are stored as received, not re-encoded.
+    """
     fields = {
         b"v": ENTRY_VERSION,
         b"type": event_type.encode(),
-        b"n": str(len(events)).encode(),
-        b"data": encode_frame(events),
+        b"n": str(count).encode(),
+        b"data": data,
         b"rt": str(received_ms if received_ms is not None else now_ms()).encode(),
     }
     if traceparent:

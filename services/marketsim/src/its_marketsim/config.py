@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from its_common.settings import BaseServiceSettings
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
+
+from its_common.settings import BaseServiceSettings
 
 DEFAULT_START_PRICES: dict[str, float] = {"NVDA": 180.0, "MSFT": 500.0}
 DEFAULT_TRADES_PER_DAY: dict[str, int] = {"NVDA": 1_400_000, "MSFT": 500_000}
@@ -23,10 +24,34 @@ DEFAULT_VOLATILITY: dict[str, float] = {"NVDA": 0.45, "MSFT": 0.25}
 # Tape by primary listing: 1 = NYSE (tape A), 2 = NYSE Arca/American and others (tape B),
 # 3 = Nasdaq (tape C). Symbols not listed here default to tape 1 unless configured.
 NASDAQ_LISTED = frozenset(
-    "NVDA MSFT AAPL AMZN GOOGL GOOG META TSLA AMD INTC AVGO NFLX ADBE CSCO COST PEP QCOM "
-    "TXN AMAT MU INTU PYPL SBUX QQQ".split()
+    [
+        "NVDA",
+        "MSFT",
+        "AAPL",
+        "AMZN",
+        "GOOGL",
+        "GOOG",
+        "META",
+        "TSLA",
+        "AMD",
+        "INTC",
+        "AVGO",
+        "NFLX",
+        "ADBE",
+        "CSCO",
+        "COST",
+        "PEP",
+        "QCOM",
+        "TXN",
+        "AMAT",
+        "MU",
+        "INTU",
+        "PYPL",
+        "SBUX",
+        "QQQ",
+    ]
 )
-TAPE_B = frozenset("SPY IWM DIA GLD XLF XLE XLK".split())
+TAPE_B = frozenset(["SPY", "IWM", "DIA", "GLD", "XLF", "XLE", "XLK"])
 DEV_API_KEY = "its-dev-key"
 
 DropPolicy = Literal["oldest", "newest"]
@@ -47,8 +72,8 @@ def parse_mapping(value: str | dict[str, Any] | None) -> dict[str, float]:
     if isinstance(value, dict):
         return {str(k).upper(): float(v) for k, v in value.items()}
     result: dict[str, float] = {}
-    for part in value.split(","):
-        part = part.strip()
+    for raw in value.split(","):
+        part = raw.strip()
         if not part:
             continue
         if "=" not in part:
@@ -59,12 +84,12 @@ def parse_mapping(value: str | dict[str, Any] | None) -> dict[str, float]:
 
 
 def parse_speed(value: str | float) -> float:
-    """``"max"`` (or 0) is as fast as possible (returned as ``math.inf``), else a positive factor."""
+    """``"max"`` (or 0): as fast as possible (``math.inf``); else a positive factor."""
     if isinstance(value, str):
-        text = value.strip().lower().removesuffix("x")
+        text = value.strip().lower()
         if text in {"max", "fast", "inf", "0"}:
             return math.inf
-        value = float(text)
+        value = float(text.removesuffix("x"))
     if value == 0 or math.isinf(value):
         return math.inf
     if not value > 0:
@@ -91,7 +116,7 @@ class SimConfig:
     trades_per_day: dict[str, float] = field(default_factory=dict)
     tapes: dict[str, float] = field(default_factory=dict)
     correlation: float = 0.6
-    quotes_per_trade: float = 3.0
+    quotes_per_trade: float = 1.0
     extended_activity: float = 0.05
     late_bar_rate: float = 0.03
     batch_size: int = 500
@@ -147,7 +172,9 @@ class MarketSimSettings(BaseServiceSettings):
     SERVICE: ClassVar[str] = "marketsim"
 
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("ITS_MARKETSIM_HOST", "host"))
-    port: int = Field(8765, ge=0, le=65535, validation_alias=AliasChoices("ITS_MARKETSIM_PORT", "port"))
+    port: int = Field(
+        8765, ge=0, le=65535, validation_alias=AliasChoices("ITS_MARKETSIM_PORT", "port")
+    )
     rest_port: int = Field(
         8766, ge=0, le=65535, validation_alias=AliasChoices("ITS_MARKETSIM_REST_PORT", "rest_port")
     )
@@ -189,10 +216,15 @@ class MarketSimSettings(BaseServiceSettings):
     )
     tapes: str = Field("", validation_alias=AliasChoices("ITS_MARKETSIM_TAPES", "tapes"))
     correlation: float = Field(
-        0.6, ge=-0.99, le=0.99, validation_alias=AliasChoices("ITS_MARKETSIM_CORRELATION", "correlation")
+        0.6,
+        ge=-0.99,
+        le=0.99,
+        validation_alias=AliasChoices("ITS_MARKETSIM_CORRELATION", "correlation"),
     )
     quotes_per_trade: float = Field(
-        3.0, ge=0, validation_alias=AliasChoices("ITS_MARKETSIM_QUOTES_PER_TRADE", "quotes_per_trade")
+        1.0,
+        ge=0,
+        validation_alias=AliasChoices("ITS_MARKETSIM_QUOTES_PER_TRADE", "quotes_per_trade"),
     )
     extended_activity: float = Field(
         0.05,
@@ -201,7 +233,10 @@ class MarketSimSettings(BaseServiceSettings):
         validation_alias=AliasChoices("ITS_MARKETSIM_EXTENDED_ACTIVITY", "extended_activity"),
     )
     late_bar_rate: float = Field(
-        0.03, ge=0, le=1, validation_alias=AliasChoices("ITS_MARKETSIM_LATE_BAR_RATE", "late_bar_rate")
+        0.03,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("ITS_MARKETSIM_LATE_BAR_RATE", "late_bar_rate"),
     )
     batch_size: int = Field(
         500, ge=1, validation_alias=AliasChoices("ITS_MARKETSIM_BATCH_SIZE", "batch_size")
@@ -214,7 +249,9 @@ class MarketSimSettings(BaseServiceSettings):
     slow_reader_timeout_s: float = Field(
         10.0,
         gt=0,
-        validation_alias=AliasChoices("ITS_MARKETSIM_SLOW_READER_TIMEOUT_S", "slow_reader_timeout_s"),
+        validation_alias=AliasChoices(
+            "ITS_MARKETSIM_SLOW_READER_TIMEOUT_S", "slow_reader_timeout_s"
+        ),
     )
     auth_timeout_s: float = Field(
         10.0, gt=0, validation_alias=AliasChoices("ITS_MARKETSIM_AUTH_TIMEOUT_S", "auth_timeout_s")
@@ -295,9 +332,7 @@ class MarketSimSettings(BaseServiceSettings):
         return value or None
 
     def to_config(self) -> SimConfig:
-        keys = tuple(
-            k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()
-        )
+        keys = tuple(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
         token = self.admin_token.get_secret_value() if self.admin_token else None
         return SimConfig(
             host=self.host,

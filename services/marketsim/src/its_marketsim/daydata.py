@@ -21,8 +21,10 @@ from datetime import date
 from typing import Any, Protocol
 
 import numpy as np
-from its_common.events import MarketEvent, MinuteAgg, Quote, SecondAgg, Trade
 from numpy.typing import NDArray
+
+from its_common.events import MinuteAgg, SecondAgg
+from its_marketsim.wire import WireQuote, WireTrade
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
@@ -33,6 +35,7 @@ NS_PER_MS = 1_000_000
 # Event type ranks: at one emission time, trades come before quotes, then bars.
 RANK_T, RANK_Q, RANK_A, RANK_AM = 0, 1, 2, 3
 EVENT_TYPES = ("T", "Q", "A", "AM")
+MarketEvent = Any  # a wire struct or an its_common aggregate; all encode with msgspec
 
 
 @dataclass
@@ -165,7 +168,9 @@ def concat_bars(parts: Sequence[Bars]) -> Bars:
     parts = [p for p in parts if len(p)]
     if not parts:
         return Bars.empty()
-    return Bars(*(np.concatenate([getattr(p, f) for p in parts]) for f in Bars.__dataclass_fields__))
+    return Bars(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in Bars.__dataclass_fields__)
+    )
 
 
 class EmitTable(Protocol):
@@ -219,7 +224,7 @@ class TradeEmit:
             ids = list(map(str, c.idnum[lo:hi].tolist()))
         return list(
             map(
-                Trade,
+                WireTrade,
                 self.names[sym].tolist(),
                 c.exchange[lo:hi].tolist(),
                 ids,
@@ -248,7 +253,7 @@ class QuoteEmit:
         sym = q.sym[lo:hi]
         return list(
             map(
-                Quote,
+                WireQuote,
                 self.names[sym].tolist(),
                 q.bid_exchange[lo:hi].tolist(),
                 q.bid[lo:hi].tolist(),
@@ -276,7 +281,7 @@ class DayData:
     trades: TradeColumns
     cond_table: tuple[tuple[int, ...], ...]
     quote_factory: Callable[[], QuoteColumns] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _by_symbol: dict[int, NDArray[np.intp]] = field(default_factory=dict, repr=False)
     _tables: dict[str, EmitTable] = field(default_factory=dict, repr=False)
 
@@ -306,6 +311,9 @@ class DayData:
         if now_ms is not None and now_ms < self.end_ms:
             rows = rows[self.trades.report_ms[rows] <= now_ms]
         return self.trades.take(rows)
+
+    def has_table(self, kind: str) -> bool:
+        return kind in self._tables
 
     def table(self, kind: str) -> EmitTable:
         with self._lock:

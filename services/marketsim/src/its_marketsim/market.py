@@ -41,9 +41,7 @@ TICK: Final = 0.01
 SECONDS_PER_YEAR: Final = 252 * 23_400
 # Exchange ids (Polygon's ids) and their share of a Nasdaq-listed stock's trades.
 EXCHANGES: Final = np.array([4, 12, 11, 8, 19, 21, 15, 7, 18, 17, 2, 20, 10, 1], dtype=np.int16)
-EXCHANGE_WEIGHTS: Final = np.array(
-    [40, 14, 7, 7, 6, 6, 3, 3, 3, 2, 3, 3, 2, 1], dtype=np.float64
-)
+EXCHANGE_WEIGHTS: Final = np.array([40, 14, 7, 7, 6, 6, 3, 3, 3, 2, 3, 3, 2, 1], dtype=np.float64)
 LIT_EXCHANGES: Final = EXCHANGES[1:]
 LIT_WEIGHTS: Final = EXCHANGE_WEIGHTS[1:] / EXCHANGE_WEIGHTS[1:].sum()
 TRF_IDS: Final = np.array([201, 202, 203], dtype=np.int16)
@@ -191,14 +189,15 @@ class MarketGenerator:
         path = np.vstack([np.zeros((1, len(self.symbols))), np.cumsum(steps, axis=0)])
         with self._lock:
             self._path_cache[day] = path
-            if len(self._path_cache) > 8:
+            if len(self._path_cache) > 4:
                 self._path_cache.pop(next(iter(self._path_cache)))
         return path
 
     def _gap(self, day: date) -> NDArray[np.float64]:
         rng = self._rng(day, _GAP)
         daily = np.array([self.config.annual_volatility(s) for s in self.symbols]) / np.sqrt(252)
-        return rng.standard_normal(len(self.symbols)) * daily * 0.3
+        gap: NDArray[np.float64] = rng.standard_normal(len(self.symbols)) * daily * 0.3
+        return gap
 
     def level(self, day: date) -> NDArray[np.float64]:
         """Mid price of each symbol at the start of ``day``'s extended session."""
@@ -327,7 +326,7 @@ class MarketGenerator:
         ask = bid + spread * TICK
         side = rng.random(total)
         price = np.where(side < 0.46, bid, np.where(side < 0.92, ask, (bid + ask) / 2))
-        price = np.round(price, 4)
+        price = np.round(price, 4).astype(np.float64)
         size = rng.choice(SIZES, total, p=SIZE_WEIGHTS / SIZE_WEIGHTS.sum())
         exchange = rng.choice(EXCHANGES, total, p=EXCHANGE_WEIGHTS / EXCHANGE_WEIGHTS.sum())
         trf = exchange == 4
@@ -426,7 +425,10 @@ class MarketGenerator:
             )
             parts.append(_take_quotes(q, np.flatnonzero(keep)))
         merged = QuoteColumns(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in QuoteColumns.__dataclass_fields__)
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in QuoteColumns.__dataclass_fields__
+            )
         )
         return _take_quotes(merged, np.argsort(merged.t_ms, kind="stable"))
 

@@ -1,24 +1,35 @@
 """Turn received frames into a write batch: validate, group by stream, keep the latest trades.
 
-Pure functions: no I/O. Invalid events become :class:`~its_common.events.CodecError` dead letters
-with their raw payload; good events of the same frame still flow.
+Pure functions, no I/O. The fast path: a frame that decodes strictly and holds one event type
+is kept as the raw JSON it arrived in (validated, not re-encoded), and per-event bookkeeping uses
+C-level iteration (``map``/``attrgetter``). Other frames are split event by event: invalid events
+become dead letters with their raw payload, the good ones still flow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import NamedTuple
 
 from its_common.events import (
+    EVENT_TYPES,
     CodecError,
     Event,
     MarketEvent,
     Quote,
     Status,
     Trade,
+    decode_frame,
     decode_frame_lenient,
+    encode_frame,
 )
+
+_TAG: dict[type[Event], str] = {cls: tag for tag, cls in EVENT_TYPES.items()}
+_symbol = attrgetter("symbol")
+_timestamp = attrgetter("timestamp")
+_start = attrgetter("start")
 
 
 class Frame(NamedTuple):
@@ -28,10 +39,39 @@ class Frame(NamedTuple):
 
 
 @dataclass
-class Batch:
-    """Events of several frames, grouped by (source, event type)."""
+class Group:
+    """Events of one (source, type): JSON array bodies (without brackets) and their counts."""
 
-    groups: dict[tuple[str, str], list[MarketEvent]] = field(default_factory=dict)
+    segments: list[bytes] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    def add(self, body: bytes, count: int) -> None:
+        self.segments.append(body)
+        self.counts.append(count)
+
+    @property
+    def event_count(self) -> int:
+        return sum(self.counts)
+
+    def entries(self, max_events: int) -> list[tuple[bytes, int]]:
+        """``(json_array, count)`` per entry, at most ``max_events`` each (frame granularity)."""
+        out: list[tuple[bytes, int]] = []
+        bodies: list[bytes] = []
+        total = 0
+        for body, count in zip(self.segments, self.counts, strict=True):
+            if bodies and total + count > max_events:
+                out.append((b"[" + b",".join(bodies) + b"]", total))
+                bodies, total = [], 0
+            bodies.append(body)
+            total += count
+        if bodies:
+            out.append((b"[" + b",".join(bodies) + b"]", total))
+        return out
+
+
+@dataclass
+class Batch:
+    groups: dict[tuple[str, str], Group] = field(default_factory=dict)
     latest_trades: dict[str, Trade] = field(default_factory=dict)
     dead_letters: list[tuple[int, CodecError]] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
@@ -46,54 +86,84 @@ class Batch:
     def first_received_ms(self) -> int:
         return min(self.frame_received_ms) if self.frame_received_ms else 0
 
-
-def _event_ms(event: MarketEvent) -> int:
-    if isinstance(event, Trade | Quote):
-        return event.timestamp
-    return event.start
+    def counts_by_type(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for (_, tag), group in self.groups.items():
+            totals[tag] = totals.get(tag, 0) + group.event_count
+        return totals
 
 
 def build_batch(frames: Sequence[Frame]) -> Batch:
     batch = Batch()
     for frame in frames:
-        events, errors = decode_frame_lenient(frame.payload)
         batch.frame_received_ms.append(frame.received_ms)
-        batch.dead_letters.extend((frame.received_ms, error) for error in errors)
-        newest_trade = 0
-        for event in events:
-            if isinstance(event, Status):
-                batch.statuses.append(event)
-                continue
-            _add(batch, frame.source, event)
-            if isinstance(event, Trade):
-                newest_trade = max(newest_trade, event.timestamp)
-                previous = batch.latest_trades.get(event.symbol)
-                if previous is None or event.timestamp >= previous.timestamp:
-                    batch.latest_trades[event.symbol] = event
-        batch.frame_newest_exchange_ms.append(newest_trade)
+        try:
+            events = decode_frame(frame.payload)
+        except CodecError:
+            events = []
+        kind = type(events[0]) if events else None
+        if kind is not None and kind is not Status and all(type(e) is kind for e in events):
+            _add_events(batch, frame, events, frame.payload.strip()[1:-1])  # type: ignore[arg-type]
+        else:
+            _add_mixed(batch, frame, events)
     return batch
 
 
-def _add(batch: Batch, source: str, event: MarketEvent) -> None:
-    tag = _TAG[type(event)]
-    batch.groups.setdefault((source, tag), []).append(event)
-    batch.event_count += 1
-    batch.symbols.add(event.symbol)
-    when = _event_ms(event)
-    if batch.min_event_ms is None or when < batch.min_event_ms:
-        batch.min_event_ms = when
-    if batch.max_event_ms is None or when > batch.max_event_ms:
-        batch.max_event_ms = when
+def _add_mixed(batch: Batch, frame: Frame, strict_events: list[Event]) -> None:
+    errors: list[CodecError] = []
+    if strict_events:
+        events = strict_events
+    else:
+        events, errors = decode_frame_lenient(frame.payload)
+    batch.dead_letters.extend((frame.received_ms, error) for error in errors)
+    by_type: dict[type[Event], list[MarketEvent]] = {}
+    for event in events:
+        if isinstance(event, Status):
+            batch.statuses.append(event)
+        else:
+            by_type.setdefault(type(event), []).append(event)
+    newest = 0
+    for same in by_type.values():
+        newest = max(newest, _add_events(batch, frame, same, None, record_frame=False))
+    batch.frame_newest_exchange_ms.append(newest)
 
 
-def _tags() -> dict[type[Event], str]:
-    from its_common.events import EVENT_TYPES
+def _add_events(
+    batch: Batch,
+    frame: Frame,
+    events: Sequence[MarketEvent],
+    raw_body: bytes | None,
+    record_frame: bool = True,
+) -> int:
+    """Add same-type events; returns the newest trade time among them (0 if not trades)."""
+    kind = type(events[0])
+    body = raw_body if raw_body is not None else encode_frame(events)[1:-1]
+    batch.groups.setdefault((frame.source, _TAG[kind]), Group()).add(body, len(events))
+    batch.event_count += len(events)
+    batch.symbols.update(map(_symbol, events))
+    times = list(map(_timestamp if kind in (Trade, Quote) else _start, events))
+    low, high = min(times), max(times)
+    if batch.min_event_ms is None or low < batch.min_event_ms:
+        batch.min_event_ms = low
+    if batch.max_event_ms is None or high > batch.max_event_ms:
+        batch.max_event_ms = high
+    newest_trade = 0
+    if kind is Trade:
+        newest_trade = high
+        _keep_latest(batch.latest_trades, events, set(map(_symbol, events)))
+    if record_frame:
+        batch.frame_newest_exchange_ms.append(newest_trade)
+    return newest_trade
 
-    return {cls: tag for tag, cls in EVENT_TYPES.items()}
 
-
-_TAG = _tags()
-
-
-def chunks(events: list[MarketEvent], size: int) -> list[list[MarketEvent]]:
-    return [events[i : i + size] for i in range(0, len(events), size)]
+def _keep_latest(
+    latest: dict[str, Trade], trades: Sequence[MarketEvent], symbols: set[str]
+) -> None:
+    """The newest trade (by exchange time) per symbol; frames usually hold one symbol."""
+    for symbol in symbols:
+        same = trades if len(symbols) == 1 else [t for t in trades if t.symbol == symbol]
+        newest = max(same, key=_timestamp)
+        assert isinstance(newest, Trade)
+        previous = latest.get(symbol)
+        if previous is None or newest.timestamp >= previous.timestamp:
+            latest[symbol] = newest

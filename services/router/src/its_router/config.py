@@ -31,7 +31,7 @@ class RouterSettings(BaseServiceSettings):
     channels: Annotated[list[str], NoDecode] = Field(
         default=["T", "AM"], min_length=1, description="channels to subscribe: T, AM, Q, A"
     )
-    queue_max_frames: int = Field(default=20_000, ge=10, description="read queue bound (frames)")
+    queue_max_frames: int = Field(default=2_000, ge=10, description="read queue bound (frames)")
     batch_max_events: int = Field(default=20_000, ge=1, description="events per write batch")
     hold_max_events: int = Field(
         default=1_000_000, ge=1, description="events held in memory while Redis is unreachable"

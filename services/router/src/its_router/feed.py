@@ -138,6 +138,7 @@ class FeedClient:
             max_size=None,
             max_queue=64,
             compression=None,
+            close_timeout=2,
         ) as ws:
             await self._handshake(ws)
             self.fatal = None

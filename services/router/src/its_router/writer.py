@@ -27,13 +27,13 @@ from its_common.streams import (
     STREAM_FOR_EVENT,
     Stream,
     TrimPolicy,
-    encode_entry,
+    encode_entry_raw,
     latest_trade_key,
     now_ms,
 )
 from its_common.telemetry import current_traceparent
 from its_router.backoff import Backoff
-from its_router.batching import Batch, Frame, build_batch, chunks
+from its_router.batching import Batch, Frame, build_batch
 from its_router.metrics import RouterMetrics
 
 log = logging.getLogger("its.router.writer")
@@ -190,12 +190,12 @@ class StreamWriter:
             traceparent = current_traceparent()
             received = batch.first_received_ms
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (source, tag), events in batch.groups.items():
+                for (source, tag), group in batch.groups.items():
                     stream = STREAM_FOR_EVENT[tag]
                     policy = DEFAULT_TRIM[stream]
-                    for part in chunks(events, self.max_events_per_entry):
-                        fields: dict[Any, Any] = encode_entry(
-                            tag, part, received, traceparent, source
+                    for data, count in group.entries(self.max_events_per_entry):
+                        fields: dict[Any, Any] = encode_entry_raw(
+                            tag, data, count, received, traceparent, source
                         )
                         self._observe_size(stream, fields)
                         pipe.xadd(
@@ -231,8 +231,8 @@ class StreamWriter:
 
     def _account(self, batch: Batch, stored_ms: int) -> None:
         metrics = self.metrics
-        for (_, tag), events in batch.groups.items():
-            metrics.events.labels(tag).inc(len(events))
+        for tag, count in batch.counts_by_type().items():
+            metrics.events.labels(tag).inc(count)
         for _, error in batch.dead_letters:
             metrics.parse_errors.labels(error.reason).inc()
             log.warning("invalid event sent to the dead-letter stream: %s", error)

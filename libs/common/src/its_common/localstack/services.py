@@ -61,7 +61,26 @@ def local_services(polygon_key_set: bool) -> list[LocalService]:
         ),
         LocalService("router", 18081, env=feed_env),
         LocalService("loader", 18082, env=feed_env),
-        LocalService("collector", 18083),
+        LocalService(
+            "collector",
+            18083,
+            env={
+                "ITS_COLLECTOR_TARGETS": ",".join(
+                    f"{name}=http://127.0.0.1:{port}/metrics"
+                    for name, port in (
+                        ("marketsim", 18080),
+                        ("router", 18081),
+                        ("loader", 18082),
+                        ("features", 18084),
+                        ("inference", 18085),
+                        ("trader", 18086),
+                        ("validator", 18087),
+                        ("alerter", 18088),
+                        ("dashboard", 18089),
+                    )
+                ),
+            },
+        ),
         LocalService("features", 18084),
         LocalService("inference", 18085),
         LocalService("trader", 18086),

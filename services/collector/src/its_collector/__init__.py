@@ -1,0 +1,3 @@
+"""ITS metrics collector: service metrics and Redis INFO into sys_metrics."""
+
+__version__ = "0.1.0"

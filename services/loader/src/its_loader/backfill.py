@@ -1,0 +1,341 @@
+"""REST backfill: Polygon minute aggregates into ``market_data`` with ``source = 'polygon_rest'``.
+
+* ``GET /v2/aggs/ticker/{T}/range/1/minute/{from_ms}/{to_ms}?adjusted=true&sort=asc&limit=N``;
+  pages follow ``next_url`` (which carries no API key: it is added again);
+* HTTP 429 and 5xx are retried with exponential backoff (``Retry-After`` when the server sends
+  it), up to ``rest_max_retries`` times; 401/403/404 fail at once;
+* only finished minutes are stored (``t + 60 s <= fetch time``): a REST row is authoritative and a
+  WebSocket bar can never replace it, so a still-forming minute must not be written;
+* windows come from gap entries (router), from the start-up check (last stored bar to now, within
+  the exchange calendar's regular sessions) and from ``its-loader backfill``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import psycopg
+from yarl import URL
+
+from its_common import calendar
+from its_common.gaps import GapWindow, decode_gap
+from its_common.streams import Stream, now_ms
+from its_loader.consumer import PoisonError
+from its_loader.metrics import LoaderMetrics
+from its_loader.store import SOURCE_REST, BarRow, bar_payload_rows, store_bars
+
+log = logging.getLogger("its.loader.backfill")
+MINUTE_MS = 60_000
+
+
+class BackfillError(RuntimeError):
+    """REST history could not be fetched (after retries) or was refused."""
+
+
+@dataclass(frozen=True)
+class RestConfig:
+    base_url: str
+    api_key: str
+    page_limit: int = 50_000
+    max_retries: int = 8
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    timeout_s: float = 30.0
+
+
+class PolygonRest:
+    """A small Polygon REST client for minute aggregates."""
+
+    def __init__(self, config: RestConfig, metrics: LoaderMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> PolygonRest:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self._session
+
+    def aggs_url(self, symbol: str, from_ms: int, to_ms: int) -> URL:
+        base = URL(self.config.base_url.rstrip("/"))
+        path = f"v2/aggs/ticker/{symbol}/range/1/minute/{from_ms}/{to_ms}"
+        return (base / path).with_query(
+            adjusted="true", sort="asc", limit=str(self.config.page_limit)
+        )
+
+    async def minute_bars(self, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+        """Every REST minute bar of ``symbol`` starting in ``[start_ms, end_ms)``, all pages."""
+        if end_ms <= start_ms:
+            return []
+        url: URL | None = self.aggs_url(symbol, start_ms, end_ms - 1)
+        seen: set[str] = set()
+        results: list[dict[str, Any]] = []
+        while url is not None:
+            body = await self._get(url)
+            for bar in body.get("results") or []:
+                t = int(bar["t"])
+                if start_ms <= t < end_ms:
+                    results.append(bar)
+            next_url = body.get("next_url")
+            if not next_url or next_url in seen:
+                break
+            seen.add(next_url)
+            url = URL(next_url)
+        return results
+
+    async def _get(self, url: URL) -> dict[str, Any]:
+        authed = url.update_query(apiKey=self.config.api_key)
+        delay = self.config.backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
+            status = 0
+            retry_after: float | None = None
+            try:
+                async with self._client().get(authed) as response:
+                    status = response.status
+                    self._count(str(status))
+                    if status == 200:
+                        body: dict[str, Any] = await response.json(content_type=None)
+                        if body.get("status") == "ERROR":
+                            raise BackfillError(f"REST error for {url.path}: {body.get('error')}")
+                        return body
+                    text = await response.text()
+                    if status in (429, 500, 502, 503, 504):
+                        retry_after = _retry_after(response.headers.get("Retry-After"))
+                    else:
+                        raise BackfillError(f"REST {status} for {url.path}: {text[:200]}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._count("error")
+                if attempt > self.config.max_retries:
+                    raise BackfillError(f"REST unreachable for {url.path}: {exc}") from exc
+                log.warning("REST request failed (%s); retry %d in %.1fs", exc, attempt, delay)
+            else:
+                if attempt > self.config.max_retries:
+                    raise BackfillError(f"REST {status} for {url.path} after {attempt} tries")
+                if retry_after is not None:
+                    delay = max(delay, retry_after)
+                log.warning("REST %d for %s; retry %d in %.1fs", status, url.path, attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.backoff_max_s)
+
+    def _count(self, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rest_requests.labels(status).inc()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def rest_rows(symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int) -> list[BarRow]:
+    """REST bars as rows; minutes not finished at fetch time are left out."""
+    rows = []
+    for bar in bars:
+        t = int(bar["t"])
+        if t + MINUTE_MS > fetched_ms:
+            continue
+        vw = bar.get("vw")
+        n = bar.get("n")
+        rows.append(
+            BarRow(
+                symbol=symbol,
+                ts_ms=t,
+                open=float(bar["o"]),
+                high=float(bar["h"]),
+                low=float(bar["l"]),
+                close=float(bar["c"]),
+                volume=float(bar["v"]),
+                vwap=float(vw) if vw is not None else None,
+                trade_count=int(n) if n is not None else None,
+                source=SOURCE_REST,
+                received_ms=fetched_ms,
+            )
+        )
+    return rows
+
+
+async def store_rest_rows(conn: psycopg.AsyncConnection[Any], rows: Sequence[BarRow]) -> int:
+    if not rows:
+        return 0
+    stored, _ = await store_bars(conn, bar_payload_rows(rows))
+    return stored
+
+
+async def backfill_window(
+    rest: PolygonRest,
+    conn: psycopg.AsyncConnection[Any],
+    symbol: str,
+    start_ms: int,
+    end_ms: int,
+    metrics: LoaderMetrics | None = None,
+) -> int:
+    """Fetch one symbol's window from REST and upsert it; returns rows inserted or changed."""
+    fetched = now_ms()
+    bars = await rest.minute_bars(symbol, start_ms, end_ms)
+    rows = rest_rows(symbol, bars, fetched)
+    stored = await store_rest_rows(conn, rows)
+    if metrics is not None:
+        metrics.backfill_rows.inc(stored)
+    log.info(
+        "backfilled %s %s..%s: %d REST bars, %d rows written",
+        symbol,
+        _iso(start_ms),
+        _iso(end_ms),
+        len(rows),
+        stored,
+    )
+    return stored
+
+
+def session_windows(start: datetime, end: datetime) -> list[tuple[date, int, int]]:
+    """``[start, end)`` cut to the regular sessions of the exchange calendar, per session."""
+    if end <= start:
+        return []
+    windows = []
+    for session in calendar.sessions_between(
+        calendar.new_york_date(start), calendar.new_york_date(end)
+    ):
+        lo = max(start, session.open)
+        hi = min(end, session.close)
+        if lo < hi:
+            windows.append((session.day, _ms(lo), _ms(hi)))
+    return windows
+
+
+def day_windows(first: date, last: date) -> list[tuple[date, int, int]]:
+    """Whole regular sessions from ``first`` to ``last`` inclusive (New York dates)."""
+    return [(s.day, _ms(s.open), _ms(s.close)) for s in calendar.sessions_between(first, last)]
+
+
+async def startup_windows(
+    conn: psycopg.AsyncConnection[Any],
+    symbols: Sequence[str],
+    initial_sessions: int,
+    now: datetime | None = None,
+) -> list[tuple[str, int, int]]:
+    """Per symbol: from the last stored bar (or the last ``initial_sessions`` sessions) to now."""
+    now = now or datetime.now(UTC)
+    windows: list[tuple[str, int, int]] = []
+    for symbol in symbols:
+        cur = await conn.execute("SELECT max(ts) FROM market_data WHERE symbol = %s", (symbol,))
+        row = await cur.fetchone()
+        last = row[0] if row else None
+        if last is not None:
+            start = last + timedelta(minutes=1)
+        elif initial_sessions > 0:
+            first_day = calendar.new_york_date(now) - timedelta(days=initial_sessions * 2 + 7)
+            sessions = [
+                s
+                for s in calendar.sessions_between(first_day, calendar.new_york_date(now))
+                if s.open <= now
+            ]
+            if not sessions:
+                continue
+            start = sessions[-min(initial_sessions, len(sessions))].open
+        else:
+            continue
+        for _, lo, hi in session_windows(start, now):
+            windows.append((symbol, lo, hi))
+    return windows
+
+
+class GapsHandler:
+    """Entries of ``its:stream:gaps``: each window is backfilled from REST, then acked."""
+
+    stream: str = Stream.GAPS.value
+    table = "market_data"
+
+    def __init__(self, rest: PolygonRest, metrics: LoaderMetrics | None = None) -> None:
+        self.rest = rest
+        self.metrics = metrics
+
+    def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> GapWindow:
+        try:
+            window = decode_gap(fields)
+        except Exception as exc:
+            raise PoisonError("bad_gap_entry", f"entry {entry_id}: {exc}") from exc
+        if window.end_ms < window.start_ms:
+            raise PoisonError("bad_gap_entry", f"entry {entry_id}: window ends before start")
+        return window
+
+    def prepare(self, items: Sequence[GapWindow]) -> Sequence[GapWindow]:
+        return items
+
+    async def write(self, conn: psycopg.AsyncConnection[Any], items: Sequence[GapWindow]) -> int:
+        total = 0
+        for window in items:
+            for symbol in window.symbols:
+                try:
+                    total += await backfill_window(
+                        self.rest, conn, symbol, window.start_ms, window.end_ms, self.metrics
+                    )
+                except BackfillError:
+                    if self.metrics is not None:
+                        self.metrics.gap_windows.labels("failed").inc()
+                    raise
+            if self.metrics is not None:
+                self.metrics.gap_windows.labels("filled").inc()
+        return total
+
+    def event_count(self, item: GapWindow) -> int:
+        return 1
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+async def backfill_range(
+    rest: PolygonRest,
+    conn: psycopg.AsyncConnection[Any],
+    symbols: Sequence[str],
+    first: date,
+    last: date,
+    progress: ProgressFn | None = None,
+) -> int:
+    """The ``its-loader backfill`` command's work: every session, every symbol."""
+    windows = day_windows(first, last)
+    steps = len(windows) * len(symbols)
+    done = 0
+    total = 0
+    started = time.monotonic()
+    for day, lo, hi in windows:
+        for symbol in symbols:
+            total += await backfill_window(rest, conn, symbol, lo, hi)
+            done += 1
+            if progress is not None:
+                progress(done, steps, f"{symbol} {day.isoformat()}")
+    log.info("backfill done: %d rows in %.1fs", total, time.monotonic() - started)
+    return total

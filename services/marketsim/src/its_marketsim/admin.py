@@ -1,0 +1,98 @@
+"""Admin HTTP endpoint (on the REST port, under ``/admin``): faults and state at run time.
+
+``GET /admin/faults``; ``PUT``/``POST /admin/faults`` with a JSON object of changes;
+``DELETE /admin/faults`` resets; ``POST /admin/drop`` (optional ``{"code": 1001}``) drops every
+WebSocket connection now; ``GET /admin/status``. When an admin token is configured, requests
+must carry it in the ``X-Admin-Token`` header.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from its_marketsim.faults import FaultState
+from its_marketsim.stream import Stream
+from its_marketsim.wsserver import MarketWebSocketServer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminApi:
+    def __init__(
+        self,
+        faults: FaultState,
+        ws: MarketWebSocketServer,
+        stream: Stream,
+        token: str | None,
+    ) -> None:
+        self.faults = faults
+        self.ws = ws
+        self.stream = stream
+        self.token = token
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/admin/faults", self.get_faults)
+        app.router.add_put("/admin/faults", self.set_faults)
+        app.router.add_post("/admin/faults", self.set_faults)
+        app.router.add_delete("/admin/faults", self.reset_faults)
+        app.router.add_post("/admin/drop", self.drop)
+        app.router.add_get("/admin/status", self.status)
+        app.middlewares.append(self._token_middleware)
+
+    @web.middleware
+    async def _token_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin") and self.token:
+            given = request.headers.get("X-Admin-Token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return web.json_response({"error": "admin token required"}, status=401)
+        return await handler(request)
+
+    async def get_faults(self, _: web.Request) -> web.Response:
+        return web.json_response(self.faults.snapshot())
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object")
+            self.faults.update(changes)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(self.faults.snapshot())
+
+    async def reset_faults(self, _: web.Request) -> web.Response:
+        self.faults.reset()
+        return web.json_response(self.faults.snapshot())
+
+    async def drop(self, request: web.Request) -> web.Response:
+        code: int | None = None
+        if request.can_read_body:
+            try:
+                body: Any = await request.json()
+            except ValueError:
+                return web.json_response({"error": "expected JSON"}, status=400)
+            if isinstance(body, dict) and body.get("code") is not None:
+                code = int(body["code"])
+        dropped = self.ws.drop_all(code)
+        return web.json_response({"dropped": dropped})
+
+    async def status(self, _: web.Request) -> web.Response:
+        clock = self.stream.clock
+        day = self.stream.current_day
+        return web.json_response(
+            {
+                "clock_ms": clock.now_ms(),
+                "speed": "max" if clock.max_speed else clock.speed,
+                "day": day.day.isoformat() if day else None,
+                "connections": len(self.ws.connections),
+                "subscribed": sum(1 for c in self.ws.connections if c.subs),
+                "events_sent": self.stream.events_sent,
+                "frames_sent": self.stream.frames_sent,
+                "slow_reader_drops": self.ws.slow_reader_drops,
+                "faults": self.faults.snapshot(),
+            }
+        )

@@ -1,0 +1,154 @@
+"""Wires the simulator: market source, clock, stream, WebSocket server, REST + admin server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import date
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from its_marketsim import sessions
+from its_marketsim.admin import AdminApi
+from its_marketsim.clock import SimClock, parse_start
+from its_marketsim.config import SimConfig
+from its_marketsim.daydata import MarketSource
+from its_marketsim.faults import FaultState
+from its_marketsim.market import MarketGenerator
+from its_marketsim.replay import ReplaySource
+from its_marketsim.rest import RestApi
+from its_marketsim.stream import Stream
+from its_marketsim.wsserver import MarketWebSocketServer
+
+if TYPE_CHECKING:
+    from its_common.runtime import ServiceContext
+    from its_marketsim.config import MarketSimSettings
+
+log = logging.getLogger("its.marketsim")
+
+
+class Simulator:
+    """The whole simulator in-process: ``async with Simulator(config) as sim: ...``."""
+
+    def __init__(self, config: SimConfig, wall_ms: int | None = None) -> None:
+        self.config = config
+        self.faults = FaultState()
+        self.faults.update(config.faults)
+        source: MarketSource
+        if config.replay_file:
+            replay = ReplaySource(config.replay_file, config)
+            source = replay
+            start = (
+                replay.first_trade_ms
+                if config.start.strip().lower() in ("auto", "")
+                else parse_start(config.start, replay, wall_ms)
+            )
+        else:
+            generator = MarketGenerator(config, anchor=date.today())
+            source = generator
+            start = parse_start(config.start, generator, wall_ms)
+            generator.anchor = sessions.ny_date(start)
+        self.source = source
+        self.clock = SimClock(start, config.speed)
+        self.stream = Stream(source, config, self.faults, self.clock)
+        self.ws = MarketWebSocketServer(config, self.faults, self.stream)
+        self.rest = RestApi(config, source, self.clock)
+        self.ws_port = 0
+        self.rest_port = 0
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def build_http_app(self) -> web.Application:
+        app = web.Application()
+        self.rest.routes(app)
+        if self.config.admin_enabled:
+            AdminApi(self.faults, self.ws, self.stream, self.config.admin_token).routes(app)
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app.router.add_get("/healthz", healthz)
+        return app
+
+    async def start(self) -> None:
+        self.ws_port = await self.ws.start(self.config.host, self.config.port)
+        self._runner = web.AppRunner(self.build_http_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.rest_port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.rest_port = int(sockets[0].getsockname()[1])
+        self._task = asyncio.create_task(self.stream.run(self._stopping), name="marketsim-stream")
+        log.info(
+            "market simulator listening",
+            extra={
+                "ws_url": f"ws://{self.config.host}:{self.ws_port}/stocks",
+                "rest_url": f"http://{self.config.host}:{self.rest_port}",
+                "symbols": list(self.source.symbols),
+                "speed": "max" if self.clock.max_speed else self.clock.speed,
+                "start_ms": self.clock.now_ms(),
+            },
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.ws.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def main(ctx: ServiceContext[MarketSimSettings]) -> None:
+    """Service entry point under ``its_common.runtime.run_service``."""
+    from prometheus_client import Gauge
+
+    config = ctx.settings.to_config()
+    sim = Simulator(config)
+    registry = ctx.registry
+    Gauge("marketsim_connections", "Open WebSocket connections", registry=registry).set_function(
+        lambda: len(sim.ws.connections)
+    )
+    Gauge("marketsim_events_sent", "Events encoded for sending", registry=registry).set_function(
+        lambda: sim.stream.events_sent
+    )
+    Gauge("marketsim_frames_sent", "Frames encoded for sending", registry=registry).set_function(
+        lambda: sim.stream.frames_sent
+    )
+    Gauge("marketsim_slow_reader_drops", "Connections closed 1011", registry=registry).set_function(
+        lambda: sim.ws.slow_reader_drops
+    )
+    Gauge("marketsim_clock_ms", "Simulation clock (Unix ms)", registry=registry).set_function(
+        sim.clock.now_ms
+    )
+    await sim.start()
+
+    async def stream_running() -> None:
+        if sim._task is None or sim._task.done():
+            raise RuntimeError("stream not running")
+
+    ctx.add_readiness_check("stream", stream_running)
+    try:
+        await ctx.stopping.wait()
+    finally:
+        await sim.stop()
