@@ -84,7 +84,8 @@ async def _paced_feed(port_box: list[int], stop: asyncio.Event) -> None:
     frames = [encode_frame(_trades(100, start=i * 100)) for i in range(LATENCY_RATE // 100)]
 
     async def handler(ws: ServerConnection) -> None:
-        await ws.send(b'[{"ev":"status","status":"connected","message":"Connected Successfully"}]'.decode())
+        connected = {"ev": "status", "status": "connected", "message": "Connected Successfully"}
+        await ws.send(json.dumps([connected]))
         auth = json.loads(await ws.recv())
         ok = auth.get("params") == SIM_KEY
         status = "auth_success" if ok else "auth_failed"
@@ -102,7 +103,7 @@ async def _paced_feed(port_box: list[int], stop: asyncio.Event) -> None:
                 await asyncio.sleep(delay)
 
     async with serve(handler, "127.0.0.1", 0, compression=None) as server:
-        port_box.append(server.sockets[0].getsockname()[1])  # type: ignore[index]
+        port_box.append(server.sockets[0].getsockname()[1])
         await stop.wait()
 
 

@@ -1,0 +1,129 @@
+"""Simulator -> router -> Redis -> loader -> PostgreSQL, with faults, then the gap audit.
+
+The seed's acceptance criterion, end to end with the real processes: the simulator skips minute
+bars on the WebSocket and duplicates events; storage ends with every trade exactly once, and
+after the audit's repair (REST backfill) no missing minutes against REST history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from its_common.db.migrate import apply_migrations
+from its_common.localstack.servers import free_port
+from tests.router.harness import BIN, SIM_KEY, Sim, http, router, simulator, wait_until
+
+DAY = "2025-11-03"
+NEXT_DAY_OPEN = "2025-11-04 14:30:00+00"
+
+
+@contextmanager
+def loader(log_dir: Path, redis_url: str, database_url: str, sim: Sim) -> Iterator[Any]:
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "ITS_POLYGON_REST_URL": sim.rest_url,
+        "POLYGON_API_KEY": SIM_KEY,
+        "ITS_HTTP_PORT": str(free_port()),
+        "ITS_LOADER_BACKFILL_ON_START": "false",  # the WebSocket path alone, then the audit
+    }
+    with (log_dir / "loader.log").open("wb") as log:
+        process = subprocess.Popen([str(BIN / "its-loader")], env=env, stdout=log, stderr=log)
+    try:
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def audit(env: dict[str, str], *flags: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(BIN / "its-loader"), "audit", "--date", DAY, "--json", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def rest_trade_count(sim: Sim, symbol: str) -> int:
+    url = (
+        f"{sim.rest_url}/v3/trades/{symbol}?timestamp.gte={DAY}&timestamp.lte={DAY}"
+        f"&limit=50000&apiKey={SIM_KEY}"
+    )
+    total = 0
+    while url:
+        status, body = http("GET", url, timeout=60)
+        assert status == 200, body
+        total += len(body["results"])
+        url = body.get("next_url", "")
+        if url:
+            url += f"&apiKey={SIM_KEY}"
+    return total
+
+
+def test_no_missing_minutes_and_every_trade_once(
+    tmp_path: Path, redis_server, database_url: str
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn)
+    faults = json.dumps({"skip_next_bars": 3, "duplicate_rate": 0.05, "seed": 7})
+    with simulator(
+        tmp_path,
+        "--speed", "3000",
+        "--trades-per-day", "NVDA=20000,MSFT=10000",
+        "--quotes-per-trade", "0",
+        "--faults", faults,
+    ) as sim, router(tmp_path, redis_server.url, sim), loader(
+        tmp_path, redis_server.url, database_url, sim
+    ) as env:  # fmt: skip
+        with psycopg.connect(database_url, autocommit=True) as conn:
+
+            def next_day_stored() -> bool:
+                row = conn.execute(
+                    "SELECT count(*) FROM market_data WHERE ts >= %s", (NEXT_DAY_OPEN,)
+                ).fetchone()
+                return row is not None and row[0] > 0
+
+            wait_until(next_day_stored, 120, "the day to finish and the next to start")
+
+            def day_trades() -> dict[str, int]:
+                rows = conn.execute(
+                    "SELECT symbol, count(*), count(DISTINCT (ts, exchange, trade_id)) "
+                    "FROM trades WHERE ts >= %s AND ts < %s GROUP BY symbol",
+                    (f"{DAY} 00:00+00", NEXT_DAY_OPEN),
+                ).fetchall()
+                assert all(total == distinct for _, total, distinct in rows)
+                return {symbol: total for symbol, total, _ in rows}
+
+            expected = {symbol: rest_trade_count(sim, symbol) for symbol in ("NVDA", "MSFT")}
+            wait_until(lambda: day_trades() == expected, 60, f"trades == REST {expected}")
+
+        before = audit(env, "--no-event")
+        assert before["trading_day"] is True
+        assert before["missing"] == 3  # the three bars the simulator skipped on the WebSocket
+        assert before["mismatch"] == 0  # re-sent (corrected) bars: the newest version was kept
+        after_repair = audit(env, "--repair", "--no-event")
+        assert (
+            after_repair["symbols"]["NVDA"]["repaired"]
+            + after_repair["symbols"]["MSFT"]["repaired"]
+            == 3
+        )
+        final = audit(env)
+        assert final["ok"] is True and final["missing"] == 0 and final["mismatch"] == 0
+        for symbol in ("NVDA", "MSFT"):
+            stats = final["symbols"][symbol]
+            assert stats["stored"] + stats["empty"] == stats["session_minutes"] == 390
