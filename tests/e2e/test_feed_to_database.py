@@ -22,7 +22,8 @@ from its_common.localstack.servers import free_port
 from tests.router.harness import BIN, SIM_KEY, Sim, http, router, simulator, wait_until
 
 DAY = "2025-11-03"
-NEXT_DAY_OPEN = "2025-11-04 14:30:00+00"
+AFTER_CLOSE_MS = 1_762_205_400_000  # 2025-11-03 21:30 UTC
+DAY_START_UTC, DAY_END_UTC = "2025-11-03 05:00+00", "2025-11-04 05:00+00"  # the New York day
 
 
 @contextmanager
@@ -84,6 +85,9 @@ def test_no_missing_minutes_and_every_trade_once(
     with simulator(
         tmp_path,
         "--speed", "3000",
+        # Start two simulated hours before the open, so the router is subscribed at the bell.
+        "--start", "2025-11-03T12:30:00Z",
+        "--no-skip-closed",
         "--trades-per-day", "NVDA=20000,MSFT=10000",
         "--quotes-per-trade", "0",
         "--faults", faults,
@@ -92,25 +96,26 @@ def test_no_missing_minutes_and_every_trade_once(
     ) as env:  # fmt: skip
         with psycopg.connect(database_url, autocommit=True) as conn:
 
-            def next_day_stored() -> bool:
-                row = conn.execute(
-                    "SELECT count(*) FROM market_data WHERE ts >= %s", (NEXT_DAY_OPEN,)
-                ).fetchone()
-                return row is not None and row[0] > 0
+            def simulated_past(ms: int) -> bool:
+                return int(http("GET", f"{sim.rest_url}/admin/status")[1]["clock_ms"]) > ms
 
-            wait_until(next_day_stored, 120, "the day to finish and the next to start")
+            # The close plus 30 minutes: every late re-sent bar (up to ~15 min) has been sent.
+            wait_until(lambda: simulated_past(AFTER_CLOSE_MS), 120, "the simulated day to end")
 
             def day_trades() -> dict[str, int]:
                 rows = conn.execute(
                     "SELECT symbol, count(*), count(DISTINCT (ts, exchange, trade_id)) "
                     "FROM trades WHERE ts >= %s AND ts < %s GROUP BY symbol",
-                    (f"{DAY} 00:00+00", NEXT_DAY_OPEN),
+                    (DAY_START_UTC, DAY_END_UTC),
                 ).fetchall()
                 assert all(total == distinct for _, total, distinct in rows)
                 return {symbol: total for symbol, total, _ in rows}
 
             expected = {symbol: rest_trade_count(sim, symbol) for symbol in ("NVDA", "MSFT")}
-            wait_until(lambda: day_trades() == expected, 60, f"trades == REST {expected}")
+            try:
+                wait_until(lambda: day_trades() == expected, 30, "trades == REST")
+            except AssertionError as exc:
+                raise AssertionError(f"stored {day_trades()} != REST {expected}") from exc
 
         before = audit(env, "--no-event")
         assert before["trading_day"] is True
