@@ -44,7 +44,7 @@ STAGING_DDL: Final = (
         symbol text, ts timestamptz, open double precision, high double precision,
         low double precision, close double precision, volume double precision,
         vwap double precision, trade_count integer, source text, received_at timestamptz,
-        seq bigint) ON COMMIT DELETE ROWS""",
+        seq bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS""",
     """CREATE TEMP TABLE IF NOT EXISTS stage_trades (
         symbol text, ts_ms bigint, trade_id text, exchange integer, tape integer,
         price double precision, size bigint, conditions text, sequence bigint,
@@ -74,17 +74,17 @@ WHERE (EXCLUDED.source = '{SOURCE_REST}'
        EXCLUDED.vwap, EXCLUDED.trade_count, EXCLUDED.source)
 """
 
-# Fast path for a batch without duplicate keys: a plain INSERT (no speculative insertion), tried
-# inside a savepoint. Any existing or concurrently inserted key raises unique_violation, the
-# savepoint is rolled back and the batch goes through UPSERT_BARS instead: the result is the same.
-INSERT_NEW_BARS: Final = """
-INSERT INTO market_data
-    (symbol, ts, open, high, low, close, volume, vwap, trade_count, source, revision,
-     received_at, updated_at)
-SELECT symbol, ts, open, high, low, close, volume, vwap, trade_count, source, 1, received_at,
-       now()
-FROM stage_bars
-"""
+# The columns of a bar payload, in order. The same payload is COPYed into market_data directly
+# (fast path) or into stage_bars, whose ``seq`` identity then numbers the rows in stream order.
+BAR_COLUMNS: Final = (
+    "symbol, ts, open, high, low, close, volume, vwap, trade_count, source, received_at"
+)
+# Fast path for a batch without duplicate keys (the normal live case: each minute's new bars):
+# COPY straight into market_data inside a savepoint. Any existing or concurrently inserted key
+# raises unique_violation, the savepoint is rolled back and the batch goes through staging and
+# UPSERT_BARS instead: the result is the same, the common case skips the staging table.
+COPY_NEW_BARS: Final = f"COPY market_data ({BAR_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+COPY_STAGE_BARS: Final = f"COPY stage_bars ({BAR_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 UPSERT_TRADES: Final = f"""
 INSERT INTO trades
@@ -116,7 +116,7 @@ class BarRow:
 @lru_cache(maxsize=256)
 def _bar_struct(symbol_len: int, source_len: int, has_count: bool) -> struct.Struct:
     count = "ii" if has_count else "i"
-    return struct.Struct(f">h i{symbol_len}s iq idididididid {count} i{source_len}s iq iq")
+    return struct.Struct(f">h i{symbol_len}s iq idididididid {count} i{source_len}s iq")
 
 
 @lru_cache(maxsize=1024)
@@ -138,7 +138,6 @@ def encode_bar(
     n: int | None,
     source: bytes,
     received_ms: int,
-    seq: int,
 ) -> None:
     fmt = _bar_struct(len(symbol), len(source), n is not None)
     ts_pg = ts_ms * 1000 - PG_EPOCH_US
@@ -146,15 +145,15 @@ def encode_bar(
     if n is None:
         out.append(
             fmt.pack(
-                12, len(symbol), symbol, 8, ts_pg, 8, o, 8, h, 8, lo, 8, c, 8, v, 8, vw,
-                -1, len(source), source, 8, received_pg, 8, seq,
+                11, len(symbol), symbol, 8, ts_pg, 8, o, 8, h, 8, lo, 8, c, 8, v, 8, vw,
+                -1, len(source), source, 8, received_pg,
             )
         )  # fmt: skip
     else:
         out.append(
             fmt.pack(
-                12, len(symbol), symbol, 8, ts_pg, 8, o, 8, h, 8, lo, 8, c, 8, v, 8, vw,
-                4, n, len(source), source, 8, received_pg, 8, seq,
+                11, len(symbol), symbol, 8, ts_pg, 8, o, 8, h, 8, lo, 8, c, 8, v, 8, vw,
+                4, n, len(source), source, 8, received_pg,
             )
         )  # fmt: skip
 
@@ -181,7 +180,7 @@ def bar_payload_ws(batches: Iterable[tuple[int, Sequence[MinuteAgg]]]) -> BarPay
                 sym = symbols[bar.symbol] = bar.symbol.encode()
             encode_bar(
                 out, sym, bar.start, bar.open, bar.high, bar.low, bar.close, bar.volume,
-                bar.vwap, None, source, received_ms, seq,
+                bar.vwap, None, source, received_ms,
             )  # fmt: skip
             seq += 1
     out.append(COPY_TRAILER)
@@ -190,11 +189,11 @@ def bar_payload_ws(batches: Iterable[tuple[int, Sequence[MinuteAgg]]]) -> BarPay
 
 def bar_payload_rows(rows: Sequence[BarRow]) -> bytes:
     out: list[bytes] = [COPY_HEADER]
-    for seq, row in enumerate(rows):
+    for row in rows:
         encode_bar(
             out, row.symbol.encode(), row.ts_ms, row.open, row.high, row.low, row.close,
             row.volume, row.vwap if row.vwap is not None else 0.0, row.trade_count,
-            row.source.encode(), row.received_ms, seq,
+            row.source.encode(), row.received_ms,
         )  # fmt: skip
     out.append(COPY_TRAILER)
     return b"".join(out)
@@ -241,21 +240,21 @@ async def prepare_session(conn: psycopg.AsyncConnection[object]) -> None:
 async def store_bars(
     conn: psycopg.AsyncConnection[object], payload: bytes, insert_first: bool = False
 ) -> tuple[int, bool]:
-    """COPY + upsert in one transaction; returns (rows inserted or changed, fast path used).
+    """Store a bar payload in one transaction; returns (rows inserted or changed, fast path used).
 
-    ``insert_first`` (only for a batch without duplicate keys) tries INSERT_NEW_BARS in a
-    savepoint before the upsert.
+    ``insert_first`` (only for a batch without duplicate keys) tries COPY_NEW_BARS in a savepoint
+    before staging + upsert.
     """
     async with conn.transaction(), conn.cursor() as cur:
-        async with cur.copy("COPY stage_bars FROM STDIN (FORMAT BINARY)") as copy:
-            await copy.write(payload)
         if insert_first:
             try:
-                async with conn.transaction():
-                    await cur.execute(INSERT_NEW_BARS)
+                async with conn.transaction(), cur.copy(COPY_NEW_BARS) as copy:
+                    await copy.write(payload)
                 return max(cur.rowcount, 0), True
             except psycopg.errors.UniqueViolation:
                 pass  # some key exists: the savepoint is rolled back, upsert instead
+        async with cur.copy(COPY_STAGE_BARS) as copy:
+            await copy.write(payload)
         await cur.execute(UPSERT_BARS)
         return max(cur.rowcount, 0), False
 
