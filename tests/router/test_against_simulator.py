@@ -210,3 +210,21 @@ def test_rest_fallback_end_to_end_with_the_switch_recorded(tmp_path: Path, redis
             assert any(g.reason == "fallback_switch" for g in gaps(r))
             assert rt.metric("router_rest_requests_total", outcome="ok") > 0
             wait_until(lambda: rt.readyz()[0] == 200, 10, "ready in REST mode")
+
+
+def test_rest_fallback_backs_off_on_429_and_keeps_going(tmp_path: Path, redis_server, r) -> None:
+    with (
+        simulator(tmp_path, "--rest-rate-limit", "8") as sim,
+        router(
+            tmp_path,
+            redis_server.url,
+            sim,
+            USE_POLYGON_WS="false",
+            ITS_REST_POLL_INTERVAL_S="0.2",
+            ITS_REST_REQUESTS_PER_MINUTE="600",  # more than the server allows: it answers 429
+        ) as rt,
+    ):
+        wait_until(lambda: rt.metric("router_rest_requests_total", outcome="rate_limited"), 30)
+        assert r.xlen(Stream.BARS_1M) >= 1 or r.exists(streams.latest_trade_key("NVDA"))
+        assert rt.process.poll() is None
+        assert "rate limited (429)" in rt.log()
