@@ -228,3 +228,22 @@ def test_rest_fallback_backs_off_on_429_and_keeps_going(tmp_path: Path, redis_se
         assert r.xlen(Stream.BARS_1M) >= 1 or r.exists(streams.latest_trade_key("NVDA"))
         assert rt.process.poll() is None
         assert "rate limited (429)" in rt.log()
+
+
+def test_max_connections_is_reported_and_backed_off(tmp_path: Path, redis_server, r) -> None:
+    with (
+        simulator(tmp_path, "--max-connections-drop", "newest") as sim,
+        router(tmp_path, redis_server.url, sim) as first,
+    ):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first router streaming")
+        with router(tmp_path, redis_server.url, sim, ITS_MAX_CONNECTIONS_BACKOFF_S="60") as second:
+            wait_until(lambda: "max_connections" in feed_states(r), 20, "max_connections state")
+            wait_until(
+                lambda: second.metric("router_reconnects_total", cause="max_connections") == 1, 10
+            )
+            assert "another client uses this API key" in second.log()
+            status, _ = second.readyz()
+            assert status == 503
+        assert first.metric("router_last_message_timestamp_seconds") > 0
+        before = r.xlen(Stream.TRADES)
+        wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "the first router keeps streaming")

@@ -257,6 +257,8 @@ class FeedClient:
             if self._overflow_start is not None and self.queue.qsize() < self.queue.maxsize // 2:
                 self._close_overflow()
             last = self.last_message_ms or started
+            if self.last_message_ms:
+                self.metrics.last_message_ts.set(self.last_message_ms / 1000)
             silent = now_ms() - max(last, started)
             if silent < stale_ms:
                 continue
