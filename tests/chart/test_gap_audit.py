@@ -54,3 +54,13 @@ def test_gap_audit_can_be_disabled_or_configured(render: Render) -> None:
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["audit", "--fail-on-gaps"]
     assert cron["spec"]["schedule"] == "0 2 * * 2-6"
+
+
+def test_collector_targets_every_enabled_service(render: Render) -> None:
+    objects = parse_manifests(render(None))
+    config = find(objects, "ConfigMap", "its-config")
+    pairs = config["data"]["ITS_COLLECTOR_TARGETS"].split(",")
+    targets = dict(pair.split("=", 1) for pair in pairs)
+    assert {"marketsim", "router", "loader", "collector"} <= set(targets)
+    assert targets["router"] == "http://its-router:8080/metrics"
+    assert all(url.endswith(":8080/metrics") for url in targets.values())

@@ -40,7 +40,8 @@ class CollectorSettings(BaseServiceSettings):
     )
     scrape_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("scrape_timeout_s"))
     include_prefixes: str = Field(
-        "its_,process_resident_memory_bytes,process_cpu_seconds_total,up",
+        "its_,router_,loader_,marketsim_,collector_,process_resident_memory_bytes,"
+        "process_cpu_seconds_total,up",
         validation_alias=_env("include_prefixes"),
         description="metric name prefixes kept from scrapes (comma separated; empty = all)",
     )
