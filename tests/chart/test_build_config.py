@@ -88,6 +88,10 @@ def test_skaffold_validates_against_the_v4beta14_schema() -> None:
     assert [f"{list(e.path)}: {e.message}" for e in errors] == []
 
 
+# Images of Jobs rather than Deployments, and the values key that names them.
+JOB_IMAGE_KEYS = {"trainer": "trainer.image"}
+
+
 def test_skaffold_builds_every_image_and_sets_its_values() -> None:
     config = skaffold()
     assert config["build"]["local"]["push"] is False
@@ -105,7 +109,7 @@ def test_skaffold_builds_every_image_and_sets_its_values() -> None:
     templates = releases[0]["setValueTemplates"]
     for service in services:
         var = f"its_{service}".replace("-", "_")
-        key = f"services.{service}.image"
+        key = JOB_IMAGE_KEYS.get(service, f"services.{service}.image")
         assert templates[f"{key}.repository"] == f"{{{{.IMAGE_REPO_{var}}}}}"
         assert templates[f"{key}.tag"] == f"{{{{.IMAGE_TAG_{var}}}}}"
     for key in ("migrations", "helmTest"):

@@ -1,0 +1,221 @@
+"""``its-trainer``: train a RecurrentPPO model bundle, backtest one, or export simulator bars.
+
+its-trainer train --from 2025-01-02 --to 2025-03-31 --timesteps 200000 --seed 42 [--data FILE]
+its-trainer backtest BUNDLE --from 2025-04-01 --to 2025-04-30 [--data FILE] [--out DIR]
+its-trainer sim-bars --from 2025-01-02 --to 2025-03-31 --out bars.parquet [--seed 42]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import psycopg
+
+from its_common.db.connect import connection_kwargs
+from its_common.logs import setup_logging
+from its_common.settings import SettingsError, load_settings
+from its_trainer import __version__
+from its_trainer.config import TrainerSettings, parse_pair
+
+log = logging.getLogger("its.trainer")
+T = TypeVar("T")
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {value!r}") from None
+
+
+def _pair(value: str) -> tuple[str, str]:
+    try:
+        return parse_pair(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _range(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--from", dest="first", type=_date, required=True, help="YYYY-MM-DD (NY)")
+    sub.add_argument("--to", dest="last", type=_date, required=True, help="YYYY-MM-DD inclusive")
+    sub.add_argument(
+        "--data",
+        default=None,
+        help="Parquet/CSV bars file (default ITS_TRAINER_DATA_FILE; unset = the database)",
+    )
+    sub.add_argument("--pair", type=_pair, default=None, help="FIRST,SECOND (ITS_TRAINER_PAIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="its-trainer",
+        description="Two-ticker RecurrentPPO trainer: model bundles and backtests.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and write a bundle")
+    _range(train)
+    train.add_argument("--timesteps", type=int, default=None, help="environment steps")
+    train.add_argument("--seed", type=int, default=None, help="random seed (reproducible)")
+    train.add_argument("--bundle-dir", default=None, help="parent directory of bundles")
+    train.add_argument("--name", default=None, help="bundle name (default: time-pair-seed)")
+    train.add_argument("--n-envs", type=int, default=None, help="parallel environments")
+    train.add_argument("--vec-env", choices=("dummy", "subproc"), default=None)
+    train.add_argument("--n-steps", type=int, default=None, help="steps per env per update")
+    train.add_argument("--batch-size", type=int, default=None, help="minibatch size")
+    train.add_argument("--epochs", type=int, default=None, help="PPO epochs per update")
+    train.add_argument("--learning-rate", type=float, default=None)
+    train.add_argument("--lstm-hidden", type=int, default=None, help="LSTM hidden size")
+    train.add_argument("--hidden", type=int, default=None, help="MLP layer size (pi and vf)")
+    train.add_argument("--checkpoint-every", type=int, default=None, help="steps; 0 = none")
+    train.add_argument("--torch-threads", type=int, default=None)
+    train.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+    backtest = sub.add_parser("backtest", help="run a bundle over held-out days")
+    backtest.add_argument("bundle", type=Path, help="bundle directory")
+    _range(backtest)
+    backtest.add_argument("--out", type=Path, default=None, help="report dir (default in bundle)")
+    backtest.add_argument("--no-plot", action="store_true", help="no equity-curve PNG")
+
+    sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-marketsim)")
+    sim.add_argument("--from", dest="first", type=_date, required=True)
+    sim.add_argument("--to", dest="last", type=_date, required=True)
+    sim.add_argument("--out", type=Path, required=True, help=".parquet or .csv")
+    sim.add_argument("--seed", type=int, default=42, help="the simulator's seed")
+    sim.add_argument("--pair", type=_pair, default=None)
+    sim.add_argument("--trades-per-day", type=int, default=None, help="lower = faster")
+    return parser
+
+
+def _load_pair_data(settings: TrainerSettings, args: argparse.Namespace) -> tuple[object, str]:
+    from its_trainer.data import build_pair, read_database, read_file
+
+    symbols = args.pair or parse_pair(settings.pair)
+    data_file = args.data or settings.data_file
+    if args.last < args.first:
+        raise SettingsError("--to is before --from")
+    if data_file:
+        bars = read_file(Path(data_file), symbols, args.first, args.last)
+        source = f"file:{Path(data_file).name}"
+    else:
+        bars = read_database(connection_kwargs(settings), symbols, args.first, args.last)
+        source = f"database:{settings.database_url}"
+    return build_pair(bars, symbols, args.first, args.last), source
+
+
+def _pick(flag: Any, setting: T) -> T:
+    """The flag's value when given, else the setting's."""
+    return setting if flag is None else cast(T, flag)
+
+
+def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from its_trainer.data import PairData
+    from its_trainer.env import EnvConfig
+    from its_trainer.train import TrainConfig, bundle_name, train
+
+    data, source = _load_pair_data(settings, args)
+    assert isinstance(data, PairData)
+    config = TrainConfig(
+        timesteps=_pick(args.timesteps, settings.timesteps),
+        seed=_pick(args.seed, settings.seed),
+        n_envs=_pick(args.n_envs, settings.n_envs),
+        vec_env=_pick(args.vec_env, settings.vec_env),
+        n_steps=_pick(args.n_steps, settings.n_steps),
+        batch_size=_pick(args.batch_size, settings.batch_size),
+        n_epochs=_pick(args.epochs, settings.n_epochs),
+        learning_rate=_pick(args.learning_rate, settings.learning_rate),
+        gamma=settings.gamma,
+        ent_coef=settings.ent_coef,
+        lstm_hidden=_pick(args.lstm_hidden, settings.lstm_hidden),
+        hidden=_pick(args.hidden, settings.hidden),
+        checkpoint_every=_pick(args.checkpoint_every, settings.checkpoint_every),
+        torch_threads=_pick(args.torch_threads, settings.torch_threads),
+    )
+    env_config = EnvConfig(
+        initial_capital=settings.initial_capital,
+        commission_per_share=settings.commission_per_share,
+        commission_min=settings.commission_min,
+        slippage_bps=settings.slippage_bps,
+        max_position_fraction=settings.max_position_fraction,
+        risk_penalty=settings.risk_penalty,
+    )
+    root = Path(args.bundle_dir or settings.bundle_dir)
+    target = root / (args.name or bundle_name(data.symbols, config.seed))
+    log.info(
+        "training %s on %s sessions (%s..%s) from %s into %s",
+        ",".join(data.symbols), data.episodes, data.first_day, data.last_day, source, target,
+    )  # fmt: skip
+    result = train(
+        data,
+        config,
+        env_config,
+        target,
+        data_source=source,
+        progress=None if args.no_progress else sys.stderr,
+    )
+    print(json.dumps({"bundle": str(result.bundle), **result.metrics}, indent=2, default=str))
+    return 0
+
+
+def run_backtest_cmd(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from its_trainer.backtest import run_backtest, write_report
+    from its_trainer.bundle import load_bundle
+    from its_trainer.data import PairData
+
+    bundle = load_bundle(args.bundle)
+    if args.pair is None:
+        args.pair = bundle.symbols
+    data, _ = _load_pair_data(settings, args)
+    assert isinstance(data, PairData)
+    result = run_backtest(bundle, data)
+    out = args.out or args.bundle / "backtests" / f"{args.first}_{args.last}"
+    paths = write_report(result, out, plot=not args.no_plot)
+    print(json.dumps({**result.report(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+    return 0
+
+
+def run_sim_bars(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from its_trainer.simdata import simulator_bars
+
+    symbols = args.pair or parse_pair(settings.pair)
+    frame = simulator_bars(symbols, args.first, args.last, args.seed, args.trades_per_day)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(args.out, index=False)
+    else:
+        frame.to_csv(args.out, index=False)
+    print(f"{len(frame)} bars of {', '.join(symbols)} written to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(TrainerSettings)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    setup_logging(settings.effective_service_name(), settings.log_level)
+    from its_trainer.bundle import BundleError
+    from its_trainer.data import DataError
+
+    commands = {"train": run_train, "backtest": run_backtest_cmd, "sim-bars": run_sim_bars}
+    try:
+        return commands[args.command](settings, args)
+    except (SettingsError, DataError, BundleError, FileExistsError) as exc:
+        print(f"its-trainer {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"database unavailable: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
