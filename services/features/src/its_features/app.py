@@ -1,0 +1,328 @@
+"""The features service: minute bars (consumer group on ``its:stream:bars:1m``) in, one
+:class:`~its_features.messages.FeatureSet` per completed minute out (``its:stream:features``),
+the latest vector per symbol cached (``its:features:latest:<SYMBOL>``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from its_common import calendar
+from its_common.db.connect import connection_kwargs
+from its_common.db.schema import wait_for_schema
+from its_common.events import MinuteAgg
+from its_common.features import FEATURE_SPEC_HASH, Bar
+from its_common.features.spec import BAR_MS
+from its_common.heartbeat import instance_name
+from its_common.runtime import ServiceContext
+from its_common.streams import (
+    DEFAULT_TRIM,
+    EntryFormatError,
+    RawEntries,
+    Stream,
+    ack,
+    claim_stale,
+    decode_entry,
+    ensure_group,
+    now_ms,
+    read_group,
+)
+from its_features.config import FeaturesSettings
+from its_features.live import CompletedMinute, MinuteAssembler
+from its_features.messages import (
+    CachedVector,
+    FeatureSet,
+    SymbolVector,
+    cache_key,
+    encode_cached,
+    encode_feature_set,
+)
+
+log = logging.getLogger("its.features")
+
+
+class FeaturesMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bars = Counter(
+            "its_features_bars", "Minute bars accepted", ["symbol"], registry=registry
+        )
+        self.dropped = Counter(
+            "its_features_bars_dropped",
+            "Bars not applied: late (minute already announced; corrections included), stale "
+            "(before the current session), outside_session, unknown_symbol, invalid",
+            ["reason"],
+            registry=registry,
+        )
+        self.replaced = Counter(
+            "its_features_bars_replaced",
+            "Re-sent bars that replaced a pending bar of the same minute",
+            registry=registry,
+        )
+        self.filled = Counter(
+            "its_features_filled", "Minutes forward-filled", ["symbol"], registry=registry
+        )
+        self.minutes = Counter(
+            "its_features_minutes", "Completed minutes announced", registry=registry
+        )
+        self.hits = Counter(
+            "its_features_cache_hits",
+            "Symbol-minutes whose cached vector came from the symbol's own bar of that minute",
+            ["symbol"],
+            registry=registry,
+        )
+        self.misses = Counter(
+            "its_features_cache_misses",
+            "Symbol-minutes announced without the symbol's own bar (forward-filled or not ready)",
+            ["symbol"],
+            registry=registry,
+        )
+        self.hit_ratio = Gauge(
+            "its_features_cache_hit_ratio",
+            "hits / (hits + misses) since start (target >= 0.95 in trading hours)",
+            registry=registry,
+        )
+        self.last_minute = Gauge(
+            "its_features_last_minute_timestamp_seconds",
+            "Start of the newest announced minute",
+            registry=registry,
+        )
+        self.publish_delay = Histogram(
+            "its_features_bar_close_to_publish_seconds",
+            "From a minute's close (start + 60 s) to its features entry being written",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.rebuilt = Gauge(
+            "its_features_rebuilt_minutes",
+            "Minutes replayed from stored bars at start",
+            registry=registry,
+        )
+        self._seen: dict[str, float] = {}
+
+    def sync(self, assembler: MinuteAssembler) -> None:
+        """Bring the counters up to the assembler's (it counts; this exports)."""
+        c = assembler.counters
+        self._inc(self.replaced, "replaced", c.replaced)
+        self._inc(self.minutes, "minutes", c.minutes)
+        for symbol, n in c.bars.items():
+            self._inc(self.bars.labels(symbol), f"bars:{symbol}", n)
+        for symbol, n in c.filled.items():
+            self._inc(self.filled.labels(symbol), f"filled:{symbol}", n)
+        for symbol, n in c.hits.items():
+            self._inc(self.hits.labels(symbol), f"hits:{symbol}", n)
+        for symbol, n in c.misses.items():
+            self._inc(self.misses.labels(symbol), f"misses:{symbol}", n)
+        for reason, n in c.dropped.items():
+            self._inc(self.dropped.labels(reason), f"dropped:{reason}", n)
+        self.hit_ratio.set(assembler.hit_ratio())
+        if assembler.last_done is not None:
+            self.last_minute.set(assembler.last_done / 1000)
+
+    def _inc(self, counter: Any, key: str, total: float) -> None:
+        delta = total - self._seen.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+        self._seen[key] = total
+
+
+def feature_set(minute: CompletedMinute, order: Sequence[str], emitted_ms: int) -> FeatureSet:
+    symbols: dict[str, SymbolVector] = {}
+    for symbol in order:
+        vector = minute.vectors[symbol]
+        symbols[symbol] = SymbolVector(
+            values=None if vector is None else tuple(float(x) for x in vector),
+            open=minute.opens[symbol],
+            close=minute.closes[symbol],
+            filled=symbol in minute.filled,
+        )
+    return FeatureSet(
+        ts_ms=minute.ts_ms,
+        spec_hash=FEATURE_SPEC_HASH,
+        symbols=symbols,
+        order=tuple(order),
+        session_open_ms=minute.session.open_ms,
+        session_last=minute.session_last,
+        received_ms=minute.received_ms,
+        emitted_ms=emitted_ms,
+    )
+
+
+class FeaturesProcessor:
+    """Decodes bar entries, feeds the assembler, publishes completed minutes (the service's loop
+    body; tests and the benchmark drive it directly)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        assembler: MinuteAssembler,
+        metrics: FeaturesMetrics,
+        cache_ttl_s: int = 300,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.redis = redis
+        self.assembler = assembler
+        self.metrics = metrics
+        self.cache_ttl_s = cache_ttl_s
+        self.clock = clock
+        self.policy = DEFAULT_TRIM[Stream.FEATURES]
+
+    def feed(self, entries: RawEntries) -> list[CompletedMinute]:
+        completed: list[CompletedMinute] = []
+        for _stream, entry_id, fields in entries:
+            try:
+                entry = decode_entry(entry_id, fields)
+            except EntryFormatError as exc:
+                log.warning("bar entry skipped: %s", exc)
+                self.assembler.counters.dropped["invalid"] = (
+                    self.assembler.counters.dropped.get("invalid", 0) + 1
+                )
+                continue
+            for event in entry.events:
+                if isinstance(event, MinuteAgg):
+                    bar = Bar(
+                        ts=event.start,
+                        open=event.open,
+                        high=event.high,
+                        low=event.low,
+                        close=event.close,
+                        volume=event.volume,
+                        vwap=event.vwap or None,
+                    )
+                    completed += self.assembler.add_bar(event.symbol, bar, entry.received_ms)
+        return completed
+
+    async def handle(self, entries: RawEntries, now: int | None = None) -> list[FeatureSet]:
+        """Feed ``entries``, flush minutes past the grace period at ``now``, publish."""
+        completed = self.feed(entries)
+        completed += self.assembler.flush(self.clock() if now is None else now)
+        published = await self.publish(completed)
+        self.metrics.sync(self.assembler)
+        return published
+
+    async def publish(self, completed: Sequence[CompletedMinute]) -> list[FeatureSet]:
+        if not completed:
+            return []
+        emitted = self.clock()
+        order = self.assembler.symbols
+        sets = [feature_set(minute, order, emitted) for minute in completed]
+        pipe = self.redis.pipeline(transaction=False)
+        for fs in sets:
+            for symbol in order:
+                vector = fs.symbols[symbol]
+                if vector.values is None:
+                    continue
+                cached = CachedVector(
+                    symbol=symbol,
+                    ts_ms=fs.ts_ms,
+                    spec_hash=fs.spec_hash,
+                    values=vector.values,
+                    filled=vector.filled,
+                )
+                pipe.set(cache_key(symbol), encode_cached(cached), ex=self.cache_ttl_s)
+            payload: dict[Any, Any] = encode_feature_set(fs)
+            pipe.xadd(Stream.FEATURES, payload, maxlen=self.policy.maxlen, approximate=True)
+        await pipe.execute()
+        wall = time.time()
+        for fs in sets:
+            self.metrics.publish_delay.observe(max(0.0, wall - (fs.ts_ms + BAR_MS) / 1000))
+        return sets
+
+
+def current_session_open(now: int) -> int:
+    """Open of the session in progress at ``now`` or the next one (bars before it are stale)."""
+    upcoming = calendar.next_session(datetime.fromtimestamp(now / 1000, tz=UTC))
+    return int(upcoming.open.timestamp() * 1000)
+
+
+async def stored_bars(
+    conn: psycopg.AsyncConnection[Any], symbols: Sequence[str], open_ms: int, until_ms: int
+) -> tuple[dict[str, list[Bar]], dict[str, float | None]]:
+    """The stored bars of ``[open_ms, until_ms)`` per symbol and each symbol's last close
+    before ``open_ms`` (``market_data`` keeps one, the newest, version of each minute)."""
+    bars: dict[str, list[Bar]] = {}
+    last_close: dict[str, float | None] = {}
+    start = datetime.fromtimestamp(open_ms / 1000, tz=UTC)
+    end = datetime.fromtimestamp(until_ms / 1000, tz=UTC)
+    for symbol in symbols:
+        cur = await conn.execute(
+            "SELECT (extract(epoch FROM ts) * 1000)::bigint, open, high, low, close, volume, vwap"
+            " FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s ORDER BY ts",
+            (symbol, start, end),
+        )
+        bars[symbol] = [
+            Bar(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in await cur.fetchall()
+        ]
+        cur = await conn.execute(
+            "SELECT close FROM market_data WHERE symbol = %s AND ts < %s ORDER BY ts DESC LIMIT 1",
+            (symbol, start),
+        )
+        row = await cur.fetchone()
+        last_close[symbol] = None if row is None else float(row[0])
+    return bars, last_close
+
+
+async def rebuild(conn: psycopg.AsyncConnection[Any], assembler: MinuteAssembler, now: int) -> int:
+    """Restore the state from the current session's stored bars, through the last minute that
+    has ended (returns the minutes replayed; 0 outside a session or with nothing stored)."""
+    open_ms = current_session_open(now)
+    if open_ms > now:
+        return 0
+    last_ended = now - now % BAR_MS - BAR_MS
+    bars, last_close = await stored_bars(conn, assembler.symbols, open_ms, last_ended + BAR_MS)
+    return assembler.restore(bars, last_close, last_ended)
+
+
+async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
+    settings = ctx.settings
+    redis = ctx.require_redis()
+    metrics = FeaturesMetrics(ctx.registry)
+    consumer = settings.consumer or instance_name()
+    if not await wait_for_schema(settings, ctx.stopping):
+        return
+    now = now_ms()
+    assembler = MinuteAssembler(settings.symbols, settings.grace_ms, current_session_open(now))
+    if settings.rebuild_on_start:
+        async with await psycopg.AsyncConnection.connect(
+            **connection_kwargs(settings), autocommit=True
+        ) as conn:
+            replayed = await rebuild(conn, assembler, now)
+        metrics.rebuilt.set(replayed)
+        log.info("state rebuilt from %d stored minutes of the current session", replayed)
+    processor = FeaturesProcessor(redis, assembler, metrics, settings.cache_ttl_s)
+    stream = Stream.BARS_1M.value
+    await ensure_group(redis, stream, settings.group, start="0")
+    # One replica owns the state: entries a previous instance read but never acked are taken over
+    # (most are for minutes already rebuilt and are dropped as late).
+    claimed = await claim_stale(redis, stream, settings.group, consumer, min_idle_ms=0)
+    log.info(
+        "features starting",
+        extra={"consumer": consumer, "symbols": settings.symbols, "claimed": len(claimed)},
+    )
+    pending = claimed
+    while not ctx.stopping.is_set():
+        if not pending:
+            pending = await read_group(
+                redis,
+                settings.group,
+                consumer,
+                [stream],
+                count=settings.batch_entries,
+                block_ms=settings.block_ms,
+            )
+        published = await processor.handle(pending)
+        await ack(redis, stream, settings.group, [entry_id for _, entry_id, _ in pending])
+        pending = []
+        ctx.counters["minutes"] = assembler.counters.minutes
+        ctx.counters["hit_ratio"] = round(assembler.hit_ratio(), 4)
+        for fs in published:
+            if fs.filled:
+                log.info("minute %d announced with %s forward-filled", fs.ts_ms, fs.filled)
+        await asyncio.sleep(0)

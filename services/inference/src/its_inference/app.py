@@ -1,0 +1,364 @@
+"""The inference service: features entries (consumer group on ``its:stream:features``) in, one
+:class:`its_common.decisions.Decision` per completed minute out (``its:stream:decisions`` and the
+``signals`` table)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from its_common.db.connect import connection_kwargs
+from its_common.db.schema import wait_for_schema
+from its_common.decisions import Decision, encode_decision
+from its_common.features import FEATURE_SPEC_HASH
+from its_common.features.spec import BAR_MS
+from its_common.heartbeat import instance_name
+from its_common.runtime import ServiceContext
+from its_common.streams import (
+    DEFAULT_TRIM,
+    EntryFormatError,
+    RawEntries,
+    Stream,
+    ack,
+    claim_stale,
+    ensure_group,
+    now_ms,
+    read_group,
+)
+from its_features.app import current_session_open
+from its_features.messages import FeatureSet, decode_feature_set
+from its_inference import bundles
+from its_inference.bundles import Bundle, BundleError
+from its_inference.config import InferenceSettings
+from its_inference.policy import FeatureMismatchError, LivePolicy, Step
+
+log = logging.getLogger("its.inference")
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1)
+INSERT_SIGNAL = (
+    "INSERT INTO signals (ts, model_version, action, action_name, confidence, features)"
+    " VALUES (to_timestamp(%s / 1000.0), %s, %s, %s, %s, %s)"
+    " ON CONFLICT (model_version, ts) DO NOTHING"
+)
+
+
+class InferenceMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "its_inference_decision_latency_seconds",
+            "Features entry decoded -> decision made (observation, normalization, LSTM step)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.bar_close = Histogram(
+            "its_inference_bar_close_to_decision_seconds",
+            "A minute's close (start + 60 s) -> its decision made",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "its_inference_decisions", "Decisions made", ["action_name"], registry=registry
+        )
+        self.skipped = Counter(
+            "its_inference_skipped",
+            "Features entries without a decision: duplicate, not_ready, invalid, mismatch",
+            ["reason"],
+            registry=registry,
+        )
+        self.model = Gauge(
+            "its_inference_model_info",
+            "The bundle in use (value 1)",
+            ["version", "demo"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "its_inference_bundles_refused",
+            "Bundles found but refused (other feature spec, unreadable...)",
+            registry=registry,
+        )
+        self.signal_failures = Counter(
+            "its_inference_signal_write_failures",
+            "Decisions not written to the signals table (database unavailable)",
+            registry=registry,
+        )
+        self.swaps = Counter(
+            "its_inference_bundle_swaps",
+            "New bundles taken into use at a session boundary",
+            registry=registry,
+        )
+
+
+def decision_of(step: Step, fs: FeatureSet, policy: LivePolicy, latency_s: float) -> Decision:
+    return Decision(
+        ts_ms=step.ts_ms,
+        action=step.action,
+        action_name=step.action_name,
+        confidence=step.confidence,
+        model_version=policy.version,
+        features_hash=FEATURE_SPEC_HASH,
+        symbols=policy.symbols,
+        session_start=step.session_start,
+        session_last=step.session_last,
+        filled=fs.filled,
+        demo=policy.demo,
+        decided_ms=now_ms(),
+        latency_us=int(latency_s * 1e6),
+    )
+
+
+class InferenceProcessor:
+    """Decodes features entries, runs the policy, writes decisions (the service's loop body;
+    tests and the benchmark drive it directly). A staged bundle replaces the policy at the next
+    session's first minute."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        policy: LivePolicy,
+        metrics: InferenceMetrics,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.policy = policy
+        self.metrics = metrics
+        self.conn = conn
+        self.clock = clock
+        self.staged: Bundle | None = None
+        self.policy_stream = DEFAULT_TRIM[Stream.DECISIONS]
+        self._show_model()
+
+    def _show_model(self) -> None:
+        self.metrics.model.clear()
+        self.metrics.model.labels(self.policy.version, str(self.policy.demo).lower()).set(1)
+
+    def stage(self, bundle: Bundle) -> None:
+        """Use ``bundle`` from the next session open on (no restart)."""
+        self.staged = bundle
+        log.info("bundle %s staged: used from the next session open", bundles.version_of(bundle))
+
+    def _maybe_swap(self, fs: FeatureSet) -> None:
+        if self.staged is None or fs.session_open_ms == self.policy.session_open_ms:
+            return
+        old = self.policy
+        self.policy = LivePolicy(self.staged, capital=old.equity)
+        self.staged = None
+        self.metrics.swaps.inc()
+        self._show_model()
+        log.warning(
+            "%smodel %s in use from this session (was %s)",
+            "DEMO " if self.policy.demo else "",
+            self.policy.version,
+            old.version,
+        )
+
+    def decide(self, entries: RawEntries) -> list[tuple[Decision, FeatureSet]]:
+        """Run the policy over ``entries`` (in order); the decisions made."""
+        out: list[tuple[Decision, FeatureSet]] = []
+        for _stream, entry_id, fields in entries:
+            started = time.perf_counter()
+            try:
+                fs = decode_feature_set(entry_id, fields)
+            except EntryFormatError as exc:
+                log.warning("features entry skipped: %s", exc)
+                self.metrics.skipped.labels("invalid").inc()
+                continue
+            self._maybe_swap(fs)
+            last = self.policy.last_ts
+            duplicate = last is not None and fs.ts_ms <= last
+            try:
+                step = self.policy.step(fs)
+            except FeatureMismatchError as exc:
+                log.error("features entry refused: %s", exc)
+                self.metrics.skipped.labels("mismatch").inc()
+                continue
+            if step is None:
+                self.metrics.skipped.labels("duplicate" if duplicate else "not_ready").inc()
+                continue
+            latency = time.perf_counter() - started
+            decision = decision_of(step, fs, self.policy, latency)
+            self.metrics.latency.observe(latency)
+            self.metrics.bar_close.observe(max(0.0, self.clock() - (fs.ts_ms + BAR_MS) / 1000.0))
+            self.metrics.decisions.labels(decision.action_name).inc()
+            out.append((decision, fs))
+        return out
+
+    def warm(self, entries: RawEntries) -> int:
+        """Replay entries through the policy without writing anything (LSTM state and shadow
+        portfolio after a restart); returns the minutes replayed."""
+        count = 0
+        for _stream, entry_id, fields in entries:
+            try:
+                fs = decode_feature_set(entry_id, fields)
+                self._maybe_swap(fs)
+                if self.policy.step(fs) is not None:
+                    count += 1
+            except (EntryFormatError, FeatureMismatchError) as exc:
+                log.warning("warm-up entry skipped: %s", exc)
+        return count
+
+    async def handle(self, entries: RawEntries) -> list[Decision]:
+        made = self.decide(entries)
+        if not made:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for decision, _ in made:
+            payload: dict[Any, Any] = encode_decision(decision)
+            pipe.xadd(Stream.DECISIONS, payload, maxlen=self.policy_stream.maxlen, approximate=True)
+        await pipe.execute()
+        await self.write_signals(made)
+        for decision, _ in made:
+            log.info(
+                "decision %s (%.3f) on minute %d by %s%s",
+                decision.action_name,
+                decision.confidence,
+                decision.ts_ms,
+                "DEMO model " if decision.demo else "",
+                decision.model_version,
+            )
+        return [decision for decision, _ in made]
+
+    async def write_signals(self, made: Sequence[tuple[Decision, FeatureSet]]) -> None:
+        if self.conn is None:
+            return
+        rows = [
+            (
+                d.ts_ms,
+                d.model_version,
+                d.action,
+                d.action_name,
+                d.confidence,
+                json.dumps(
+                    {
+                        "feature_spec_hash": d.features_hash,
+                        "filled": list(d.filled),
+                        "demo": d.demo,
+                        "values": {s: list(fs.symbols[s].values or ()) for s in d.symbols},
+                    }
+                ),
+            )
+            for d, fs in made
+        ]
+        try:
+            async with self.conn.cursor() as cur:
+                await cur.executemany(INSERT_SIGNAL, rows)
+        except psycopg.Error as exc:
+            self.metrics.signal_failures.inc(len(rows))
+            log.warning("signals not written (%d decisions): %s", len(rows), exc)
+            if isinstance(exc, psycopg.OperationalError) or self.conn.closed:
+                await self.conn.close()
+                self.conn = None  # reconnected by the service loop
+
+
+async def watch_bundles(
+    processor: InferenceProcessor,
+    root: Path,
+    pinned: str,
+    interval_s: float,
+    stopping: asyncio.Event,
+) -> None:
+    """Stage a newer bundle when one appears (refused ones are logged once each)."""
+    refused: set[str] = set()
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), interval_s)
+            return
+        except TimeoutError:
+            pass
+        try:
+            path = await asyncio.to_thread(bundles.find_bundle, root, pinned)
+        except BundleError:
+            continue
+        current = processor.staged.path if processor.staged else processor.policy.bundle.path
+        if path.resolve() == current.resolve() or str(path) in refused:
+            continue
+        try:
+            bundle = await asyncio.to_thread(bundles.load, path)
+        except (BundleError, OSError, ValueError) as exc:
+            refused.add(str(path))
+            processor.metrics.refused.inc()
+            log.error("bundle %s refused: %s", path, exc)
+            continue
+        processor.stage(bundle)
+
+
+async def connect_signals(settings: InferenceSettings) -> psycopg.AsyncConnection[Any] | None:
+    if not settings.write_signals:
+        return None
+    try:
+        return await psycopg.AsyncConnection.connect(**connection_kwargs(settings), autocommit=True)
+    except psycopg.OperationalError as exc:
+        log.warning("signals table unavailable (decisions still go to the stream): %s", exc)
+        return None
+
+
+async def main(ctx: ServiceContext[InferenceSettings]) -> None:
+    settings = ctx.settings
+    redis = ctx.require_redis()
+    metrics = InferenceMetrics(ctx.registry)
+    torch.set_num_threads(settings.torch_threads)
+    root = Path(settings.bundle_dir)
+    try:
+        bundle = await asyncio.to_thread(bundles.load, root, settings.bundle_version)
+    except BundleError as exc:
+        log.error("no usable model bundle: %s", exc)
+        raise
+    if settings.write_signals and not await wait_for_schema(settings, ctx.stopping):
+        return
+    conn = await connect_signals(settings)
+    processor = InferenceProcessor(redis, LivePolicy(bundle), metrics, conn)
+    stream = Stream.FEATURES.value
+    consumer = settings.consumer or instance_name()
+    await ensure_group(redis, stream, settings.group, start="$")
+    if settings.warm_up:
+        open_ms = current_session_open(now_ms())
+        if open_ms <= now_ms():
+            history: Any = await redis.xrange(stream, min=f"{open_ms}-0", max="+")
+            replayed = processor.warm([(stream, _text(i), f) for i, f in history or []])
+            log.info("warm-up: %d minutes of the current session replayed", replayed)
+    claimed = await claim_stale(redis, stream, settings.group, consumer, min_idle_ms=0)
+    watcher = asyncio.create_task(
+        watch_bundles(
+            processor, root, settings.bundle_version, settings.reload_interval_s, ctx.stopping
+        ),
+        name="bundle-watcher",
+    )
+    pending = claimed
+    retry_at = 0.0
+    try:
+        while not ctx.stopping.is_set():
+            if not pending:
+                pending = await read_group(
+                    redis,
+                    settings.group,
+                    consumer,
+                    [stream],
+                    count=settings.batch_entries,
+                    block_ms=settings.block_ms,
+                )
+            decisions = await processor.handle(pending)
+            await ack(redis, stream, settings.group, [entry_id for _, entry_id, _ in pending])
+            pending = []
+            ctx.counters["decisions"] = ctx.counters.get("decisions", 0) + len(decisions)
+            if processor.conn is None and settings.write_signals and time.monotonic() > retry_at:
+                retry_at = time.monotonic() + 30.0
+                processor.conn = await connect_signals(settings)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        if processor.conn is not None:
+            await processor.conn.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
