@@ -582,11 +582,15 @@ def test_internet_egress_only_with_a_polygon_key(render: Render) -> None:
 
 
 def test_notes_without_dashboard(render: Render) -> None:
-    text = notes(render(None))
+    text = notes(render({"services": {"dashboard": {"enabled": False}}}))
     assert "not deployed yet" in text
     assert "kubectl port-forward --namespace its svc/its-marketsim 8765:8765" in text
     assert "helm status its --namespace its" in text
     assert "svc/its-dashboard" not in text
+
+
+def test_notes_with_dashboard_by_default(render: Render) -> None:
+    assert "svc/its-dashboard 8080:8080" in notes(render(None))
 
 
 def test_notes_with_dashboard(render: Render) -> None:

@@ -70,7 +70,7 @@ def test_local_stack_starts_applies_schema_stops_and_reuses_data(work_dir: Path)
     lines = _reader(process)
     try:
         _wait_line(lines, "ITS is running locally", seen, 90)
-        assert any("applied ['0001_core_schema.sql']" in line for line in seen)
+        assert any("applied ['0001_core_schema.sql'" in line for line in seen)
         client = redis.Redis(port=redis_port)
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert client.config_get("maxmemory")["maxmemory"] == str(200 * 1024 * 1024)

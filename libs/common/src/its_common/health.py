@@ -19,6 +19,8 @@ from its_common.redaction import redact
 
 log = logging.getLogger("its.health")
 ReadinessCheck = Callable[[], Awaitable[None]]
+HttpConfigure = Callable[[web.Application], None]
+"""Adds a service's own routes (e.g. the dashboard's UI) to the health app before it starts."""
 CHECK_TIMEOUT_S = 2.0
 
 
@@ -48,7 +50,7 @@ class HealthState:
         return dict(zip(names, results, strict=True))
 
 
-def build_app(state: HealthState) -> web.Application:
+def build_app(state: HealthState, configure: HttpConfigure | None = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         body = {
             "status": "ok" if state.alive else "failed",
@@ -74,12 +76,16 @@ def build_app(state: HealthState) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    if configure is not None:
+        configure(app)
     return app
 
 
-async def start_health_server(state: HealthState, host: str, port: int) -> web.AppRunner:
+async def start_health_server(
+    state: HealthState, host: str, port: int, configure: HttpConfigure | None = None
+) -> web.AppRunner:
     """Start serving; the bound port is ``runner.addresses[0][1]`` (port 0 picks a free one)."""
-    runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(state, configure), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from its_common.health import HealthState, ReadinessCheck, bound_port, start_health_server
@@ -57,6 +58,8 @@ class ServiceContext(Generic[SettingsT]):
 
 
 MainFn = Callable[[ServiceContext[SettingsT]], Coroutine[Any, Any, None]]
+HttpRoutesFn = Callable[[web.Application, ServiceContext[SettingsT]], None]
+"""Optional: adds a service's own routes to the health app (same port as /healthz)."""
 
 
 def run_service(
@@ -66,13 +69,20 @@ def run_service(
     version: str,
     uses_redis: bool = True,
     shutdown_grace_s: float = 10.0,
+    http_routes: HttpRoutesFn[SettingsT] | None = None,
 ) -> int:
-    """Run a service to completion; returns the process exit code."""
+    """Run a service to completion; returns the process exit code.
+
+    ``http_routes(app, ctx)``, when given, adds routes to the HTTP app that serves ``/healthz``,
+    ``/readyz`` and ``/metrics`` on ``ITS_HTTP_PORT`` (called once, before it starts serving).
+    """
     service = settings.effective_service_name()
     setup_logging(service, settings.log_level)
     telemetry = setup_telemetry(service, version)
     try:
-        return asyncio.run(_serve(settings, main, version, uses_redis, shutdown_grace_s))
+        return asyncio.run(
+            _serve(settings, main, version, uses_redis, shutdown_grace_s, http_routes)
+        )
     finally:
         telemetry.shutdown()
 
@@ -83,6 +93,7 @@ async def _serve(
     version: str,
     uses_redis: bool,
     shutdown_grace_s: float,
+    http_routes: HttpRoutesFn[SettingsT] | None = None,
 ) -> int:
     registry = CollectorRegistry()
     service = settings.effective_service_name()
@@ -129,7 +140,14 @@ async def _serve(
             )
         )
 
-    runner = await start_health_server(health, settings.http_host, settings.http_port)
+    configure = None
+    if http_routes is not None:
+        routes = http_routes
+
+        def configure(app: web.Application) -> None:
+            routes(app, ctx)
+
+    runner = await start_health_server(health, settings.http_host, settings.http_port, configure)
     ctx.http_port = bound_port(runner)
     main_task = asyncio.create_task(main(ctx), name=f"{service}-main")
     stop_task = asyncio.create_task(ctx.stopping.wait(), name="stop-signal")

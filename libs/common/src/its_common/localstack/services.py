@@ -6,6 +6,7 @@ service adds its entry here; ports are fixed so URLs stay the same across runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -82,9 +83,29 @@ def local_services(polygon_key_set: bool) -> list[LocalService]:
             },
         ),
         LocalService("features", 18084),
-        LocalService("inference", 18085),
+        LocalService(
+            "inference",
+            18085,
+            # The demo model committed under models/demo (its-local runs from the repo root);
+            # ITS_INFERENCE_BUNDLE_DIR in the environment wins (e.g. var/models of its-trainer).
+            env={
+                "ITS_INFERENCE_BUNDLE_DIR": os.environ.get("ITS_INFERENCE_BUNDLE_DIR")
+                or str(Path.cwd() / "models" / "demo")
+            },
+        ),
         LocalService("trader", 18086),
         LocalService("validator", 18087),
-        LocalService("alerter", 18088),
-        LocalService("dashboard", 18089, urls={"dashboard": "http://127.0.0.1:18089/"}),
+        LocalService(
+            "alerter",
+            18088,
+            # Slack/e-mail only when ITS_ALERTER_SLACK_WEBHOOK_URL / ITS_ALERTER_SMTP_* are set.
+            env={"ITS_ALERTER_EXPECTED_SERVICES": "router,loader,collector"},
+        ),
+        LocalService(
+            "dashboard",
+            18089,
+            # The kill switch is enabled when ITS_DASHBOARD_TOKEN is exported before `make run`.
+            env={"ITS_DASHBOARD_ROUTER_METRICS_URL": "http://127.0.0.1:18081/metrics"},
+            urls={"dashboard": "http://127.0.0.1:18089/"},
+        ),
     ]

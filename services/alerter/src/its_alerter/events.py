@@ -1,0 +1,148 @@
+"""Event-driven alerts: gap windows (``its:stream:gaps``) and the nightly gap report
+(``type=gap_audit`` entries on ``its:stream:alert-events``, written by ``its-loader audit``).
+
+The alerter reads both streams as its own consumer group (``ITS_ALERTER_EVENTS_GROUP``, created at
+the stream's end on first start, so old history is not re-reported; after a restart it resumes
+where the group stopped). Entries are acked once read: gap windows are summarized into one
+``data_gap`` notification per cooldown period (a flapping feed does not send one message per
+reconnect); each day's gap report is sent once. Other alert-events types are counted and left to
+their own rules (the validator's ``price_divergence`` events are covered by the price_checks rule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from its_alerter.engine import AlertEngine
+from its_alerter.model import Severity
+from its_common.gaps import decode_gap
+from its_common.streams import Stream, ensure_group, now_ms
+
+log = logging.getLogger("its.alerter.events")
+GAP_FINGERPRINT = "data_gap"
+
+
+@dataclass
+class PendingGaps:
+    windows: int = 0
+    symbols: set[str] = field(default_factory=set)
+    reasons: dict[str, int] = field(default_factory=dict)
+    missed_s: float = 0.0
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+
+class EventReader:
+    def __init__(self, redis: aioredis.Redis, engine: AlertEngine, group: str, consumer: str):
+        self.redis = redis
+        self.engine = engine
+        self.group = group
+        self.consumer = consumer
+        self.gaps = PendingGaps()
+        self.ready = False
+
+    async def setup(self) -> None:
+        for stream in (Stream.GAPS, Stream.ALERT_EVENTS):
+            await ensure_group(self.redis, stream, self.group, start="$")
+        self.ready = True
+
+    async def poll(self) -> int:
+        """Read what is new (non-blocking), handle it, ack; then flush gap summaries if due."""
+        if not self.ready:
+            await self.setup()
+        handled = 0
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                {Stream.GAPS: ">", Stream.ALERT_EVENTS: ">"},
+                count=500,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ready = False  # stream deleted (e.g. FLUSHDB): recreate the groups next time
+            return 0
+        for stream, messages in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            ids = []
+            for entry_id, fields in messages:
+                ids.append(entry_id)
+                if fields:
+                    await self._handle(name, fields)
+                    handled += 1
+            if ids:
+                await self.redis.xack(name, self.group, *ids)
+        await self.flush_gaps()
+        return handled
+
+    async def _handle(self, stream: str, fields: dict[bytes, bytes]) -> None:
+        kind = fields.get(b"type", b"").decode(errors="replace")
+        self.engine.metrics.events.labels(kind or "unknown").inc()
+        try:
+            if stream == Stream.GAPS:
+                self._add_gap(fields)
+            elif kind == "gap_audit":
+                await self._gap_report(fields)
+        except (ValueError, KeyError) as exc:
+            log.warning("unreadable %s entry on %s: %s", kind, stream, exc)
+
+    def _add_gap(self, fields: dict[bytes, bytes]) -> None:
+        window = decode_gap(fields)
+        gaps = self.gaps
+        gaps.windows += 1
+        gaps.symbols.update(window.symbols)
+        gaps.reasons[window.reason] = gaps.reasons.get(window.reason, 0) + 1
+        gaps.missed_s += max(0, window.end_ms - window.start_ms) / 1000
+        gaps.first_ms = min(gaps.first_ms or window.start_ms, window.start_ms)
+        gaps.last_ms = max(gaps.last_ms or window.end_ms, window.end_ms)
+
+    async def flush_gaps(self) -> None:
+        gaps = self.gaps
+        now = now_ms()
+        if not gaps.windows or not self.engine.cooled(GAP_FINGERPRINT, now):
+            return
+        reasons = ", ".join(f"{r} x{n}" for r, n in sorted(gaps.reasons.items()))
+        message = (
+            f"{gaps.windows} data gap window(s) for {','.join(sorted(gaps.symbols))}: "
+            f"{gaps.missed_s:.0f}s in total ({reasons}); the loader backfills them from REST"
+        )
+        labels = {
+            "windows": gaps.windows,
+            "symbols": sorted(gaps.symbols),
+            "missed_s": round(gaps.missed_s, 1),
+            "first_ms": gaps.first_ms,
+            "last_ms": gaps.last_ms,
+        }
+        self.gaps = PendingGaps()
+        await self.engine.event("data_gap", GAP_FINGERPRINT, "warning", message, labels, now)
+
+    async def _gap_report(self, fields: dict[bytes, bytes]) -> None:
+        summary = json.loads(fields[b"data"])
+        day = str(summary.get("date", "?"))
+        fingerprint = f"gap_audit:{day}"
+        if fingerprint in self.engine.last_sent_ms:
+            return  # this day's report was sent already (re-run or re-delivery)
+        severity: Severity = "info" if summary.get("ok") else "warning"
+        per_symbol = summary.get("symbols") or {}
+        parts = [
+            f"{symbol} missing {s.get('missing', 0)} mismatch {s.get('mismatch', 0)} "
+            f"extra {s.get('extra', 0)} (stored {s.get('stored', 0)}/{s.get('session_minutes', 0)})"
+            for symbol, s in sorted(per_symbol.items())
+        ]
+        verdict = "no missing minutes" if summary.get("ok") else "GAPS FOUND"
+        message = f"gap report {day}: {verdict}; " + "; ".join(parts)
+        labels = {
+            "date": day,
+            "ok": bool(summary.get("ok")),
+            "missing": summary.get("missing", 0),
+            "mismatch": summary.get("mismatch", 0),
+            "extra": summary.get("extra", 0),
+        }
+        await self.engine.event("gap_audit", fingerprint, severity, message, labels, now_ms())
