@@ -1,0 +1,158 @@
+"""The trader service: decisions consumer, fill handler, control loop (kill switch) and
+periodic checks (snapshots, loss limits, flatten before the close) around one :class:`Trader`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from its_common.db.connect import connection_kwargs
+from its_common.runtime import ServiceContext
+from its_common.streams import EntryFormatError, Stream, ack, ensure_group, read_group
+from its_trader.config import TraderSettings
+from its_trader.decision import decode_decision
+from its_trader.engine import Trader, TraderConfig
+from its_trader.metrics import TraderMetrics
+from its_trader.simbroker import SimBroker
+from its_trader.store import TraderStore
+
+log = logging.getLogger("its.trader")
+
+
+def trader_config(settings: TraderSettings) -> TraderConfig:
+    return TraderConfig(
+        symbols=tuple(settings.symbols),
+        limits=settings.risk_limits(),
+        buy_fraction=settings.buy_fraction,
+        clock=settings.clock,
+        max_price_age_s=settings.max_price_age_s,
+        stale_order_s=settings.stale_order_s,
+    )
+
+
+def build_trader(settings: TraderSettings, redis: aioredis.Redis, metrics: TraderMetrics) -> Trader:
+    kwargs = connection_kwargs(settings)
+    broker = SimBroker(dict(kwargs), redis, settings.sim_config())
+    return Trader(trader_config(settings), redis, broker, TraderStore(dict(kwargs)), metrics)
+
+
+async def consume_decisions(
+    trader: Trader, redis: aioredis.Redis, settings: TraderSettings, stopping: asyncio.Event
+) -> None:
+    """Consumer group on the decisions stream; ack after the decision's effects are durable."""
+    group, consumer = settings.group, settings.consumer or "trader"
+    # A new group starts at the end: decisions made before the trader ever ran are not traded.
+    await ensure_group(redis, Stream.DECISIONS, group, start="$")
+    backlog = True  # first our own pending entries (a crash left them unacked), then new ones
+    while not stopping.is_set():
+        try:
+            if backlog:
+                reply: Any = await redis.xreadgroup(
+                    group, consumer, {Stream.DECISIONS: "0"}, count=100
+                )
+                entries = [
+                    (Stream.DECISIONS.value, _text(i), f)
+                    for _, messages in (reply or [])
+                    for i, f in messages
+                ]
+                backlog = bool(entries)
+            else:
+                entries = await read_group(
+                    redis, group, consumer, [Stream.DECISIONS], count=100,
+                    block_ms=settings.block_ms,
+                )  # fmt: skip
+        except RedisError as exc:
+            log.warning("cannot read decisions: %s", exc)
+            await _sleep(stopping, 1.0)
+            continue
+        for _stream, entry_id, fields in entries:
+            try:
+                decision = decode_decision(entry_id, fields)
+            except EntryFormatError as exc:
+                log.warning("invalid decision entry skipped: %s", exc)
+                trader.metrics.decisions.labels("invalid").inc()
+            else:
+                await trader.handle_decision(decision)
+            await ack(redis, Stream.DECISIONS, group, [entry_id])
+
+
+async def handle_fills(trader: Trader, stopping: asyncio.Event) -> None:
+    queue = trader.broker.fills()
+    while not stopping.is_set():
+        try:
+            execution = await asyncio.wait_for(queue.get(), 0.5)
+        except TimeoutError:
+            continue
+        await trader.handle_fill(execution)
+
+
+async def every(
+    interval_s: float, stopping: asyncio.Event, step: Callable[[], Awaitable[None]], name: str
+) -> None:
+    while not stopping.is_set():
+        try:
+            await step()
+        except (RedisError, OSError) as exc:
+            log.warning("%s failed: %s", name, exc)
+        if await _sleep(stopping, interval_s):
+            return
+
+
+async def _sleep(stopping: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def main(ctx: ServiceContext[TraderSettings]) -> None:
+    settings = ctx.settings
+    redis = ctx.require_redis()
+    metrics = TraderMetrics(ctx.registry)
+    trader = build_trader(settings, redis, metrics)
+    await trader.start()
+
+    async def database_ready() -> None:
+        await trader.store.get_state("halt")
+
+    ctx.add_readiness_check("database", database_ready)
+
+    async def control_step() -> None:
+        await trader.control_tick()
+        ctx.counters.update({"halted": 1.0 if trader.risk.halt.halted else 0.0})
+
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(consume_decisions(trader, redis, settings, ctx.stopping), name="dec"),
+        asyncio.create_task(handle_fills(trader, ctx.stopping), name="fills"),
+        asyncio.create_task(
+            every(settings.control_interval_s, ctx.stopping, control_step, "control"), name="ctl"
+        ),
+        asyncio.create_task(
+            every(settings.snapshot_interval_s, ctx.stopping, trader.periodic, "periodic"),
+            name="periodic",
+        ),
+    ]
+    try:
+        done, _ = await asyncio.wait(
+            [*tasks, asyncio.create_task(ctx.stopping.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+    finally:
+        ctx.stopping.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await trader.broker.close()
+        await trader.store.close()

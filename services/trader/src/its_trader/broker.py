@@ -1,0 +1,96 @@
+"""The broker interface the trader talks to: the SimBroker now, the IB adapter later.
+
+Order submission is idempotent by client order id: placing an id the broker already knows
+returns that order instead of a new one (IB: ``orderRef``). After every connect and reconnect
+the trader reconciles with :meth:`Broker.positions`, :meth:`Broker.open_orders` and
+:meth:`Broker.executions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from its_trader.actions import Side
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    not_before_ms: int = 0  # market time: fill on no trade earlier than this (decision's bar)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOrder:
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    status: str  # open | filled | cancelled | rejected
+    filled_quantity: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    execution_id: str
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    price: float
+    commission: float
+    ts_ms: int  # market time of the fill
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPosition:
+    symbol: str
+    quantity: float
+    avg_price: float
+    realized_pnl: float
+    mark_price: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSummary:
+    account: str
+    cash: float
+    equity: float
+    gross_exposure: float
+    realized_pnl: float
+    unrealized_pnl: float
+
+
+class Broker(Protocol):
+    """What an adapter (SimBroker, IB) provides."""
+
+    name: str
+    account: str
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def positions(self) -> list[BrokerPosition]: ...
+
+    async def open_orders(self) -> list[BrokerOrder]: ...
+
+    async def executions(self, since_ms: int = 0) -> list[Execution]: ...
+
+    async def order(self, client_order_id: str) -> BrokerOrder | None: ...
+
+    async def place_market_order(self, request: OrderRequest) -> BrokerOrder: ...
+
+    async def cancel(self, client_order_id: str) -> bool: ...
+
+    async def account_summary(self) -> AccountSummary: ...
+
+    def fills(self) -> asyncio.Queue[Execution]:
+        """Executions as they happen (the trader also reconciles, so a lost event is recovered)."""
+        ...

@@ -1,0 +1,405 @@
+"""The trader: decisions → risk → orders → broker; fills → records; halts, kill switch, recovery.
+
+All state changes run under one lock (decisions, fills, control, periodic checks), so the order
+of effects is the order of events. Every effect is idempotent: a decision's orders have
+deterministic client order ids (derived from the decision), an order is recorded before it is
+sent, the broker dedupes client ids, fills are keyed by execution id. A crash at any point and a
+replay of the decision therefore never duplicates an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from its_common import calendar
+from its_common.streams import latest_trade_key, now_ms
+from its_trader import control
+from its_trader.actions import (
+    LegAction,
+    OrderIntent,
+    Side,
+    action_name,
+    legs,
+    orders_for_action,
+)
+from its_trader.broker import Broker, Execution, OrderRequest
+from its_trader.decision import Decision
+from its_trader.metrics import TraderMetrics
+from its_trader.risk import (
+    HALT_REASONS,
+    Denial,
+    Exposure,
+    Halt,
+    RiskLimits,
+    RiskReason,
+    RiskState,
+    check_decision,
+    check_order,
+    check_portfolio,
+    in_closing_window,
+)
+from its_trader.store import TraderStore
+
+log = logging.getLogger("its.trader")
+DAY_STATE = "day"
+PEAK_STATE = "peak_equity"
+FLATTENED_STATE = "flattened_session"
+
+
+@dataclass(frozen=True, slots=True)
+class TraderConfig:
+    symbols: tuple[str, ...]
+    limits: RiskLimits
+    buy_fraction: float = 0.10
+    clock: str = "feed"  # feed | wall
+    max_price_age_s: float = 30.0
+    max_decision_age_s: float = 300.0
+    stale_order_s: float = 120.0
+
+
+def client_order_id(decision: Decision, intent: OrderIntent) -> str:
+    """Deterministic id of a decision's order: a replayed decision maps to the same order."""
+    model = hashlib.sha1(decision.model_version.encode()).hexdigest()[:8]
+    return f"its-{decision.ts_ms}-{model}-{intent.symbol}-{intent.side[0]}"
+
+
+class Trader:
+    def __init__(
+        self,
+        config: TraderConfig,
+        redis: aioredis.Redis,
+        broker: Broker,
+        store: TraderStore,
+        metrics: TraderMetrics,
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        self.broker = broker
+        self.store = store
+        self.metrics = metrics
+        self.risk = RiskState()
+        self.lock = asyncio.Lock()
+
+    # -- time and prices ---------------------------------------------------------------------
+
+    async def market_now(self) -> datetime:
+        """Wall clock, or (clock=feed) the newest trade time of the feed: the simulator's clock."""
+        if self.config.clock == "feed":
+            newest = 0
+            for symbol in self.config.symbols:
+                value = await self.redis.hget(latest_trade_key(symbol), "t")
+                if value is not None:
+                    newest = max(newest, int(value))
+            if newest:
+                return datetime.fromtimestamp(newest / 1000, UTC)
+        return datetime.now(UTC)
+
+    async def prices(self) -> dict[str, float]:
+        """Fresh feed prices (received within max_price_age_s of the wall clock)."""
+        out: dict[str, float] = {}
+        now = now_ms()
+        for symbol in self.config.symbols:
+            fields = await self.redis.hmget(latest_trade_key(symbol), ["p", "rt"])
+            if fields[0] is None:
+                continue
+            received = int(fields[1] or 0)
+            age_limit = self.config.max_price_age_s
+            if age_limit > 0 and now - received > age_limit * 1000:
+                continue
+            out[symbol] = float(fields[0])
+        return out
+
+    # -- start and reconciliation ------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.connect()
+        await self.broker.connect()
+        async with self.lock:
+            self.risk.halt = await control.load_halt(self.store)
+            self.metrics.halted.set(1 if self.risk.halt.halted else 0)
+            await self.reconcile()
+        log.info(
+            "trader started",
+            extra={"halted": self.risk.halt.halted, "halt_reason": self.risk.halt.reason},
+        )
+
+    async def reconcile(self) -> None:
+        """Rebuild from the broker: missing fills, order states, unsent orders, positions."""
+        recovered = 0
+        for execution in await self.broker.executions():
+            if await self.store.record_fill(execution, self.broker.account, self.broker.name):
+                recovered += 1
+        self.metrics.fills_recovered.inc(recovered)
+        now = datetime.now(UTC)
+        for cid, symbol, side, quantity, created_at, status in await self.store.unsettled_orders():
+            known = await self.broker.order(cid)
+            if known is not None:
+                mapped = {"open": "submitted"}.get(known.status, known.status)
+                await self.store.set_order_status(cid, mapped, known.broker_order_id)
+            elif status == "recorded":
+                # Recorded, never reached the broker (crash between the two): send it if young.
+                age = (now - created_at).total_seconds()
+                if age <= self.config.stale_order_s and not self.risk.halt.halted:
+                    leg_side: Side = "BUY" if side == "BUY" else "SELL"
+                    intent = OrderIntent(symbol, leg_side, quantity, "")
+                    await self._send(cid, intent, 0)
+                else:
+                    await self.store.set_order_status(cid, "expired")
+            elif status == "submitted":
+                await self.store.set_order_status(cid, "rejected")  # the broker lost it
+        await self._sync_positions()
+        # Rebuild cooldowns from recent orders is unnecessary: cooldown keys use market time
+        # and a replayed decision is recognised by its order id.
+        log.info("reconciled", extra={"fills_recovered": recovered})
+
+    async def _sync_positions(self) -> None:
+        positions = await self.broker.positions()
+        await self.store.sync_positions(self.broker.account, positions)
+        for position in positions:
+            self.metrics.position.labels(position.symbol).set(position.quantity)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def handle_decision(self, decision: Decision) -> str:
+        async with self.lock:
+            outcome = await self._handle_decision(decision)
+        self.metrics.decisions.labels(outcome).inc()
+        return outcome
+
+    async def _deny(self, decision: Decision, denial: Denial, intent: OrderIntent | None) -> None:
+        self.metrics.denials.labels(denial.reason.value).inc()
+        log.info(
+            "risk denied",
+            extra={
+                "reason": denial.reason.value,
+                "detail": denial.detail,
+                "action": decision.action,
+            },
+        )
+        await self.store.risk_event(
+            "denied",
+            denial.reason.value,
+            denial.detail,
+            decision_ts_ms=decision.ts_ms,
+            model_version=decision.model_version,
+            action=decision.action,
+            symbol=None if intent is None else intent.symbol,
+            side=None if intent is None else intent.side,
+            quantity=None if intent is None else intent.quantity,
+        )
+
+    async def _handle_decision(self, decision: Decision) -> str:
+        name = action_name(decision.action)
+        market_now = await self.market_now()
+        outcome = await self._decide(decision, market_now)
+        await self.store.record_signal(
+            decision.ts_ms, decision.model_version, decision.action, name, decision.confidence,
+            outcome,
+        )  # fmt: skip
+        return outcome
+
+    async def _decide(self, decision: Decision, market_now: datetime) -> str:
+        if all(leg is LegAction.HOLD for leg in legs(decision.action)):
+            return "hold"
+        denial = check_decision(decision.confidence, self.config.limits)
+        age_s = market_now.timestamp() - decision.ts_ms / 1000
+        if denial is None and age_s > self.config.max_decision_age_s:
+            denial = Denial(RiskReason.STALE_DECISION, f"decision {age_s:.0f}s old")
+        if denial is not None:
+            await self._deny(decision, denial, None)
+            return "denied"
+        positions = {p.symbol: p.quantity for p in await self.broker.positions()}
+        pending = dict(positions)
+        for order in await self.broker.open_orders():
+            signed = order.quantity if order.side == "BUY" else -order.quantity
+            pending[order.symbol] = pending.get(order.symbol, 0.0) + signed
+        summary = await self.broker.account_summary()
+        prices = await self.prices()
+        sent = denied = 0
+        for symbol, leg in zip(self.config.symbols[:2], legs(decision.action), strict=True):
+            if leg is LegAction.BUY and symbol not in prices:
+                denied += 1
+                await self._deny(
+                    decision,
+                    Denial(RiskReason.NO_PRICE, f"no fresh feed price for {symbol}"),
+                    OrderIntent(symbol, "BUY", 0, "buy"),
+                )
+        intents = orders_for_action(
+            decision.action,
+            positions,
+            summary.equity,
+            prices,
+            symbols=self.config.symbols,
+            buy_fraction=self.config.buy_fraction,
+        )
+        mono = time.monotonic()
+        for intent in intents:
+            cid = client_order_id(decision, intent)
+            status = await self.store.order_status(cid)
+            if status is not None:  # a replayed decision: make sure its order reached the broker
+                if status == "recorded":
+                    await self._send(cid, intent, decision.ts_ms)
+                sent += 1
+                continue
+            exposure = Exposure(pending, prices, summary.equity)
+            denial = check_order(
+                intent,
+                limits=self.config.limits,
+                state=self.risk,
+                exposure=exposure,
+                market_now=market_now,
+                mono_now=mono,
+            )
+            if denial is not None:
+                denied += 1
+                await self._deny(decision, denial, intent)
+                continue
+            await self.store.record_order(
+                cid, self.broker.account, self.broker.name, intent.symbol, intent.side,
+                intent.quantity, decision.ts_ms, intent.reason,
+            )  # fmt: skip
+            self.risk.record_order(intent, market_now, mono)
+            signed = intent.quantity if intent.side == "BUY" else -intent.quantity
+            pending[intent.symbol] = pending.get(intent.symbol, 0.0) + signed
+            await self._send(cid, intent, decision.ts_ms)
+            sent += 1
+        if sent:
+            return "orders"
+        return "denied" if denied else "no_order"
+
+    async def _send(self, cid: str, intent: OrderIntent, not_before_ms: int) -> bool:
+        request = OrderRequest(cid, intent.symbol, intent.side, intent.quantity, not_before_ms)
+        try:
+            placed = await self.broker.place_market_order(request)
+        except Exception as exc:
+            self.metrics.order_errors.inc()
+            log.error("order not accepted by the broker: %s", exc, extra={"client_order_id": cid})
+            return False
+        status = {"open": "submitted"}.get(placed.status, placed.status)
+        await self.store.set_order_status(cid, status, placed.broker_order_id)
+        self.metrics.orders.labels(intent.side, intent.reason or "recovered").inc()
+        log.info(
+            "order sent",
+            extra={
+                "client_order_id": cid,
+                "symbol": intent.symbol,
+                "side": intent.side,
+                "quantity": intent.quantity,
+            },
+        )
+        return True
+
+    # -- fills -------------------------------------------------------------------------------
+
+    async def handle_fill(self, execution: Execution) -> None:
+        async with self.lock:
+            if await self.store.record_fill(execution, self.broker.account, self.broker.name):
+                self.metrics.fills.inc()
+            await self._sync_positions()
+
+    # -- halts, kill switch, flatten ---------------------------------------------------------
+
+    async def halt(self, reason: str, detail: str) -> None:
+        """Enter HALTED (durably) and cancel open orders. Caller holds the lock."""
+        if not self.risk.halt.halted:
+            self.risk.halt = Halt(True, reason, detail, now_ms())
+            await control.save_halt(self.store, self.risk.halt)
+            await self.store.risk_event("halt", reason, detail)
+            log.warning("trading HALTED", extra={"reason": reason, "detail": detail})
+        self.metrics.halted.set(1)
+        await self.cancel_open_orders()
+
+    async def cancel_open_orders(self) -> int:
+        cancelled = 0
+        for order in await self.broker.open_orders():
+            if await self.broker.cancel(order.client_order_id):
+                cancelled += 1
+            await self.store.set_order_status(order.client_order_id, "cancelled")
+        return cancelled
+
+    async def flatten(self, tag: str) -> int:
+        """Close every position with market orders (risk-reducing: not subject to risk checks)."""
+        sent = 0
+        for position in await self.broker.positions():
+            if position.quantity == 0:
+                continue
+            side: Side = "SELL" if position.quantity > 0 else "BUY"
+            intent = OrderIntent(position.symbol, side, int(abs(position.quantity)), "flatten")
+            cid = f"its-flat-{tag}-{position.symbol}"
+            if await self.store.record_order(
+                cid, self.broker.account, self.broker.name, intent.symbol, side,
+                intent.quantity, None, "flatten",
+            ) or await self.store.order_status(cid) == "recorded":  # fmt: skip
+                await self._send(cid, intent, 0)
+                sent += 1
+        return sent
+
+    async def control_tick(self) -> None:
+        """Kill flag, durable halt state (a CLI resume), once per control interval."""
+        flag = await control.read_kill(self.redis)
+        async with self.lock:
+            if flag is not None:
+                handled = await self.store.get_state(control.KILL_HANDLED_STATE)
+                if handled != flag["id"]:
+                    log.warning("kill switch engaged", extra={"flag": flag})
+                    await self.halt(control.KILL_REASON, str(flag.get("reason", "")))
+                    if flag.get("flatten"):
+                        await self.flatten(f"kill-{flag['id']}")
+                    await self.store.put_state(control.KILL_HANDLED_STATE, flag["id"])
+            stored = await control.load_halt(self.store)
+            if stored != self.risk.halt:
+                if self.risk.halt.halted and not stored.halted:
+                    log.warning("trading resumed")
+                self.risk.halt = stored
+            self.metrics.halted.set(1 if self.risk.halt.halted else 0)
+
+    async def periodic(self) -> None:
+        """Snapshot, loss limits (halt), flatten before the close."""
+        market_now = await self.market_now()
+        async with self.lock:
+            summary = await self.broker.account_summary()
+            await self.store.snapshot(summary, datetime.now(UTC))
+            self._set_gauges(summary.equity, summary.cash, summary.gross_exposure,
+                             summary.realized_pnl, summary.unrealized_pnl)  # fmt: skip
+            day = calendar.new_york_date(market_now).isoformat()
+            day_state = await self.store.get_state(DAY_STATE)
+            if not isinstance(day_state, Mapping) or day_state.get("date") != day:
+                day_state = {"date": day, "start_equity": summary.equity}
+                await self.store.put_state(DAY_STATE, day_state)
+            peak_state = await self.store.get_state(PEAK_STATE)
+            peak = float(peak_state) if isinstance(peak_state, (int, float)) else 0.0
+            if summary.equity > peak:
+                peak = summary.equity
+                await self.store.put_state(PEAK_STATE, peak)
+            breach = check_portfolio(
+                summary.equity, float(day_state["start_equity"]), peak, self.config.limits
+            )
+            if breach is not None and breach.reason in HALT_REASONS:
+                self.metrics.denials.labels(breach.reason.value).inc()
+                await self.halt(breach.reason.value, breach.detail)
+            minutes = self.config.limits.flatten_before_close_min
+            if in_closing_window(market_now, minutes):
+                flattened = await self.store.get_state(FLATTENED_STATE)
+                if flattened != day:
+                    await self.cancel_open_orders()
+                    await self.flatten(f"close-{day}")
+                    await self.store.put_state(FLATTENED_STATE, day)
+
+    def _set_gauges(self, *values: float) -> None:
+        m = self.metrics
+        for gauge, value in zip(
+            (m.equity, m.cash, m.gross, m.realized, m.unrealized), values, strict=True
+        ):
+            gauge.set(value)
+
+    def status(self) -> dict[str, Any]:
+        return {"halted": self.risk.halt.halted, "halt_reason": self.risk.halt.reason}

@@ -1,0 +1,172 @@
+"""The validator service: every interval, one check per symbol; rows, metrics, alert events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+
+from its_common.db.connect import connection_kwargs
+from its_common.runtime import ServiceContext
+from its_common.streams import DEFAULT_TRIM, Stream, now_ms
+from its_validator.check import PriceSource, Result, broker_prices, compare, feed_prices
+from its_validator.config import ValidatorSettings
+
+log = logging.getLogger("its.validator")
+
+
+class ValidatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.diff = Gauge(
+            "its_validator_price_diff_pct",
+            "Feed vs broker price difference (%)",
+            ["symbol"],
+            registry=registry,
+        )
+        self.checks = Counter(
+            "its_validator_checks",
+            "Price checks by outcome (ok, divergence)",
+            ["symbol", "outcome"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "its_validator_skipped",
+            "Checks skipped, by reason (no price, stale, skew)",
+            ["symbol", "reason"],
+            registry=registry,
+        )
+        self.divergent = Gauge(
+            "its_validator_divergent", "1 while a symbol diverges", ["symbol"], registry=registry
+        )
+
+
+class Validator:
+    def __init__(
+        self,
+        settings: ValidatorSettings,
+        feed: PriceSource,
+        broker: PriceSource,
+        redis: Any,
+        metrics: ValidatorMetrics,
+    ) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.broker = broker
+        self.redis = redis
+        self.metrics = metrics
+        self.divergent: dict[str, bool] = {}
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def _db(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                **connection_kwargs(self.settings), autocommit=True
+            )
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def check_once(self) -> list[Result]:
+        s = self.settings
+        results = []
+        for symbol in s.symbols:
+            result = compare(
+                symbol,
+                await self.feed.price(symbol),
+                await self.broker.price(symbol),
+                now_ms=now_ms(),
+                threshold_pct=s.threshold_pct,
+                max_age_s=s.max_age_s,
+                max_skew_ms=s.max_skew_ms,
+            )
+            results.append(result)
+            await self._record(result)
+        return results
+
+    async def _record(self, result: Result) -> None:
+        m, symbol = self.metrics, result.symbol
+        if result.skipped is not None:
+            m.skipped.labels(symbol, result.skipped.value).inc()
+            return
+        assert result.feed is not None and result.broker is not None
+        m.diff.labels(symbol).set(result.diff_pct)
+        m.checks.labels(symbol, "ok" if result.ok else "divergence").inc()
+        m.divergent.labels(symbol).set(0 if result.ok else 1)
+        conn = await self._db()
+        await conn.execute(
+            "INSERT INTO price_checks (ts, symbol, feed_price, broker_price, diff_pct, ok, detail)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (symbol, ts) DO NOTHING",
+            (
+                datetime.now(UTC), symbol, result.feed.price, result.broker.price,
+                result.diff_pct, result.ok, result.detail,
+            ),
+        )  # fmt: skip
+        was = self.divergent.get(symbol, False)
+        self.divergent[symbol] = not result.ok
+        if was != (not result.ok):
+            await self._alert(result)
+
+    async def _alert(self, result: Result) -> None:
+        """An alert event on each change (divergence starts or ends) for the alerter."""
+        assert result.feed is not None and result.broker is not None
+        state = "resolved" if result.ok else "firing"
+        if not result.ok:
+            log.warning(
+                "price divergence",
+                extra={"symbol": result.symbol, "diff_pct": result.diff_pct},
+            )
+        data = {
+            "rule": "price_divergence",
+            "state": state,
+            "severity": "warning",
+            "symbol": result.symbol,
+            "feed_price": result.feed.price,
+            "broker_price": result.broker.price,
+            "diff_pct": result.diff_pct,
+            "threshold_pct": self.settings.threshold_pct,
+        }
+        fields: dict[Any, Any] = {
+            "v": "1",
+            "type": "price_divergence",
+            "n": "1",
+            "data": json.dumps(data),
+            "rt": str(now_ms()),
+        }
+        policy = DEFAULT_TRIM[Stream.ALERT_EVENTS]
+        await self.redis.xadd(Stream.ALERT_EVENTS, fields, maxlen=policy.maxlen, approximate=True)
+
+
+async def run_validator(validator: Validator, stopping: asyncio.Event) -> None:
+    while not stopping.is_set():
+        try:
+            await validator.check_once()
+        except (RedisError, psycopg.OperationalError, OSError) as exc:
+            log.warning("price check failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), validator.settings.interval_s)
+
+
+async def main(ctx: ServiceContext[ValidatorSettings]) -> None:
+    redis = ctx.require_redis()
+    validator = Validator(
+        ctx.settings, feed_prices(redis), broker_prices(redis), redis,
+        ValidatorMetrics(ctx.registry),
+    )  # fmt: skip
+
+    async def database_ready() -> None:
+        await (await validator._db()).execute("SELECT 1")
+
+    ctx.add_readiness_check("database", database_ready)
+    try:
+        await run_validator(validator, ctx.stopping)
+    finally:
+        await validator.close()

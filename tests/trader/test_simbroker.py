@@ -1,0 +1,96 @@
+"""SimBroker against real Redis and PostgreSQL: next-trade fills, costs, restart continuation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from its_common.db.connect import connection_kwargs
+from its_trader.broker import OrderRequest
+from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
+
+from .conftest import Feed, make_settings, query, wait_until
+
+
+def broker(redis_client: Any, db_url: str, **kw: Any) -> SimBroker:
+    settings = make_settings("redis://127.0.0.1:1/0", db_url)
+    config = SimConfig(slippage_bps=10.0, **kw)
+    return SimBroker(connection_kwargs(settings), redis_client, config)
+
+
+async def test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order(redis_client, db_url):
+    feed = Feed(redis_client)
+    sim = broker(redis_client, db_url)
+    await feed.prices(NVDA=100.0)
+    await sim.connect()
+    try:
+        # Trades written before the order while the broker's reader lags behind: never used.
+        await feed.prices(NVDA=100.5, MSFT=300.0)
+        order = await sim.place_market_order(OrderRequest("c1", "NVDA", "BUY", 10))
+        assert order.status == "open"
+        await feed.trade("MSFT", 301.0)  # another symbol does not fill it
+        await feed.trade("NVDA", 102.0)
+        execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+        assert execution.price == pytest.approx(102.0 * 1.001)  # next trade + 10 bps slippage
+        assert execution.commission == 1.0  # 10 shares x $0.005 < $1 minimum
+        assert execution.ts_ms == feed.t
+        again = await sim.place_market_order(OrderRequest("c1", "NVDA", "BUY", 10))
+        assert again.status == "filled" and again.broker_order_id == order.broker_order_id
+        sell = await sim.place_market_order(OrderRequest("c2", "NVDA", "SELL", 10))
+        assert sell.status == "open"
+        await feed.trade("NVDA", 110.0)
+        sold = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+        assert sold.price == pytest.approx(110.0 * 0.999)
+        summary = await sim.account_summary()
+        realized = 10 * (110.0 * 0.999 - 102.0 * 1.001)
+        assert summary.realized_pnl == pytest.approx(realized - 2.0)
+        assert summary.cash == pytest.approx(100_000 + realized - 2.0)
+        positions = {p.symbol: p.quantity for p in await sim.positions()}
+        assert positions["NVDA"] == 0
+        mark = await redis_client.hgetall(broker_price_key("NVDA"))
+        assert float(mark[b"p"]) == 110.0 and int(mark[b"t"]) == feed.t
+    finally:
+        await sim.close()
+    assert len(query(db_url, "SELECT * FROM sim_orders")) == 2  # c1 re-sent: still one order
+
+
+async def test_restart_continues_and_fills_with_trades_from_while_it_was_down(redis_client, db_url):
+    feed = Feed(redis_client)
+    await feed.prices(NVDA=100.0)
+    first = broker(redis_client, db_url, commission_per_share=0.005)
+    await first.connect()
+    await first.place_market_order(OrderRequest("big", "NVDA", "BUY", 400))
+    await first.close()  # "down"
+    await feed.trade("NVDA", 99.0)  # the next trade after the order, while down
+    await feed.trade("NVDA", 98.0)
+    second = broker(redis_client, db_url)
+    await second.connect()
+    try:
+        execution = await wait_until(
+            lambda: second.fills().qsize() > 0 and second.fills().get_nowait()
+        )
+        assert execution.client_order_id == "big"
+        assert execution.price == pytest.approx(99.0 * 1.001)
+        assert execution.commission == pytest.approx(2.0)  # 400 x $0.005
+        summary = await second.account_summary()
+        assert summary.cash == pytest.approx(100_000 - 400 * 99.0 * 1.001 - 2.0)
+        assert summary.unrealized_pnl == pytest.approx(400 * (98.0 - 99.0 * 1.001))
+    finally:
+        await second.close()
+    third = broker(redis_client, db_url)
+    await third.connect()  # books persisted: same cash and position after another restart
+    try:
+        assert {p.symbol: p.quantity for p in await third.positions()} == {"NVDA": 400}
+        assert (await third.account_summary()).cash == pytest.approx(summary.cash)
+        assert await third.open_orders() == []
+    finally:
+        await third.close()
+
+
+def test_position_arithmetic() -> None:
+    assert apply_fill(0, 0, "BUY", 10, 100) == (10, 100, 0)
+    assert apply_fill(10, 100, "BUY", 10, 110) == (20, 105, 0)
+    assert apply_fill(20, 105, "SELL", 5, 115) == (15, 105, 50)
+    assert apply_fill(15, 105, "SELL", 20, 100) == (-5, 100, -75)  # flip to short
+    assert apply_fill(-5, 100, "BUY", 5, 90) == (0, 0, 50)
