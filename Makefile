@@ -18,8 +18,10 @@ $(VENV)/.installed: $(PYPROJECTS)
 	touch $@
 
 ## Start the whole system locally: Redis, PostgreSQL, migrations, simulator and every service.
+## BROKER=sim (default: the built-in paper broker), ib-sim (the local IB Gateway simulator) or ib.
+BROKER ?= sim
 run: venv
-	$(BIN)/its-local run
+	BROKER=$(BROKER) $(BIN)/its-local run
 
 lint: venv
 	$(BIN)/ruff check .

@@ -141,3 +141,17 @@ async def test_supervisor_reports_a_process_that_dies_during_start_up(tmp_path: 
         raise AssertionError("start-up failure not reported")
     finally:
         await supervisor.stop(timeout_s=5)
+
+
+def test_broker_choice_wires_the_ib_simulator_before_the_trader() -> None:
+    from its_common.localstack.services import local_services
+
+    names = [s.name for s in local_services(False)]
+    assert "ibsim" not in names
+    services = local_services(False, "ib-sim")
+    names = [s.name for s in services]
+    assert names.index("ibsim") < names.index("trader")
+    ibsim = services[names.index("ibsim")]
+    trader = services[names.index("trader")]
+    assert trader.env["ITS_TRADER_BROKER"] == "ib"
+    assert trader.env["ITS_IB_PORT"] == ibsim.env["ITS_IBSIM_PORT"]

@@ -32,6 +32,7 @@ from its_common.streams import (
     claim_stale,
     decode_entry,
     ensure_group,
+    latest_trade_key,
     now_ms,
     read_group,
 )
@@ -280,6 +281,24 @@ async def rebuild(conn: psycopg.AsyncConnection[Any], assembler: MinuteAssembler
     return assembler.restore(bars, last_close, last_ended)
 
 
+async def feed_clock(redis: aioredis.Redis, symbols: Sequence[str]) -> int | None:
+    """Market time from the feed: the newest trade time among the symbols' latest trades."""
+    times = []
+    for symbol in symbols:
+        raw = await redis.hget(latest_trade_key(symbol), "t")
+        if raw:
+            times.append(int(raw))
+    return max(times) if times else None
+
+
+async def market_now(redis: aioredis.Redis, settings: FeaturesSettings) -> int:
+    if settings.clock == "feed":
+        feed = await feed_clock(redis, settings.symbols)
+        if feed is not None:
+            return feed
+    return now_ms()
+
+
 async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
@@ -287,7 +306,7 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
     consumer = settings.consumer or instance_name()
     if not await wait_for_schema(settings, ctx.stopping):
         return
-    now = now_ms()
+    now = await market_now(redis, settings)
     assembler = MinuteAssembler(settings.symbols, settings.grace_ms, current_session_open(now))
     if settings.rebuild_on_start:
         async with await psycopg.AsyncConnection.connect(
@@ -317,7 +336,7 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
                 count=settings.batch_entries,
                 block_ms=settings.block_ms,
             )
-        published = await processor.handle(pending)
+        published = await processor.handle(pending, now=await market_now(redis, settings))
         await ack(redis, stream, settings.group, [entry_id for _, entry_id, _ in pending])
         pending = []
         ctx.counters["minutes"] = assembler.counters.minutes

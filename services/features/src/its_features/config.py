@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field
 
@@ -37,6 +37,12 @@ class FeaturesSettings(BaseServiceSettings):
         validation_alias=_env("grace_ms"),
         description="how long after a minute's end a missing bar is waited for before the "
         "minute is announced with that symbol forward-filled",
+    )
+    clock: Literal["feed", "wall"] = Field(
+        "feed",
+        validation_alias=_env("clock"),
+        description="'feed': market time is the newest trade time in the feed (its:last:trade:*), "
+        "so a replayed or accelerated simulator day works; 'wall': the machine's clock",
     )
     cache_ttl_s: int = Field(
         300,

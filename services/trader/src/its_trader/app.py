@@ -9,14 +9,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from its_common.db.connect import connection_kwargs
 from its_common.runtime import ServiceContext
 from its_common.streams import EntryFormatError, Stream, ack, ensure_group, read_group
+from its_trader.broker import Broker
 from its_trader.config import TraderSettings
 from its_trader.decision import decode_decision
 from its_trader.engine import Trader, TraderConfig
+from its_trader.ibbroker import IbBroker, IbConfig
 from its_trader.metrics import TraderMetrics
 from its_trader.simbroker import SimBroker
 from its_trader.store import TraderStore
@@ -35,10 +38,36 @@ def trader_config(settings: TraderSettings) -> TraderConfig:
     )
 
 
-def build_trader(settings: TraderSettings, redis: aioredis.Redis, metrics: TraderMetrics) -> Trader:
+def build_trader(
+    settings: TraderSettings,
+    redis: aioredis.Redis,
+    metrics: TraderMetrics,
+    registry: CollectorRegistry | None = None,
+) -> Trader:
     kwargs = connection_kwargs(settings)
-    broker = SimBroker(dict(kwargs), redis, settings.sim_config())
-    return Trader(trader_config(settings), redis, broker, TraderStore(dict(kwargs)), metrics)
+    broker: Broker
+    if settings.broker == "ib":
+        config = IbConfig(
+            host=settings.ib_host,
+            port=settings.ib_port,
+            client_id=settings.ib_client_id,
+            account=settings.ib_account,
+            allow_live=settings.allow_live_trading,
+            ack_timeout_s=settings.ib_ack_timeout_s,
+            market_data_type=settings.ib_market_data_type,
+        )
+        broker = IbBroker(config, redis=redis, registry=registry)
+    else:
+        broker = SimBroker(dict(kwargs), redis, settings.sim_config())
+    trader = Trader(trader_config(settings), redis, broker, TraderStore(dict(kwargs)), metrics)
+    if isinstance(broker, IbBroker):
+
+        async def reconcile_after_reconnect() -> None:
+            async with trader.lock:
+                await trader.reconcile()
+
+        broker.on_reconnect(reconcile_after_reconnect)
+    return trader
 
 
 async def consume_decisions(
@@ -119,8 +148,10 @@ async def main(ctx: ServiceContext[TraderSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = TraderMetrics(ctx.registry)
-    trader = build_trader(settings, redis, metrics)
+    trader = build_trader(settings, redis, metrics, ctx.registry)
     await trader.start()
+    if isinstance(trader.broker, IbBroker):
+        await trader.broker.subscribe(list(settings.symbols))  # IB prices for the validator
 
     async def database_ready() -> None:
         await trader.store.get_state("halt")
@@ -129,6 +160,9 @@ async def main(ctx: ServiceContext[TraderSettings]) -> None:
 
     async def control_step() -> None:
         await trader.control_tick()
+        if isinstance(trader.broker, IbBroker):
+            for incident in trader.broker.drain_incidents():
+                log.error("broker order incident: %s", incident, extra={"alert": "order_incident"})
         ctx.counters.update({"halted": 1.0 if trader.risk.halt.halted else 0.0})
 
     tasks: list[asyncio.Task[Any]] = [

@@ -20,9 +20,32 @@ class TraderSettings(BaseServiceSettings):
 
     SERVICE: ClassVar[str] = "trader"
 
-    broker: Literal["sim"] = Field(
-        "sim", validation_alias=_env("broker"), description="broker adapter (sim; ib later)"
+    broker: Literal["sim", "ib"] = Field(
+        "sim",
+        validation_alias=_env("broker"),
+        description="broker adapter: sim (built-in paper broker) or ib (IB Gateway, paper)",
     )
+    ib_host: str = Field("127.0.0.1", validation_alias=AliasChoices("ITS_IB_HOST"))
+    ib_port: int = Field(
+        4002, ge=1, le=65535, validation_alias=AliasChoices("ITS_IB_PORT"),
+        description="IB Gateway API port (4002 paper; 4001/7496 refused unless live is allowed)",
+    )  # fmt: skip
+    ib_client_id: int = Field(1, ge=0, validation_alias=AliasChoices("ITS_IB_CLIENT_ID"))
+    ib_account: str = Field(
+        "", validation_alias=AliasChoices("ITS_IB_ACCOUNT"),
+        description="account id (empty = the only managed account; must start with DU)",
+    )  # fmt: skip
+    ib_ack_timeout_s: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("ITS_IB_ACK_TIMEOUT_S"),
+        description="an order without acknowledgement after this long is an incident",
+    )  # fmt: skip
+    ib_market_data_type: int = Field(
+        1, ge=1, le=4, validation_alias=AliasChoices("ITS_IB_MARKET_DATA_TYPE")
+    )
+    allow_live_trading: bool = Field(
+        False, validation_alias=AliasChoices("ITS_ALLOW_LIVE_TRADING"),
+        description="true lets the IB adapter use live ports and non-DU accounts",
+    )  # fmt: skip
     account: str = Field("SIM", min_length=1, validation_alias=_env("account"))
     group: str = Field("trader", min_length=1, validation_alias=_env("group"))
     consumer: str = Field(

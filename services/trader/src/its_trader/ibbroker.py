@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -43,7 +44,7 @@ from its_trader.broker import (
     Execution,
     OrderRequest,
 )
-from its_trader.ib_guard import LiveTradingRefused, TokenBucket, ensure_paper
+from its_trader.ib_guard import LiveTradingRefusedError, TokenBucket, ensure_paper
 
 log = logging.getLogger("its.trader.ib")
 FILL_QUEUE_MAX: Final = 10_000
@@ -245,7 +246,7 @@ class IbBroker:
             try:
                 await self._connect_once()
                 break
-            except LiveTradingRefused:
+            except LiveTradingRefusedError:
                 raise
             except (OSError, TimeoutError, ConnectionError) as exc:
                 self.last_error = repr(exc)
@@ -282,7 +283,7 @@ class IbBroker:
             if not account or account not in accounts:
                 raise ConnectionError(f"account {cfg.account!r} not among {accounts}")
             ensure_paper(cfg.port, [account], allow_live=cfg.allow_live)
-        except LiveTradingRefused:
+        except LiveTradingRefusedError:
             self.ib.disconnect()
             self._stopping = True
             raise
@@ -317,7 +318,7 @@ class IbBroker:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             try:
                 await self._connect_once()
-            except LiveTradingRefused as exc:
+            except LiveTradingRefusedError as exc:
                 log.critical("IB reconnect refused: %s", exc, extra={"alert": "ib_live_refused"})
                 return
             except (OSError, TimeoutError, ConnectionError) as exc:
@@ -335,9 +336,9 @@ class IbBroker:
                     log.exception("reconnect hook failed")
             return
 
-    async def wait_connected(self, generation: int = 0, timeout: float = 30.0) -> None:
+    async def wait_connected(self, generation: int = 0, within_s: float = 30.0) -> None:
         """Until connected and synced at least ``generation`` times (tests, start-up checks)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while not (self.connected and self.generation >= generation):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"IB not connected (generation {self.generation})")
@@ -499,9 +500,7 @@ class IbBroker:
     async def open_orders(self) -> list[BrokerOrder]:
         self._require()
         await self._pace()
-        trades = await asyncio.wait_for(
-            self.ib.reqOpenOrdersAsync(), self.config.connect_timeout_s
-        )
+        trades = await asyncio.wait_for(self.ib.reqOpenOrdersAsync(), self.config.connect_timeout_s)
         for trade in trades:
             self._track_trade(trade, acked=True)
         return [t.view() for t in self._orders.values() if t.status == "open"]
@@ -724,5 +723,5 @@ class IbBroker:
 
 def _valid(value: float | None) -> bool:
     with contextlib.suppress(TypeError, ValueError):
-        return value is not None and value == value and float(value) > 0  # NaN != NaN
+        return value is not None and math.isfinite(value) and float(value) > 0
     return False

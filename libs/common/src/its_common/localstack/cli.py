@@ -51,7 +51,10 @@ async def run(args: argparse.Namespace) -> int:
     polygon_key_set = bool(
         os.environ.get("POLYGON_API_KEY") or os.environ.get("POLYGON_API_KEY_FILE")
     )
-    services = [] if args.only_infra else _installed(local_services(polygon_key_set))
+    broker = os.environ.get("BROKER", "sim")
+    if broker not in {"sim", "ib-sim", "ib"}:
+        raise ServerError(f"BROKER={broker!r}: expected sim, ib-sim or ib")
+    services = [] if args.only_infra else _installed(local_services(polygon_key_set, broker))
     _check_ports(
         {"redis": redis_server.port, "postgres": postgres.port}
         | {service.name: service.http_port for service in services}
@@ -159,6 +162,8 @@ def _print_summary(
             f"  {service.name:<12} http://127.0.0.1:{service.http_port}/healthz  /readyz  /metrics"
         )
         for label, url in service.urls.items():
+            if label == "dashboard":
+                continue  # printed once, last
             lines.append(f"  {'':<12} {label}: {url}")
     dashboard = next((s for s in services if s.name == "dashboard"), None)
     lines.append(

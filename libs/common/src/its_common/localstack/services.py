@@ -33,7 +33,33 @@ MARKETSIM_REST_PORT = 18766
 DEV_API_KEY = "its-dev-key"  # the simulator's local key: not a secret, documented in the README
 
 
-def local_services(polygon_key_set: bool) -> list[LocalService]:
+IBSIM_API_PORT = 14002  # not 4002: a real IB Gateway on this machine keeps its port
+
+
+def ib_simulator(broker: str) -> list[LocalService]:
+    """`make run BROKER=ib-sim`: the local IB Gateway simulator, started before the trader."""
+    if broker != "ib-sim":
+        return []
+    env = {"ITS_IBSIM_PORT": str(IBSIM_API_PORT), "ITS_IBSIM_FEED": "redis"}
+    urls = {"ib api": f"127.0.0.1:{IBSIM_API_PORT} (paper account DU1234567)"}
+    return [LocalService("ibsim", 18090, env=env, urls=urls)]
+
+
+def trader_env(broker: str) -> dict[str, str]:
+    """BROKER=sim (default), ib-sim (the local simulator) or ib (ITS_IB_* from the environment)."""
+    if broker == "ib-sim":
+        return {
+            "ITS_TRADER_BROKER": "ib",
+            "ITS_IB_HOST": "127.0.0.1",
+            "ITS_IB_PORT": str(IBSIM_API_PORT),
+            "ITS_IB_CLIENT_ID": "1",
+        }
+    if broker == "ib":
+        return {"ITS_TRADER_BROKER": "ib"}
+    return {}
+
+
+def local_services(polygon_key_set: bool, broker: str = "sim") -> list[LocalService]:
     feed_ws = (
         "wss://socket.polygon.io/stocks"
         if polygon_key_set
@@ -93,7 +119,8 @@ def local_services(polygon_key_set: bool) -> list[LocalService]:
                 or str(Path.cwd() / "models" / "demo")
             },
         ),
-        LocalService("trader", 18086),
+        *ib_simulator(broker),
+        LocalService("trader", 18086, env=trader_env(broker)),
         LocalService("validator", 18087),
         LocalService(
             "alerter",
