@@ -207,6 +207,12 @@ async def seed(stack: Stack) -> None:
             " risk_outcome) VALUES (%s,'m-2026-11-20',4,'HOLD_HOLD',0.73,'allowed')",
             (now - timedelta(minutes=1),),
         )
+        # An older decision of the demo bundle, as inference writes it ("demo" in features).
+        cur.execute(
+            "INSERT INTO signals (ts, model_version, action, action_name, confidence,"
+            " features, risk_outcome) VALUES (%s,'demo',8,'BUY_BOTH',0.41,%s,'denied')",
+            (now - timedelta(minutes=3), Jsonb({"demo": True, "filled": []})),
+        )
         cur.execute(
             "INSERT INTO alerts (rule, fingerprint, severity, state, message, labels)"
             " VALUES ('redis_memory','redis_memory','critical','firing','Redis uses 190 MiB',%s)",

@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from playwright.async_api import (
     Browser,
@@ -17,6 +18,7 @@ from playwright.async_api import (
     async_playwright,
     expect,
 )
+from psycopg.types.json import Jsonb
 
 from .conftest import TOKEN, Stack, seed
 
@@ -70,6 +72,11 @@ async def test_page_shows_live_data_without_console_errors(browser: Browser, sta
     assert await page.locator("#panel-health .card[data-service=router]").count() == 1
     assert "SELL" in await page.locator("#panel-fills").inner_text()
     assert "pass" in await page.locator("#panel-acceptance").inner_text()
+    # The older demo decision's row carries the badge; the latest model is not a demo.
+    demo_row = page.locator("#panel-decisions tbody tr", has_text="BUY_BOTH")
+    await expect(demo_row.locator(".badge.demo")).to_have_text("demo model")
+    assert await page.locator("#panel-decisions tbody .badge.demo").count() == 1
+    await expect(page.locator("#model-badge")).to_be_hidden()
 
     before = await page.locator("#updated").get_attribute("data-ts")
     await stack.redis.hset("its:feed:state", mapping={"state": "stale", "detail": "quiet feed"})
@@ -81,6 +88,30 @@ async def test_page_shows_live_data_without_console_errors(browser: Browser, sta
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 50_000
+    assert problems == []
+    await page.close()
+
+
+async def test_a_demo_model_is_labelled_in_the_header_and_the_decisions_panel(
+    browser: Browser, stack: Stack
+):
+    await stack.reset()
+    await seed(stack)
+    page, problems = await open_page(browser, stack)
+    await page.wait_for_selector("#panel-decisions[data-status=ok]", timeout=10_000)
+    await expect(page.locator("#model-badge")).to_be_hidden()
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO signals (ts, model_version, action, action_name, confidence, features)"
+            " VALUES (now(), 'demo', 4, 'HOLD_BOTH', 0.9, %s)",
+            (Jsonb({"demo": True}),),
+        )
+    await expect(page.locator("#model-badge")).to_be_visible(timeout=5_000)
+    await expect(page.locator("#model-badge")).to_have_text("demo model")
+    latest = page.locator("#panel-decisions p.model")
+    await expect(latest).to_contain_text("model demo")
+    await expect(latest.locator(".badge.demo")).to_be_visible()
+    assert await page.locator("#panel-decisions tbody .badge.demo").count() == 2
     assert problems == []
     await page.close()
 

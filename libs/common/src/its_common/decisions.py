@@ -12,6 +12,10 @@ Entry format, version 1 (all values bytes):
     skip an entry without decoding ``data``
 ``data``
     JSON of :class:`Decision`
+``tp``
+    optional W3C ``traceparent`` of the span that made the decision, so the trader's handling
+    joins the minute bar's trace (absent when tracing is off or in entries written before it
+    existed; readers never require it: :func:`decision_traceparent`)
 
 One decision per completed minute (every configured symbol's bar of minute ``ts`` known or
 forward-filled), made at that minute's close. Orders it asks for are meant for the next bar
@@ -60,13 +64,22 @@ _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(Decision)
 
 
-def encode_decision(decision: Decision) -> dict[bytes, bytes]:
-    return {
+def encode_decision(decision: Decision, traceparent: str | None = None) -> dict[bytes, bytes]:
+    fields = {
         b"v": DECISION_ENTRY_VERSION,
         b"type": DECISION_TYPE,
         b"ts": str(decision.ts_ms).encode(),
         b"data": _encoder.encode(decision),
     }
+    if traceparent:
+        fields[b"tp"] = traceparent.encode()
+    return fields
+
+
+def decision_traceparent(fields: dict[bytes, bytes]) -> str | None:
+    """The entry's optional ``tp`` (None when absent)."""
+    raw = fields.get(b"tp")
+    return raw.decode(errors="replace") if raw else None
 
 
 def decode_decision(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Decision:

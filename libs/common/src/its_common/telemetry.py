@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
@@ -69,15 +70,59 @@ def setup_telemetry(service: str, version: str) -> Telemetry:
     return Telemetry(enabled=True, _shutdowns=[tracer_provider, meter_provider])
 
 
-def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, for a stream entry (None without a span)."""
+def traceparent_of(span: trace.Span) -> str | None:
+    """The W3C traceparent of ``span`` for a stream entry; None unless the span is recording.
+
+    Without a configured SDK every span is a non-recording one (possibly carrying the upstream
+    context), so nothing is written and no context is forwarded by a service that exports
+    nothing.
+    """
+    if not span.is_recording():
+        return None
     carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
+    _propagator.inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent")
 
 
-def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, for a stream entry (None without a recording
+    span)."""
+    return traceparent_of(trace.get_current_span())
+
+
+def context_from_traceparent(traceparent: str | bytes | None) -> otel_context.Context:
     """A context whose parent is the span that wrote the entry (empty context when absent)."""
     if not traceparent:
         return otel_context.Context()
+    if isinstance(traceparent, bytes):
+        traceparent = traceparent.decode(errors="replace")
     return _propagator.extract({"traceparent": traceparent})
+
+
+def parent_and_links(
+    traceparents: Iterable[str | bytes | None], max_links: int = 32
+) -> tuple[otel_context.Context, list[trace.Link]]:
+    """For a span that handles a batch of entries: continue the first entry's trace (parent) and
+    link the other distinct traces (at most ``max_links``)."""
+    parent: otel_context.Context | None = None
+    parent_id: tuple[int, int] | None = None
+    links: list[trace.Link] = []
+    seen: set[tuple[int, int]] = set()
+    for traceparent in traceparents:
+        if not traceparent:
+            continue
+        ctx = context_from_traceparent(traceparent)
+        span_context = trace.get_current_span(ctx).get_span_context()
+        if not span_context.is_valid:
+            continue
+        key = (span_context.trace_id, span_context.span_id)
+        if parent is None:
+            parent, parent_id = ctx, key
+            continue
+        if key == parent_id or key in seen:
+            continue
+        seen.add(key)
+        links.append(trace.Link(span_context))
+        if len(links) >= max_links:
+            break
+    return (parent if parent is not None else otel_context.Context()), links

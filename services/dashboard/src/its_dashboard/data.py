@@ -248,14 +248,17 @@ class Sources:
         return out
 
     async def decisions(self) -> list[dict[str, Any]]:
+        # ``demo``: the inference service writes the bundle's "demo" flag into each row's
+        # ``features`` document (``{"demo": true, ...}``); rows without it are not demo.
         rows = await self.query(
-            "SELECT ts, model_version, action_name, confidence, risk_outcome FROM signals"
+            "SELECT ts, model_version, action_name, confidence, risk_outcome,"
+            " coalesce(features -> 'demo' = 'true'::jsonb, false) FROM signals"
             " ORDER BY ts DESC LIMIT %s",
             (self.settings.table_rows,),
         )
         if not rows:
             raise NoData("no decisions yet")
-        return _rows(rows, ["ts", "model_version", "action", "confidence", "risk_outcome"])
+        return _rows(rows, ["ts", "model_version", "action", "confidence", "risk_outcome", "demo"])
 
     async def portfolio(self) -> dict[str, Any]:
         accounts = await self.query(

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its_common import calendar
@@ -36,6 +37,7 @@ from its_common.streams import (
     now_ms,
     read_group,
 )
+from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_features.config import FeaturesSettings
 from its_features.live import CompletedMinute, MinuteAssembler
 from its_features.messages import (
@@ -48,6 +50,7 @@ from its_features.messages import (
 )
 
 log = logging.getLogger("its.features")
+tracer = trace.get_tracer("its.features")
 
 
 class FeaturesMetrics:
@@ -174,6 +177,9 @@ class FeaturesProcessor:
         self.cache_ttl_s = cache_ttl_s
         self.clock = clock
         self.policy = DEFAULT_TRIM[Stream.FEATURES]
+        # Trace context per pending minute: the traceparent of the newest entry that carried a
+        # bar of that minute (the minute's span continues that trace).
+        self.minute_traceparents: dict[int, str] = {}
 
     def feed(self, entries: RawEntries) -> list[CompletedMinute]:
         completed: list[CompletedMinute] = []
@@ -188,6 +194,8 @@ class FeaturesProcessor:
                 continue
             for event in entry.events:
                 if isinstance(event, MinuteAgg):
+                    if entry.traceparent:
+                        self.minute_traceparents[event.start] = entry.traceparent
                     bar = Bar(
                         ts=event.start,
                         open=event.open,
@@ -206,6 +214,10 @@ class FeaturesProcessor:
         completed += self.assembler.flush(self.clock() if now is None else now)
         published = await self.publish(completed)
         self.metrics.sync(self.assembler)
+        done = self.assembler.last_done
+        if done is not None and self.minute_traceparents:
+            for minute in [m for m in self.minute_traceparents if m <= done]:
+                del self.minute_traceparents[minute]
         return published
 
     async def publish(self, completed: Sequence[CompletedMinute]) -> list[FeatureSet]:
@@ -213,9 +225,40 @@ class FeaturesProcessor:
             return []
         emitted = self.clock()
         order = self.assembler.symbols
-        sets = [feature_set(minute, order, emitted) for minute in completed]
-        pipe = self.redis.pipeline(transaction=False)
+        # One span per completed minute, a child of the bar entry that brought the minute.
+        spans = [
+            tracer.start_span(
+                "features.publish_minute",
+                context=context_from_traceparent(self.minute_traceparents.pop(minute.ts_ms, None)),
+            )
+            for minute in completed
+        ]
+        try:
+            sets = [feature_set(minute, order, emitted) for minute in completed]
+            await self._write(sets, spans)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+        wall = time.time()
         for fs in sets:
+            self.metrics.publish_delay.observe(max(0.0, wall - (fs.ts_ms + BAR_MS) / 1000))
+        return sets
+
+    async def _write(self, sets: Sequence[FeatureSet], spans: Sequence[trace.Span]) -> None:
+        order = self.assembler.symbols
+        pipe = self.redis.pipeline(transaction=False)
+        for fs, span in zip(sets, spans, strict=True):
+            traceparent = traceparent_of(span)
+            if traceparent is not None:
+                span.set_attribute("its.minute_ms", fs.ts_ms)
+                span.set_attribute("its.symbols", list(fs.order))
+                span.set_attribute("its.filled", list(fs.filled))
+                span.set_attribute("its.ready", fs.ready)
             for symbol in order:
                 vector = fs.symbols[symbol]
                 if vector.values is None:
@@ -228,13 +271,9 @@ class FeaturesProcessor:
                     filled=vector.filled,
                 )
                 pipe.set(cache_key(symbol), encode_cached(cached), ex=self.cache_ttl_s)
-            payload: dict[Any, Any] = encode_feature_set(fs)
+            payload: dict[Any, Any] = encode_feature_set(fs, traceparent)
             pipe.xadd(Stream.FEATURES, payload, maxlen=self.policy.maxlen, approximate=True)
         await pipe.execute()
-        wall = time.time()
-        for fs in sets:
-            self.metrics.publish_delay.observe(max(0.0, wall - (fs.ts_ms + BAR_MS) / 1000))
-        return sets
 
 
 def current_session_open(now: int) -> int:

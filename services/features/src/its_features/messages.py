@@ -4,7 +4,9 @@ per-symbol cache key. The inference service decodes both with this module.
 Stream entry, version 1 (all values bytes), one per completed minute:
 
 ``v`` ``b"1"`` (readers reject other versions) · ``type`` ``b"features"`` · ``ts`` the minute
-(bar start, UTC ms) as text · ``data`` JSON of :class:`FeatureSet`.
+(bar start, UTC ms) as text · ``data`` JSON of :class:`FeatureSet` · ``tp`` optional W3C
+``traceparent`` of the span that made the set (absent when tracing is off; readers ignore it
+if they do not trace).
 
 Cache key ``its:features:latest:<SYMBOL>`` (a string, TTL ``ITS_FEATURES_CACHE_TTL_S``): JSON of
 :class:`CachedVector`, the symbol's newest vector.
@@ -74,13 +76,18 @@ _set_decoder: Final = msgspec.json.Decoder(FeatureSet)
 _cached_decoder: Final = msgspec.json.Decoder(CachedVector)
 
 
-def encode_feature_set(feature_set: FeatureSet) -> dict[bytes, bytes]:
-    return {
+def encode_feature_set(
+    feature_set: FeatureSet, traceparent: str | None = None
+) -> dict[bytes, bytes]:
+    fields = {
         b"v": FEATURES_ENTRY_VERSION,
         b"type": FEATURES_TYPE,
         b"ts": str(feature_set.ts_ms).encode(),
         b"data": _encoder.encode(feature_set),
     }
+    if traceparent:
+        fields[b"tp"] = traceparent.encode()
+    return fields
 
 
 def decode_feature_set(entry_id: bytes | str, fields: dict[bytes, bytes]) -> FeatureSet:

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 import torch
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its_common.db.connect import connection_kwargs
@@ -35,6 +36,7 @@ from its_common.streams import (
     now_ms,
     read_group,
 )
+from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_features.app import current_session_open
 from its_features.messages import FeatureSet, decode_feature_set
 from its_inference import bundles
@@ -43,6 +45,7 @@ from its_inference.config import InferenceSettings
 from its_inference.policy import FeatureMismatchError, LivePolicy, Step
 
 log = logging.getLogger("its.inference")
+tracer = trace.get_tracer("its.inference")
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1)
 INSERT_SIGNAL = (
@@ -164,34 +167,71 @@ class InferenceProcessor:
 
     def decide(self, entries: RawEntries) -> list[tuple[Decision, FeatureSet]]:
         """Run the policy over ``entries`` (in order); the decisions made."""
-        out: list[tuple[Decision, FeatureSet]] = []
+        made = self._decide(entries)
+        for _, _, span in made:
+            span.end()
+        return [(decision, fs) for decision, fs, _ in made]
+
+    def _decide(self, entries: RawEntries) -> list[tuple[Decision, FeatureSet, trace.Span]]:
+        """As :meth:`decide`, plus each decision's ``inference.decide`` span, still open (the
+        caller ends it once the decision is written). Every entry gets a span, a child of the
+        features entry's ``tp``; spans of entries without a decision end here."""
+        out: list[tuple[Decision, FeatureSet, trace.Span]] = []
         for _stream, entry_id, fields in entries:
-            started = time.perf_counter()
-            try:
-                fs = decode_feature_set(entry_id, fields)
-            except EntryFormatError as exc:
-                log.warning("features entry skipped: %s", exc)
-                self.metrics.skipped.labels("invalid").inc()
-                continue
-            self._maybe_swap(fs)
-            last = self.policy.last_ts
-            duplicate = last is not None and fs.ts_ms <= last
-            try:
-                step = self.policy.step(fs)
-            except FeatureMismatchError as exc:
-                log.error("features entry refused: %s", exc)
-                self.metrics.skipped.labels("mismatch").inc()
-                continue
-            if step is None:
-                self.metrics.skipped.labels("duplicate" if duplicate else "not_ready").inc()
-                continue
-            latency = time.perf_counter() - started
-            decision = decision_of(step, fs, self.policy, latency)
-            self.metrics.latency.observe(latency)
-            self.metrics.bar_close.observe(max(0.0, self.clock() - (fs.ts_ms + BAR_MS) / 1000.0))
-            self.metrics.decisions.labels(decision.action_name).inc()
-            out.append((decision, fs))
+            span = tracer.start_span(
+                "inference.decide", context=context_from_traceparent(fields.get(b"tp"))
+            )
+            decision = self._decide_one(entry_id, fields, span)
+            if decision is None:
+                span.end()
+            else:
+                out.append((*decision, span))
         return out
+
+    def _decide_one(
+        self, entry_id: str, fields: dict[bytes, bytes], span: trace.Span
+    ) -> tuple[Decision, FeatureSet] | None:
+        recording = span.is_recording()
+        started = time.perf_counter()
+        try:
+            fs = decode_feature_set(entry_id, fields)
+        except EntryFormatError as exc:
+            log.warning("features entry skipped: %s", exc)
+            self.metrics.skipped.labels("invalid").inc()
+            if recording:
+                span.set_attribute("its.outcome", "invalid")
+            return None
+        self._maybe_swap(fs)
+        last = self.policy.last_ts
+        duplicate = last is not None and fs.ts_ms <= last
+        try:
+            step = self.policy.step(fs)
+        except FeatureMismatchError as exc:
+            log.error("features entry refused: %s", exc)
+            self.metrics.skipped.labels("mismatch").inc()
+            if recording:
+                span.set_attribute("its.outcome", "mismatch")
+            return None
+        if recording:
+            span.set_attribute("its.minute_ms", fs.ts_ms)
+            span.set_attribute("its.symbols", list(self.policy.symbols))
+            span.set_attribute("its.model_version", self.policy.version)
+        if step is None:
+            reason = "duplicate" if duplicate else "not_ready"
+            self.metrics.skipped.labels(reason).inc()
+            if recording:
+                span.set_attribute("its.outcome", reason)
+            return None
+        latency = time.perf_counter() - started
+        decision = decision_of(step, fs, self.policy, latency)
+        self.metrics.latency.observe(latency)
+        self.metrics.bar_close.observe(max(0.0, self.clock() - (fs.ts_ms + BAR_MS) / 1000.0))
+        self.metrics.decisions.labels(decision.action_name).inc()
+        if recording:
+            span.set_attribute("its.outcome", "decision")
+            span.set_attribute("its.action_name", decision.action_name)
+            span.set_attribute("its.confidence", decision.confidence)
+        return decision, fs
 
     def warm(self, entries: RawEntries) -> int:
         """Replay entries through the policy without writing anything (LSTM state and shadow
@@ -208,14 +248,26 @@ class InferenceProcessor:
         return count
 
     async def handle(self, entries: RawEntries) -> list[Decision]:
-        made = self.decide(entries)
-        if not made:
+        traced = self._decide(entries)
+        if not traced:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for decision, _ in made:
-            payload: dict[Any, Any] = encode_decision(decision)
-            pipe.xadd(Stream.DECISIONS, payload, maxlen=self.policy_stream.maxlen, approximate=True)
-        await pipe.execute()
+        made = [(decision, fs) for decision, fs, _ in traced]
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for decision, _, span in traced:
+                payload: dict[Any, Any] = encode_decision(decision, traceparent_of(span))
+                pipe.xadd(
+                    Stream.DECISIONS, payload, maxlen=self.policy_stream.maxlen, approximate=True
+                )
+            await pipe.execute()
+        except BaseException as exc:
+            for _, _, span in traced:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for _, _, span in traced:
+                span.end()
         await self.write_signals(made)
         for decision, _ in made:
             log.info(

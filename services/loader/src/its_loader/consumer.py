@@ -26,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from its_common.events import CodecError
@@ -39,10 +40,12 @@ from its_common.streams import (
     ensure_group,
     now_ms,
 )
+from its_common.telemetry import parent_and_links
 from its_loader.database import TRANSIENT_ERRORS, Database, sleep_or_stop
 from its_loader.metrics import LoaderMetrics
 
 log = logging.getLogger("its.loader.consumer")
+tracer = trace.get_tracer("its.loader")
 
 ItemT = TypeVar("ItemT")
 
@@ -248,7 +251,22 @@ class StreamConsumer(Generic[ItemT]):
         return Batch(good, fields_by_id, self.handler.prepare([p.item for p in good]))
 
     async def commit_batch(self, batch: Batch[ItemT]) -> None:
-        """Write the batch in one transaction, then ack; isolate a failing entry."""
+        """Write the batch in one transaction, then ack; isolate a failing entry.
+
+        One span per batch (``loader.store_batch``), continuing the trace of the batch's first
+        entry (its ``tp``) and linking the others'."""
+        parent, links = parent_and_links(
+            batch.fields_by_id[p.entry_id].get(b"tp") for p in batch.items
+        )
+        with tracer.start_as_current_span(
+            "loader.store_batch", context=parent, links=links
+        ) as span:
+            if span.is_recording():
+                span.set_attribute("its.stream", self.stream)
+                span.set_attribute("its.entries", len(batch.items))
+            await self._commit_batch(batch, span)
+
+    async def _commit_batch(self, batch: Batch[ItemT], span: trace.Span) -> None:
         try:
             rows = await self._store_with_retry(batch)
         except (psycopg.Error, PoisonError, RuntimeError) as exc:
@@ -275,6 +293,9 @@ class StreamConsumer(Generic[ItemT]):
         self.metrics.entries.labels(self.label, "loaded").inc(len(ids))
         key = f"rows_{self.label}"
         self.counters[key] = self.counters.get(key, 0) + rows
+        if span.is_recording():
+            span.set_attribute("its.events", events)
+            span.set_attribute("its.rows", rows)
 
     async def _drop_exhausted(
         self, items: list[Pending[ItemT]], fields_by_id: dict[str, dict[bytes, bytes]]

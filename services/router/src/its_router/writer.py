@@ -39,6 +39,7 @@ from its_router.metrics import RouterMetrics
 log = logging.getLogger("its.router.writer")
 tracer = trace.get_tracer("its.router")
 MAX_DEAD_LETTER_BYTES = 64 * 1024
+MAX_SPAN_SYMBOLS = 50
 
 
 class StreamWriter:
@@ -186,8 +187,13 @@ class StreamWriter:
 
     async def _write(self, batch: Batch) -> None:
         with tracer.start_as_current_span("router.write_batch") as span:
-            span.set_attribute("its.events", batch.event_count)
             traceparent = current_traceparent()
+            if traceparent is not None:  # attributes only when the span is exported
+                span.set_attribute("its.events", batch.event_count)
+                span.set_attribute("its.types", sorted({tag for _, tag in batch.groups}))
+                span.set_attribute("its.symbols", sorted(batch.symbols)[:MAX_SPAN_SYMBOLS])
+                if batch.min_event_ms is not None:
+                    span.set_attribute("its.min_event_ms", batch.min_event_ms)
             received = batch.first_received_ms
             async with self.redis.pipeline(transaction=False) as pipe:
                 for (source, tag), group in batch.groups.items():

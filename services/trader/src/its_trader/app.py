@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from its_common.db.connect import connection_kwargs
 from its_common.runtime import ServiceContext
 from its_common.streams import EntryFormatError, Stream, ack, ensure_group, read_group
+from its_common.telemetry import context_from_traceparent
 from its_trader.broker import Broker
 from its_trader.config import TraderSettings
 from its_trader.decision import decode_decision
@@ -25,6 +27,7 @@ from its_trader.simbroker import SimBroker
 from its_trader.store import TraderStore
 
 log = logging.getLogger("its.trader")
+tracer = trace.get_tracer("its.trader")
 
 
 def trader_config(settings: TraderSettings) -> TraderConfig:
@@ -100,13 +103,25 @@ async def consume_decisions(
             await _sleep(stopping, 1.0)
             continue
         for _stream, entry_id, fields in entries:
-            try:
-                decision = decode_decision(entry_id, fields)
-            except EntryFormatError as exc:
-                log.warning("invalid decision entry skipped: %s", exc)
-                trader.metrics.decisions.labels("invalid").inc()
-            else:
-                await trader.handle_decision(decision)
+            # One span per decision, a child of the inference span that wrote the entry (tp).
+            with tracer.start_as_current_span(
+                "trader.handle_decision", context=context_from_traceparent(fields.get(b"tp"))
+            ) as span:
+                try:
+                    decision = decode_decision(entry_id, fields)
+                except EntryFormatError as exc:
+                    log.warning("invalid decision entry skipped: %s", exc)
+                    trader.metrics.decisions.labels("invalid").inc()
+                    outcome = "invalid"
+                else:
+                    outcome = await trader.handle_decision(decision)
+                    if span.is_recording():
+                        span.set_attribute("its.minute_ms", decision.ts_ms)
+                        span.set_attribute("its.action", decision.action)
+                        span.set_attribute("its.confidence", decision.confidence)
+                        span.set_attribute("its.model_version", decision.model_version)
+                if span.is_recording():
+                    span.set_attribute("its.outcome", outcome)
             await ack(redis, Stream.DECISIONS, group, [entry_id])
 
 

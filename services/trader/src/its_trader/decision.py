@@ -2,7 +2,8 @@
 
 Entry fields follow the stream format v1: ``v=1``, ``type=decision``, ``n=1``, ``rt`` (write time,
 ms) and ``data``: one JSON object, the :class:`Decision` below (its own ``dv`` version field, so
-the payload can evolve without touching the stream envelope).
+the payload can evolve without touching the stream envelope). An optional ``tp`` field carries the
+W3C traceparent of the inference span that made the decision (the trader's span continues it).
 """
 
 from __future__ import annotations
@@ -31,14 +32,19 @@ _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(Decision)
 
 
-def encode_decision(decision: Decision, written_ms: int | None = None) -> dict[bytes, bytes]:
-    return {
+def encode_decision(
+    decision: Decision, written_ms: int | None = None, traceparent: str | None = None
+) -> dict[bytes, bytes]:
+    fields = {
         b"v": ENTRY_VERSION,
         b"type": ENTRY_TYPE.encode(),
         b"n": b"1",
         b"data": _encoder.encode(decision),
         b"rt": str(written_ms if written_ms is not None else now_ms()).encode(),
     }
+    if traceparent:
+        fields[b"tp"] = traceparent.encode()
+    return fields
 
 
 def decode_decision(entry_id: str, fields: dict[bytes, bytes]) -> Decision:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
 
 from its_common import calendar
 from its_common.streams import latest_trade_key, now_ms
@@ -50,6 +51,7 @@ from its_trader.risk import (
 from its_trader.store import TraderStore
 
 log = logging.getLogger("its.trader")
+tracer = trace.get_tracer("its.trader")
 DAY_STATE = "day"
 PEAK_STATE = "peak_equity"
 FLATTENED_STATE = "flattened_session"
@@ -277,6 +279,18 @@ class Trader:
         return "denied" if denied else "no_order"
 
     async def _send(self, cid: str, intent: OrderIntent, not_before_ms: int) -> bool:
+        with tracer.start_as_current_span("trader.place_order") as span:
+            if span.is_recording():
+                span.set_attribute("its.symbol", intent.symbol)
+                span.set_attribute("its.side", intent.side)
+                span.set_attribute("its.quantity", intent.quantity)
+                span.set_attribute("its.client_order_id", cid)
+            sent = await self._place(cid, intent, not_before_ms)
+            if span.is_recording():
+                span.set_attribute("its.sent", sent)
+            return sent
+
+    async def _place(self, cid: str, intent: OrderIntent, not_before_ms: int) -> bool:
         request = OrderRequest(cid, intent.symbol, intent.side, intent.quantity, not_before_ms)
         try:
             placed = await self.broker.place_market_order(request)

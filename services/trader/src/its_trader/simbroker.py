@@ -137,6 +137,7 @@ class SimBroker:
         self._lock = asyncio.Lock()
         self._books = _Books()
         self._fills: asyncio.Queue[Execution] = asyncio.Queue(FILL_QUEUE_MAX)
+        self._closing = False
         self._reader: asyncio.Task[None] | None = None
         self._cursor = "0-0"
         self.trades_read = 0
@@ -152,9 +153,15 @@ class SimBroker:
 
     async def close(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            # Let the blocking XREAD return by itself: cancelling it mid-read can hang redis-py's
+            # connection clean-up. Cancel only if it does not finish within a block period.
+            self._closing = True
+            done, _ = await asyncio.wait({self._reader}, timeout=self.config.block_ms / 1000 + 2)
+            if not done:
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
             self._reader = None
+            self._closing = False
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -369,7 +376,7 @@ class SimBroker:
 
     async def _read_loop(self) -> None:
         delay = 0.2
-        while True:
+        while not self._closing:
             try:
                 reply: Any = await self._redis.xread(
                     {Stream.TRADES: self._cursor},

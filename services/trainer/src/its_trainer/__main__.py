@@ -2,12 +2,14 @@
 
 its-trainer train --from 2025-01-02 --to 2025-03-31 --timesteps 200000 --seed 42 [--data FILE]
 its-trainer backtest BUNDLE --from 2025-04-01 --to 2025-04-30 [--data FILE] [--out DIR]
+    [--min-confidence 0.6 --cooldown-s 60 ... | --no-risk]
 its-trainer sim-bars --from 2025-01-02 --to 2025-03-31 --out bars.parquet [--seed 42]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -19,6 +21,7 @@ import psycopg
 
 from its_common.db.connect import connection_kwargs
 from its_common.logs import setup_logging
+from its_common.risk import RiskLimits
 from its_common.settings import SettingsError, load_settings
 from its_trainer import __version__
 from its_trainer.config import TrainerSettings, parse_pair
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _range(backtest)
     backtest.add_argument("--out", type=Path, default=None, help="report dir (default in bundle)")
     backtest.add_argument("--no-plot", action="store_true", help="no equity-curve PNG")
+    _risk_flags(backtest)
 
     sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-marketsim)")
     sim.add_argument("--from", dest="first", type=_date, required=True)
@@ -92,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pair", type=_pair, default=None)
     sim.add_argument("--trades-per-day", type=int, default=None, help="lower = faster")
     return parser
+
+
+def _risk_flags(sub: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`its_common.risk.RiskLimits` (the trader's
+    ``ITS_TRADER_<FIELD>``), defaulting to the trader's defaults; ``--no-risk`` turns them off."""
+    group = sub.add_argument_group("risk rules (the live trader's; defaults are its defaults)")
+    group.add_argument("--no-risk", action="store_true", help="backtest without the risk rules")
+    for spec in dataclasses.fields(RiskLimits):
+        flag = "--" + spec.name.replace("_", "-")
+        default = spec.default
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = int if isinstance(default, int) else float
+            group.add_argument(flag, type=kind, default=default, help=f"default {default:g}")
+
+
+def _risk_limits(args: argparse.Namespace) -> RiskLimits | None:
+    if args.no_risk:
+        return None
+    return RiskLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RiskLimits)})
 
 
 def _load_pair_data(settings: TrainerSettings, args: argparse.Namespace) -> tuple[object, str]:
@@ -174,7 +199,7 @@ def run_backtest_cmd(settings: TrainerSettings, args: argparse.Namespace) -> int
         args.pair = bundle.symbols
     data, _ = _load_pair_data(settings, args)
     assert isinstance(data, PairData)
-    result = run_backtest(bundle, data)
+    result = run_backtest(bundle, data, limits=_risk_limits(args))
     out = args.out or args.bundle / "backtests" / f"{args.first}_{args.last}"
     paths = write_report(result, out, plot=not args.no_plot)
     print(json.dumps({**result.report(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))

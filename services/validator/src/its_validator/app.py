@@ -131,6 +131,7 @@ class Validator:
             "symbol": result.symbol,
             "feed_price": result.feed.price,
             "broker_price": result.broker.price,
+            "broker_source": result.broker.source,
             "diff_pct": result.diff_pct,
             "threshold_pct": self.settings.threshold_pct,
         }

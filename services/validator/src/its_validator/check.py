@@ -3,8 +3,10 @@
 Broker prices come through :class:`BrokerPrices`. The implementation used today reads the hash
 ``its:broker:price:<SYM>`` (fields ``p`` price, ``t`` market time ms, ``rt`` receive time ms,
 ``src`` adapter) that the active broker adapter publishes: the SimBroker writes its reference (the
-last trade it read), and the IB adapter will write its market-data ticks to the same key, so the
-validator needs no broker connection of its own.
+last trade it read, ``src=sim``) and the IB adapter its IB market-data ticks (last, else midpoint;
+``src=ib``, ``t`` = when the tick arrived) to the same key, so the validator needs no broker
+connection of its own and checks whichever adapter runs (it never filters on ``src``; the source
+is carried into the divergence events).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class PricePoint:
     price: float
     ts_ms: int  # market time of the price
     received_ms: int  # wall clock when it was written
+    source: str = ""  # who published it (the hash's ``src``: "sim", "ib"; "" when absent)
 
 
 class PriceSource(Protocol):
@@ -44,11 +47,13 @@ class RedisHashPrices:
         self.key = key
 
     async def price(self, symbol: str) -> PricePoint | None:
-        p, t, rt = await self.redis.hmget(self.key(symbol), ["p", "t", "rt"])
+        p, t, rt, src = await self.redis.hmget(self.key(symbol), ["p", "t", "rt", "src"])
         if p is None or t is None:
             return None
         try:
-            return PricePoint(float(p), int(t), int(rt) if rt is not None else int(t))
+            received = int(rt) if rt is not None else int(t)
+            source = src.decode(errors="replace") if isinstance(src, bytes) else str(src or "")
+            return PricePoint(float(p), int(t), received, source)
         except ValueError:
             return None
 

@@ -45,18 +45,24 @@ def ib_simulator(broker: str) -> list[LocalService]:
     return [LocalService("ibsim", 18090, env=env, urls=urls)]
 
 
+# The committed demo model is unsure of itself (its action probabilities rarely pass the
+# production threshold of 0.6), so locally the trader accepts lower confidence: the demo trades.
+DEMO_TRADER_ENV = {"ITS_TRADER_MIN_CONFIDENCE": "0.2"}
+
+
 def trader_env(broker: str) -> dict[str, str]:
     """BROKER=sim (default), ib-sim (the local simulator) or ib (ITS_IB_* from the environment)."""
     if broker == "ib-sim":
         return {
+            **DEMO_TRADER_ENV,
             "ITS_TRADER_BROKER": "ib",
             "ITS_IB_HOST": "127.0.0.1",
             "ITS_IB_PORT": str(IBSIM_API_PORT),
             "ITS_IB_CLIENT_ID": "1",
         }
     if broker == "ib":
-        return {"ITS_TRADER_BROKER": "ib"}
-    return {}
+        return {"ITS_TRADER_BROKER": "ib", **DEMO_TRADER_ENV}
+    return dict(DEMO_TRADER_ENV)
 
 
 def local_services(polygon_key_set: bool, broker: str = "sim") -> list[LocalService]:

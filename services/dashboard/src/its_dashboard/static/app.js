@@ -134,6 +134,11 @@ function renderPortfolio(data, body) {
   return undefined;
 }
 
+// A decision of a demo model (bundle.json "demo": true): trained on simulator data, not for trading.
+function demoBadge() {
+  return el("span", { class: "badge demo", title: "trained on simulator data, not for real trading" }, "demo model");
+}
+
 function ageClass(age) { return age < 15 ? "good" : age < 30 ? "warn" : "bad"; }
 
 function render(s) {
@@ -185,8 +190,16 @@ function render(s) {
   panel("features", s.features, (f) => table(Object.entries(f).flatMap(([sym, v]) =>
     Object.entries(v.values).map(([name, value]) => ({ sym, name, value, ts: v.ts_ms }))),
     [["sym", "symbol"], ["name", "feature"], ["value", "value", (v) => fmt(v, 5)], ["ts", "minute", time]]));
-  panel("decisions", s.decisions, (rows) => table(rows, [["ts", "bar", time], ["action", "action"],
-    ["confidence", "confidence", (v) => fmt(v, 3)], ["risk_outcome", "risk"], ["model_version", "model"]]));
+  const latest = s.decisions && s.decisions.status === "ok" ? s.decisions.data[0] : null;
+  const modelBadge = document.getElementById("model-badge");
+  modelBadge.hidden = !(latest && latest.demo);
+  if (latest) modelBadge.title = `decisions come from the demo model ${latest.model_version}: trained on simulator data, not for real trading`;
+  panel("decisions", s.decisions, (rows) => el("div", {},
+    el("p", { class: "model" }, "model ", el("strong", {}, rows[0].model_version), " ",
+      rows[0].demo ? demoBadge() : null),
+    table(rows, [["ts", "bar", time], ["action", "action"],
+      ["confidence", "confidence", (v) => fmt(v, 3)], ["risk_outcome", "risk"],
+      ["model_version", "model", (v, row) => row.demo ? el("span", {}, v, " ", demoBadge()) : fmt(v)]])));
   panel("orders", s.orders, (rows) => table(rows, [["created_at", "time", time], ["symbol", "symbol"],
     ["side", "side"], ["quantity", "qty", (v) => fmt(v, 0)], ["status", "status"], ["filled_quantity", "filled", (v) => fmt(v, 0)]]));
   panel("fills", s.fills, (rows) => table(rows, [["ts", "time", time], ["symbol", "symbol"], ["side", "side"],
