@@ -65,7 +65,10 @@ async def test_kill_9_mid_session_keeps_positions_and_never_duplicates_an_order(
         await feed.trade("MSFT", 402.0, step_ms=120_000)
         second = decision(feed.t, 2)  # sell NVDA / buy MSFT (120 s later: no cooldown)
         await publish(redis_client, second)
-        await wait_until(lambda: ("NVDA", "SELL", 100.0, "submitted") in order_rows(db_url), 15)
+        # Both legs sent (not just recorded), so the trades below come after the orders: an
+        # order still unsent at the kill would be sent on restart after them and never fill.
+        await wait_until(lambda: [row[3] for row in order_rows(db_url)].count("submitted") == 2, 15)
+        assert ("NVDA", "SELL", 100.0, "submitted") in order_rows(db_url)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
     finally:
