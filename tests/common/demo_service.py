@@ -6,8 +6,8 @@ import asyncio
 import logging
 import sys
 
-from its_common.runtime import ServiceContext, run_service
-from its_common.settings import BaseServiceSettings, load_settings
+from its_common.runtime import ServiceContext, service_cli
+from its_common.settings import BaseServiceSettings
 
 log = logging.getLogger("demo")
 
@@ -27,4 +27,4 @@ async def main(ctx: ServiceContext[DemoSettings]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_service(load_settings(DemoSettings), main, version="9.9.9"))
+    sys.exit(service_cli("demo", "A demo service.", DemoSettings, main, version="9.9.9"))

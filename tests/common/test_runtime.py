@@ -135,5 +135,5 @@ def test_bad_configuration_exits_with_a_clear_message() -> None:
         timeout=30,
         check=False,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "ITS_HTTP_PORT='not-a-port'" in result.stderr

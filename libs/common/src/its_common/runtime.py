@@ -193,3 +193,33 @@ def _main_outcome(task: asyncio.Task[None], ctx: ServiceContext[SettingsT]) -> i
         log.error("main failed", exc_info=exc)
         return 1
     return 0
+
+
+def service_cli(
+    prog: str,
+    description: str,
+    settings_cls: type[SettingsT],
+    main: MainFn[SettingsT],
+    *,
+    version: str,
+    argv: list[str] | None = None,
+    uses_redis: bool = True,
+) -> int:
+    """The whole CLI of a service without subcommands: --version, settings, run_service.
+
+    A configuration error prints the message naming each bad variable and exits with 2.
+    """
+    import argparse
+    import sys
+
+    from its_common.settings import SettingsError, load_settings
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=version)
+    parser.parse_args(argv)
+    try:
+        settings = load_settings(settings_cls)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return run_service(settings, main, version=version, uses_redis=uses_redis)
