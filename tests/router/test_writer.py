@@ -14,7 +14,7 @@ from its_common.events import Trade, encode_frame
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream
-from its_router.backoff import Backoff
+from its_common.backoff import Backoff
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher

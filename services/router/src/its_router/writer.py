@@ -32,7 +32,7 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.telemetry import current_traceparent
-from its_router.backoff import Backoff
+from its_common.backoff import Backoff
 from its_router.batching import Batch, Frame, build_batch
 from its_router.metrics import RouterMetrics
 

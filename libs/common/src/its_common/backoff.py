@@ -1,0 +1,42 @@
+"""Capped exponential backoff with jitter ("equal jitter": half fixed, half random).
+
+The one retry schedule of ITS: every retry loop (feed reconnects, REST polling, Redis and
+PostgreSQL outages, stream consumers) waits ``Backoff.next_delay()`` and calls ``reset()`` after a
+success, so a fleet of restarted pods does not retry in lock-step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    initial_s: float
+    max_s: float
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        """The next wait: uniform in [cap/2, cap], cap = min(max, initial * 2**attempt)."""
+        cap = min(self.max_s, self.initial_s * (2.0**self.attempt))
+        self.attempt = min(self.attempt + 1, 32)
+        jitter = float(self.rng.random())
+        return cap / 2 + jitter * cap / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    async def sleep(self, stopping: asyncio.Event | None = None) -> float:
+        """Wait the next delay (returns it); returns early when ``stopping`` is set."""
+        delay = self.next_delay()
+        if stopping is None:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+        return delay
