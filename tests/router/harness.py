@@ -128,7 +128,10 @@ class Router:
 
 
 @contextmanager
-def router(log_dir: Path, redis_url: str, sim: Sim, **env: str) -> Iterator[Router]:
+def router(
+    log_dir: Path, redis_url: str, sim: Sim, command: list[str] | None = None, **env: str
+) -> Iterator[Router]:
+    """The router process (``command`` replaces ``its-router``, e.g. a faulty-wiring script)."""
     http_port = free_port()
     environment = {
         **os.environ,
@@ -147,7 +150,11 @@ def router(log_dir: Path, redis_url: str, sim: Sim, **env: str) -> Iterator[Rout
     log_file = log_dir / f"router-{http_port}.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "its-router")], env=environment, stdout=log, stderr=subprocess.STDOUT
+            command or [str(BIN / "its-router")],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
         )
     handle = Router(process, http_port, log_file)
     try:
@@ -159,7 +166,8 @@ def router(log_dir: Path, redis_url: str, sim: Sim, **env: str) -> Iterator[Rout
             30,
             "router health endpoint",
         )
-        assert process.poll() is None, handle.log()
+        if command is None:
+            assert process.poll() is None, handle.log()
         yield handle
     finally:
         process.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,16 @@ def test_max_connections_is_reported_and_backed_off(tmp_path: Path, redis_server
         assert first.metric("router_last_message_timestamp_seconds") > 0
         before = r.xlen(Stream.TRADES)
         wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "the first router keeps streaming")
+
+
+def test_a_dead_writer_ends_the_router_with_a_non_zero_exit(tmp_path: Path, redis_server, r):
+    """Crash-only: the writer task raising must not leave a router that reads and writes nothing
+    while its probes stay green; the process ends non-zero so it gets restarted."""
+    command = [sys.executable, "-m", "tests.router.faulty_writer_router"]
+    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim, command) as rt:
+        wait_until(lambda: rt.process.poll() is not None, 60, "router exit after writer fault")
+        assert rt.process.returncode != 0
+        log = rt.log()
+        assert "injected writer fault" in log
+        assert "essential task 'writer'" in log
+        assert r.xlen(Stream.TRADES) > 0  # it did write before the fault

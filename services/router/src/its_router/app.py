@@ -9,6 +9,7 @@ from typing import Any
 from its_common.gaps import GapWindow
 from its_common.runtime import ServiceContext
 from its_common.streams import now_ms
+from its_common.tasks import run_essential
 from its_router.batching import Frame
 from its_router.config import RouterSettings
 from its_router.feed import FeedClient
@@ -22,7 +23,10 @@ log = logging.getLogger("its.router")
 MODE_KEY = "its:router:mode"
 
 
-async def main(ctx: ServiceContext[RouterSettings]) -> None:
+async def main(
+    ctx: ServiceContext[RouterSettings], writer_cls: type[StreamWriter] = StreamWriter
+) -> None:
+    """The router; ``writer_cls`` lets a test run the real wiring around a faulty writer."""
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = RouterMetrics.create(ctx.registry)
@@ -32,7 +36,7 @@ async def main(ctx: ServiceContext[RouterSettings]) -> None:
     symbols = await read_symbols(redis, settings.symbols_key, list(settings.symbols))
 
     source: FeedClient | RestPoller
-    writer = StreamWriter(
+    writer = writer_cls(
         redis,
         metrics,
         batch_max_events=settings.batch_max_events,
@@ -56,18 +60,20 @@ async def main(ctx: ServiceContext[RouterSettings]) -> None:
         )
 
     writer_stop = asyncio.Event()
-    writer_task = asyncio.create_task(writer.run(queue, writer_stop), name="writer")
-    source_task = asyncio.create_task(source.run(ctx.stopping), name="source")
-    while not ctx.stopping.is_set() and not source_task.done() and not writer_task.done():
-        counters()
-        await asyncio.wait({source_task, writer_task}, timeout=1.0)
-    await asyncio.gather(source_task, return_exceptions=True)
-    writer_stop.set()  # drain what was read, then flush
-    await writer_task
-    counters()
-    for task in (source_task,):
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+
+    async def read_source() -> None:
+        try:
+            await source.run(ctx.stopping)
+        finally:
+            writer_stop.set()  # the writer drains what was read, flushes, then ends
+
+    # Crash-only: if either task ends while the service should run (the writer dying, say), the
+    # service exits non-zero instead of reading a feed that nothing writes.
+    await run_essential(
+        ctx.stopping,
+        {"source": read_source(), "writer": writer.run(queue, writer_stop)},
+        tick=counters,
+    )
 
 
 async def _note_mode_switch(
