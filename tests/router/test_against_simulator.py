@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from its_common import streams
+from its_common.clock import FEED_CLOCK_KEY
 from its_common.events import MinuteAgg, Trade
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
@@ -36,6 +37,14 @@ def events(r: Any, stream: Stream) -> list[Any]:
 
 def entries(r: Any, stream: Stream) -> list[streams.Entry]:
     return [streams.decode_entry(i, f) for i, f in r.xrange(stream)]
+
+
+SIM_DAY_START_MS = 1_762_128_000_000  # 2025-11-03 00:00 UTC, the simulator's --start
+DAY_MS = 86_400_000
+
+
+def feed_clock(r: Any) -> int:
+    return int(r.hget(FEED_CLOCK_KEY, "event_ms"))
 
 
 def gaps(r: Any) -> list[Any]:
@@ -72,10 +81,31 @@ def test_drop_reconnects_resubscribes_and_publishes_the_gap(tmp_path: Path, redi
         wait_until(lambda: any(g.reason == "reconnect" for g in gaps(r)), 20, "gap window")
         window = next(g for g in gaps(r) if g.reason == "reconnect")
         assert set(window.symbols) == {"NVDA", "MSFT"} and window.end_ms >= window.start_ms
+        # On the feed's clock (the simulated 2025-11-03), not the wall clock: it starts at the
+        # newest event before the drop and ends at the first event after it.
+        assert SIM_DAY_START_MS <= window.start_ms <= window.end_ms < SIM_DAY_START_MS + DAY_MS
+        assert SIM_DAY_START_MS <= feed_clock(r) < SIM_DAY_START_MS + DAY_MS
         assert rt.metric("router_reconnects_total") >= 1
         before = r.xlen(Stream.TRADES)
         wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "trades after the reconnect")
         assert feed_states(r).count("subscribed") >= 2
+
+
+def test_a_killed_router_leaves_a_gap_from_its_last_written_event(tmp_path: Path, redis_server, r):
+    """kill -9 loses what the router held in hand; its successor opens a gap at the stored
+    feed clock and closes it at its own first event, so storage backfills the span."""
+    with simulator(tmp_path) as sim:
+        with router(tmp_path, redis_server.url, sim) as first:
+            wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+            first.process.kill()
+            first.process.wait(timeout=10)
+            stored = feed_clock(r)
+        with router(tmp_path, redis_server.url, sim):
+            wait_until(lambda: any(g.reason == "restart" for g in gaps(r)), 30, "restart gap")
+            window = next(g for g in gaps(r) if g.reason == "restart")
+            assert window.start_ms == stored
+            assert window.end_ms >= window.start_ms
+            assert window.end_ms < SIM_DAY_START_MS + DAY_MS
 
 
 def test_stall_triggers_the_watchdog(tmp_path: Path, redis_server, r) -> None:

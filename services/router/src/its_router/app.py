@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-from its_common.gaps import GapWindow
+from its_common.clock import read_feed_clock
 from its_common.runtime import ServiceContext
 from its_common.streams import now_ms
 from its_common.tasks import run_essential
@@ -45,11 +44,19 @@ async def main(
         publish_gap=status.publish_gap,
     )
     if settings.use_polygon_ws:
-        source = FeedClient(settings, api_key, queue, metrics, status, writer.record_gap)
+        source = FeedClient(
+            settings,
+            api_key,
+            queue,
+            metrics,
+            status,
+            writer.record_gap,
+            feed_clock=lambda: writer.feed_clock_ms,
+        )
         source.symbols = symbols
     else:
         source = RestPoller(settings, api_key, queue, metrics, symbols)
-    await _note_mode_switch(ctx, writer, symbols, "ws" if settings.use_polygon_ws else "rest")
+    await _open_restart_gap(ctx, writer, symbols, "ws" if settings.use_polygon_ws else "rest")
     ctx.add_readiness_check("feed", source.ready)
 
     def counters() -> None:
@@ -76,15 +83,21 @@ async def main(
     )
 
 
-async def _note_mode_switch(
+async def _open_restart_gap(
     ctx: ServiceContext[RouterSettings], writer: StreamWriter, symbols: list[str], mode: str
 ) -> None:
-    """After a switch between WebSocket and REST, publish the window to backfill."""
+    """A new router process cannot know what the feed sent between the last event the previous
+    process wrote (it may have been killed with frames in hand, or the mode switched between
+    WebSocket and REST) and the first event this one receives: open a gap from the stored feed
+    clock; it closes at this process's first event."""
     redis = ctx.require_redis()
-    previous: dict[Any, Any] = await redis.hgetall(MODE_KEY)
-    now = now_ms()
-    if previous and previous.get(b"mode", b"") != mode.encode():
-        since = int(previous.get(b"ts_ms", str(now).encode()))
-        writer.record_gap(GapWindow(tuple(symbols), since, now, "fallback_switch"))
-        log.warning("feed mode switched to %s; gap since %d recorded", mode, since)
-    await redis.hset(MODE_KEY, mapping={"mode": mode, "ts_ms": str(now)})
+    previous_mode = await redis.hget(MODE_KEY, "mode")
+    switched = previous_mode is not None and previous_mode != mode.encode()
+    stored = await read_feed_clock(redis)
+    if stored is not None:
+        reason = "fallback_switch" if switched else "restart"
+        writer.open_gap(tuple(symbols), reason, since_ms=stored)
+        log.info("gap opened at the stored feed clock %d (%s)", stored, reason)
+    if switched:
+        log.warning("feed mode switched to %s", mode)
+    await redis.hset(MODE_KEY, mapping={"mode": mode, "ts_ms": str(now_ms())})

@@ -36,6 +36,10 @@ class Frame(NamedTuple):
     received_ms: int
     payload: bytes
     source: str = "ws"  # ws | rest
+    # Non-empty: the reason of a gap just before this frame (frames were dropped, or the
+    # connection was lost). The writer opens a gap at the newest event time seen before this
+    # frame and closes it at the first event time from this frame on: the feed's clock.
+    gap_before: str = ""
 
 
 @dataclass

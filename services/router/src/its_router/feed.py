@@ -56,6 +56,7 @@ class FeedClient:
         metrics: RouterMetrics,
         status: StatusPublisher,
         record_gap: Callable[[GapWindow], None],
+        feed_clock: Callable[[], int | None] = lambda: None,
         symbols_source: Callable[[list[str]], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.settings = settings
@@ -64,6 +65,8 @@ class FeedClient:
         self.metrics = metrics
         self.status = status
         self.record_gap = record_gap
+        self.feed_clock = feed_clock
+        self.gap_before = ""  # set on a drop or a reconnect; carried by the next queued frame
         self.symbols = list(settings.symbols)
         self.symbols_source = symbols_source or (
             lambda current: read_symbols(status.redis, settings.symbols_key, current)
@@ -207,9 +210,11 @@ class FeedClient:
             if b'"ev":"status"' in payload:
                 self._statuses(payload)
             try:
-                queue.put_nowait(Frame(received, payload))
+                queue.put_nowait(Frame(received, payload, "ws", self.gap_before))
+                self.gap_before = ""
             except asyncio.QueueFull:
                 self._overflow(received)
+                self.gap_before = "queue_overflow"
 
     def _statuses(self, payload: bytes) -> None:
         try:
@@ -236,14 +241,10 @@ class FeedClient:
     def _close_overflow(self) -> None:
         if self._overflow_start is None:
             return
-        # Receive time approximates exchange time; pad a minute each side for clock skew.
-        self.record_gap(
-            GapWindow(
-                tuple(self.symbols),
-                self._overflow_start - 60_000,
-                self._overflow_end + 60_000,
-                "queue_overflow",
-            )
+        # The gap itself is exact: the next queued frame carries gap_before (feed clock).
+        log.warning(
+            "read queue recovered after dropping frames for %.1fs",
+            (self._overflow_end - self._overflow_start) / 1000,
         )
         self._overflow_start = None
 
@@ -284,11 +285,12 @@ class FeedClient:
             log.info("symbols changed", extra={"old": self.symbols, "new": wanted})
             if add:
                 # Newly added symbols have no history here: let storage backfill today.
+                market_now = self.feed_clock() or now_ms()
                 self.record_gap(
                     GapWindow(
                         tuple(s for s in wanted if s not in self.symbols),
-                        now_ms() - 3_600_000,
-                        now_ms(),
+                        market_now - 3_600_000,
+                        market_now,
                         "symbol_added",
                     )
                 )
@@ -296,9 +298,11 @@ class FeedClient:
             await self.status.publish("subscribed", ",".join(self.symbols))
 
     def _publish_reconnect_gap(self) -> None:
+        """After a reconnect, the first frame carries the gap: the writer bounds it by the
+        newest event before the drop and the first event after it (the feed's clock)."""
         if self.last_message_ms is None:
             return
-        self.record_gap(GapWindow(tuple(self.symbols), self.last_message_ms, now_ms(), "reconnect"))
+        self.gap_before = "reconnect"
 
     async def ready(self) -> None:
         """Readiness: authenticated and subscribed."""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
+from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade, encode_frame
 from its_common.gaps import GapWindow
 from its_common.streams import (
@@ -66,6 +68,11 @@ class StreamWriter:
         self.held: deque[Batch] = deque()
         self.held_events = 0
         self.pending_gaps: list[GapWindow] = []
+        # Gaps whose end is not known yet: they close at the first event time after them.
+        self.open_gaps: list[OpenGap] = []
+        # Feed clock: the newest event time seen (held) and written (its_common.clock).
+        self.seen_event_ms: int | None = None
+        self.written_event_ms: int | None = None
         self.retry_at = 0.0
         self.redis_ok = True
         self.entry_bytes: dict[Stream, float] = {}
@@ -78,8 +85,7 @@ class StreamWriter:
         while not (stopping.is_set() and queue.empty()):
             frames = await self._take(queue, stopping)
             self.metrics.queue_depth.set(queue.qsize())
-            if frames:
-                self.hold(build_batch(frames))
+            self.hold_frames(frames)
             if self.held and time.monotonic() >= self.retry_at:
                 await self.flush()
         deadline = time.monotonic() + 5
@@ -103,11 +109,27 @@ class StreamWriter:
 
     # -- holding and dropping ---------------------------------------------------------------
 
+    def hold_frames(self, frames: list[Frame]) -> None:
+        """Batch and hold ``frames``; a frame with ``gap_before`` starts a new batch after the
+        gap is opened, so the gap's start is the newest event of the frames before it."""
+        start = 0
+        for index, frame in enumerate(frames):
+            if frame.gap_before:
+                if index > start:
+                    self.hold(build_batch(frames[start:index]))
+                self.open_gap(tuple(self.symbols()), frame.gap_before)
+                start = index
+        if start < len(frames):
+            self.hold(build_batch(frames[start:]))
+
     def hold(self, batch: Batch) -> None:
         for status in batch.statuses:
             self.metrics.feed_status.labels(status.status).inc()
         if batch.event_count == 0 and not batch.dead_letters:
             return
+        if batch.min_event_ms is not None and batch.max_event_ms is not None:
+            self._close_open_gaps(batch.min_event_ms)
+            self.seen_event_ms = max(self.seen_event_ms or 0, batch.max_event_ms)
         self.held.append(batch)
         self.held_events += batch.event_count
         while self.held_events > self.hold_max_events and len(self.held) > 1:
@@ -141,6 +163,29 @@ class StreamWriter:
     def record_gap(self, window: GapWindow) -> None:
         """Queue a gap window for publication (published with the next successful write)."""
         self.pending_gaps.append(window)
+
+    def open_gap(
+        self, symbols: tuple[str, ...], reason: str, since_ms: int | None = None, pad_ms: int = 0
+    ) -> None:
+        """A gap on the feed's clock from ``since_ms`` (default: the newest event seen) to the
+        first event received after it; published once that event arrives. Without any feed
+        time (nothing seen and nothing stored) there is nothing known to be missing."""
+        start = since_ms if since_ms is not None else self.seen_event_ms
+        if start is None:
+            log.info("gap (%s) not recorded: no feed time seen yet", reason)
+            return
+        self.open_gaps.append(OpenGap(symbols, reason, start - pad_ms, pad_ms))
+
+    def _close_open_gaps(self, first_event_ms: int) -> None:
+        for gap in self.open_gaps:
+            end = max(gap.start_ms, first_event_ms + gap.pad_ms)
+            self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
+        self.open_gaps.clear()
+
+    @property
+    def feed_clock_ms(self) -> int | None:
+        """The feed's clock as this process knows it: the newest event time seen."""
+        return self.seen_event_ms
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -209,6 +254,11 @@ class StreamWriter:
                         )
                 for symbol, trade in batch.latest_trades.items():
                     pipe.hset(latest_trade_key(symbol), mapping=_trade_mapping(trade, received))
+                clock = batch.max_event_ms
+                if clock is not None and clock > (self.written_event_ms or 0):
+                    pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))
+                else:
+                    clock = None
                 for received_ms, error in batch.dead_letters:
                     pipe.xadd(
                         Stream.DEAD_LETTER,
@@ -224,6 +274,8 @@ class StreamWriter:
                         approximate=True,
                     )
                 await pipe.execute()
+            if clock is not None:
+                self.written_event_ms = clock
         stored = now_ms()
         self._account(batch, stored)
 
@@ -249,6 +301,14 @@ class StreamWriter:
             if exchange_ms:
                 metrics.exchange_to_stored.observe(max(0, stored_ms - exchange_ms) / 1000)
         self.written_events += batch.event_count
+
+
+@dataclass(frozen=True)
+class OpenGap:
+    symbols: tuple[str, ...]
+    reason: str
+    start_ms: int
+    pad_ms: int
 
 
 def _trade_mapping(trade: Trade, received_ms: int) -> dict[Any, Any]:

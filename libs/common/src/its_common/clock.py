@@ -1,0 +1,66 @@
+"""The market clock: what time it is on the market, for every service.
+
+ITS runs against Polygon in real time and against its simulator replaying or accelerating a
+session, so "now" for market purposes (regular hours, the minute in progress, staleness of a
+price, a gap window's bounds) is the **feed's clock**: the newest event time the router has
+written, kept in the hash :data:`FEED_CLOCK_KEY` (``event_ms``: that event time; ``wall_ms``: the
+wall clock when it was written). Only when no feed time exists yet (nothing received since Redis
+was emptied) or a service is configured with ``clock="wall"`` is the wall clock used.
+
+Within one router process the feed clock never goes backwards; a new router process starts
+from the stored value so a replay that restarts at 09:30 moves the clock back once the new
+router writes its first event (the stored value is overwritten, not maxed across processes).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import redis.asyncio as aioredis
+
+FEED_CLOCK_KEY: Final = "its:clock:feed"
+ClockMode = Literal["feed", "wall"]
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def feed_clock_mapping(event_ms: int, written_ms: int | None = None) -> dict[Any, Any]:
+    """The hash fields the router writes (in the same pipeline as the events)."""
+    return {"event_ms": str(event_ms), "wall_ms": str(written_ms or wall_ms())}
+
+
+async def read_feed_clock(redis: aioredis.Redis) -> int | None:
+    """The feed's newest written event time (UTC ms), or None when there is none."""
+    raw = await redis.hget(FEED_CLOCK_KEY, "event_ms")
+    return int(raw) if raw else None
+
+
+class MarketClock:
+    """``await clock.now_ms()``: the feed's clock (mode ``feed``), the wall clock otherwise."""
+
+    def __init__(self, redis: aioredis.Redis | None, mode: ClockMode = "feed") -> None:
+        if mode == "feed" and redis is None:
+            raise ValueError("the feed clock needs Redis")
+        self.redis = redis
+        self.mode = mode
+        self.last_source: Literal["feed", "wall"] = "wall"
+
+    async def now_ms(self) -> int:
+        if self.mode == "feed" and self.redis is not None:
+            feed = await read_feed_clock(self.redis)
+            if feed is not None:
+                self.last_source = "feed"
+                return feed
+        self.last_source = "wall"
+        return wall_ms()
+
+    async def now(self) -> datetime:
+        return to_datetime(await self.now_ms())
