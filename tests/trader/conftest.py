@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_common.db.migrate import apply_migrations
 from its_common.events import Trade
 from its_common.settings import load_settings
@@ -54,6 +55,7 @@ class Feed:
         await self.redis.hset(
             latest_trade_key(symbol), mapping={"p": repr(price), "t": str(self.t), "rt": now_ms()}
         )
+        await self.redis.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(self.t))  # as the router
         return str(entry_id.decode())
 
     async def prices(self, **prices: float) -> None:

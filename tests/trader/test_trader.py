@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from its_common.clock import FEED_CLOCK_KEY
 from its_trader import control
 from its_trader.engine import Trader
 from its_trader.risk import RiskReason
@@ -77,11 +78,11 @@ async def test_every_denial_is_recorded_with_its_reason(
         RiskReason.STALE_DECISION,
     ]
     assert denials(db_url) == [r.value for r in expected]
-    await redis_client.hset("its:last:trade:MSFT", "t", str(CLOSED_MS))
+    await redis_client.hset(FEED_CLOCK_KEY, "event_ms", str(CLOSED_MS))  # the feed's clock
     assert await trader.handle_decision(decision(CLOSED_MS, 5)) == "denied"
     assert denials(db_url)[-1] == RiskReason.MARKET_CLOSED.value
     await redis_client.hset("its:last:trade:MSFT", "rt", "1")  # a price from long ago
-    await redis_client.hset("its:last:trade:MSFT", "t", str(OPEN_MS + 3_600_000))
+    await redis_client.hset(FEED_CLOCK_KEY, "event_ms", str(OPEN_MS + 3_600_000))
     assert await trader.handle_decision(decision(OPEN_MS + 3_600_000, 5)) == "denied"
     assert denials(db_url)[-1] == RiskReason.NO_PRICE.value
     reasons = trader.metrics.denials

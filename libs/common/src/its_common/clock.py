@@ -44,11 +44,10 @@ async def read_feed_clock(redis: aioredis.Redis) -> int | None:
 
 
 class MarketClock:
-    """``await clock.now_ms()``: the feed's clock (mode ``feed``), the wall clock otherwise."""
+    """``await clock.now_ms()``: the feed's clock (mode ``feed``), the wall clock otherwise
+    (also without Redis: a process that has no feed has no feed time)."""
 
     def __init__(self, redis: aioredis.Redis | None, mode: ClockMode = "feed") -> None:
-        if mode == "feed" and redis is None:
-            raise ValueError("the feed clock needs Redis")
         self.redis = redis
         self.mode = mode
         self.last_source: Literal["feed", "wall"] = "wall"

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its_common import calendar
+from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.events import MinuteAgg
@@ -33,7 +34,6 @@ from its_common.streams import (
     claim_stale,
     decode_entry,
     ensure_group,
-    latest_trade_key,
     now_ms,
     read_group,
 )
@@ -320,22 +320,9 @@ async def rebuild(conn: psycopg.AsyncConnection[Any], assembler: MinuteAssembler
     return assembler.restore(bars, last_close, last_ended)
 
 
-async def feed_clock(redis: aioredis.Redis, symbols: Sequence[str]) -> int | None:
-    """Market time from the feed: the newest trade time among the symbols' latest trades."""
-    times = []
-    for symbol in symbols:
-        raw = await redis.hget(latest_trade_key(symbol), "t")
-        if raw:
-            times.append(int(raw))
-    return max(times) if times else None
-
-
 async def market_now(redis: aioredis.Redis, settings: FeaturesSettings) -> int:
-    if settings.clock == "feed":
-        feed = await feed_clock(redis, settings.symbols)
-        if feed is not None:
-            return feed
-    return now_ms()
+    """The market clock (its_common.clock): the feed's, or the wall clock when configured."""
+    return await MarketClock(redis, settings.clock).now_ms()
 
 
 async def main(ctx: ServiceContext[FeaturesSettings]) -> None:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 
 from its_common import calendar
+from its_common.clock import ClockMode, MarketClock
 from its_common.streams import latest_trade_key, now_ms
 from its_trader import control
 from its_trader.actions import (
@@ -62,7 +63,7 @@ class TraderConfig:
     symbols: tuple[str, ...]
     limits: RiskLimits
     buy_fraction: float = 0.10
-    clock: str = "feed"  # feed | wall
+    clock: ClockMode = "feed"
     max_price_age_s: float = 30.0
     max_decision_age_s: float = 300.0
     stale_order_s: float = 120.0
@@ -90,20 +91,13 @@ class Trader:
         self.metrics = metrics
         self.risk = RiskState()
         self.lock = asyncio.Lock()
+        self.clock = MarketClock(redis, config.clock)
 
     # -- time and prices ---------------------------------------------------------------------
 
     async def market_now(self) -> datetime:
-        """Wall clock, or (clock=feed) the newest trade time of the feed: the simulator's clock."""
-        if self.config.clock == "feed":
-            newest = 0
-            for symbol in self.config.symbols:
-                value = await self.redis.hget(latest_trade_key(symbol), "t")
-                if value is not None:
-                    newest = max(newest, int(value))
-            if newest:
-                return datetime.fromtimestamp(newest / 1000, UTC)
-        return datetime.now(UTC)
+        """The market clock (its_common.clock): the feed's, or the wall clock when configured."""
+        return await self.clock.now()
 
     async def prices(self) -> dict[str, float]:
         """Fresh feed prices (received within max_price_age_s of the wall clock)."""
