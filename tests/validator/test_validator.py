@@ -12,10 +12,11 @@ from typing import Any
 import psycopg
 from prometheus_client import CollectorRegistry
 
+from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.db.migrate import apply_migrations
 from its_common.settings import load_settings
-from its_common.streams import Stream, now_ms
+from its_common.streams import Stream
 from its_trader.simbroker import SimBroker, SimConfig
 from its_validator.app import Validator, ValidatorMetrics
 from its_validator.check import PricePoint, Skip, broker_prices, compare, feed_prices
@@ -89,13 +90,14 @@ async def test_flags_an_injected_divergence_against_the_simulator(
             assert ok_share >= 0.8, clean
 
             broker.config = dataclasses.replace(sim_config, mark_bias_bps=50.0)  # +0.5 %
-            injected = now_ms()
+            # price_checks rows are stamped with the market clock (the simulator's, 60x)
+            injected = await MarketClock(redis_client).now_ms()
             await asyncio.sleep(0.5)
             for _ in range(10):
                 results = await validator.check_once()
                 await asyncio.sleep(0.1)
             assert all(r.skipped is None for r in results)
-            flagged = [r for r in rows(database_url, injected + 300) if not r[1]]
+            flagged = [r for r in rows(database_url, injected + 18_000) if not r[1]]
             assert {r[0] for r in flagged} == set(SYMBOLS)
             assert all(0.3 < r[2] < 0.7 for r in flagged), flagged
         finally:

@@ -36,6 +36,7 @@ from ib_async import IB, Contract, Fill, MarketOrder, Stock, Ticker, Trade
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
+from its_common.clock import MarketClock
 from its_trader.actions import Side
 from its_trader.broker import (
     AccountSummary,
@@ -710,10 +711,13 @@ class IbBroker:
     async def _publish(self, prices: dict[str, tuple[float, int]]) -> None:
         assert self._redis is not None
         try:
+            # A tick is the market's price now: stamped with the market clock (the feed's, so a
+            # replayed or accelerated day compares like with like), received on the wall clock.
+            market_ms = await MarketClock(self._redis).now_ms()
             async with self._redis.pipeline(transaction=False) as pipe:
                 for symbol, (price, ts) in prices.items():
                     mapping: dict[Any, Any] = {
-                        "p": repr(price), "t": str(ts), "rt": str(ts), "src": self.name,
+                        "p": repr(price), "t": str(market_ms), "rt": str(ts), "src": self.name,
                     }  # fmt: skip
                     pipe.hset(f"{BROKER_PRICE_PREFIX}{symbol}", mapping=mapping)
                 await pipe.execute()

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
+from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.runtime import ServiceContext
 from its_common.streams import DEFAULT_TRIM, Stream, now_ms
@@ -60,6 +60,7 @@ class Validator:
         self.feed = feed
         self.broker = broker
         self.redis = redis
+        self.clock = MarketClock(redis)  # price_checks rows are stamped in market time
         self.metrics = metrics
         self.divergent: dict[str, bool] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -106,7 +107,7 @@ class Validator:
             "INSERT INTO price_checks (ts, symbol, feed_price, broker_price, diff_pct, ok, detail)"
             " VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (symbol, ts) DO NOTHING",
             (
-                datetime.now(UTC), symbol, result.feed.price, result.broker.price,
+                await self.clock.now(), symbol, result.feed.price, result.broker.price,
                 result.diff_pct, result.ok, result.detail,
             ),
         )  # fmt: skip
