@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from its_common import calendar
+from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_common.events import MinuteAgg
 from its_common.gaps import GapWindow, encode_gap
 from its_common.streams import Stream
@@ -232,3 +233,24 @@ async def test_loader_publishes_startup_gaps_once(
     assert len(entries) == 2  # one replica published (lock); one window per symbol
     await first.stop()
     await second.stop()
+
+
+async def test_audit_during_the_session_skips_minutes_not_closed_on_the_market_clock(
+    redis_server, redis_client, db_url, rest_server, start_loader, monkeypatch, capfd
+):
+    """The minute in progress (and the settle minute before it) is not missing yet: the audit
+    judges by the feed's clock (a replayed day included), not by the machine's date."""
+    bars = fill_rest(rest_server)
+    in_progress = 100
+    now_ms = MINUTES[in_progress] + 30_000
+    settled = [b for b in bars if b["t"] + 60_000 <= now_ms - 60_000]
+    await add_bars(redis_client, [as_ws("NVDA", b) for b in settled])
+    loader = start_loader(make_settings(redis_server.url, db_url, streams="bars"))
+    await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM market_data") == len(settled))
+    await loader.stop()
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(now_ms))
+    cli_env(monkeypatch, redis_server.url, db_url, rest_server.url)
+
+    argv = ["audit", "--symbol", "NVDA", "--no-event", "--fail-on-gaps"]
+    assert await asyncio.to_thread(cli_main, [*argv, "--date", DAY.isoformat()]) == 0
+    assert "OK: no missing minutes (missing 0, mismatch 0, extra 0)" in capfd.readouterr().out

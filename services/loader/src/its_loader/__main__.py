@@ -13,11 +13,13 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
 import psycopg
+from redis.exceptions import RedisError
 
+from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.logs import setup_logging
 from its_common.runtime import run_service
@@ -133,7 +135,8 @@ async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> in
 
 async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
     symbols = _symbols(args.symbol, settings.symbols)
-    day = args.date or last_completed_session()
+    market_now = await _market_now(settings)
+    day = args.date or last_completed_session(market_now)
     async with (
         PolygonRest(rest_config(settings)) as rest,
         await psycopg.AsyncConnection.connect(**connection_kwargs(settings)) as conn,
@@ -148,6 +151,7 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
                 settings.audit_price_tolerance,
                 settings.audit_volume_tolerance,
                 repair=args.repair,
+                market_now=market_now,
             )
         except BackfillError as exc:
             print(f"audit failed: {exc}", file=sys.stderr)
@@ -165,6 +169,19 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 1 if args.fail_on_gaps and not report.ok else 0
+
+
+async def _market_now(settings: LoaderSettings) -> datetime:
+    """The market clock from Redis (the feed's time); the wall clock when Redis has none or
+    cannot be reached (said on stderr, since "today" then means the machine's date)."""
+    redis = connect(settings.redis_url_with_password())
+    try:
+        return await asyncio.wait_for(MarketClock(redis).now(), timeout=5)
+    except (RedisError, OSError, TimeoutError) as exc:
+        print(f"market clock unavailable ({exc}); using the wall clock", file=sys.stderr)
+        return datetime.now(UTC)
+    finally:
+        await redis.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,6 +190,10 @@ async def stored_bars(
     return {int(row[0]): tuple(row[1:]) for row in await cur.fetchall()}
 
 
+# A minute is audited once it has closed and its final bar has had time to arrive and be stored.
+AUDIT_SETTLE_MS = 60_000
+
+
 async def audit_day(
     conn: psycopg.AsyncConnection[Any],
     rest: PolygonRest,
@@ -198,12 +202,18 @@ async def audit_day(
     price_tolerance: float = 1e-6,
     volume_tolerance: float = 1e-6,
     repair: bool = False,
+    market_now: datetime | None = None,
 ) -> AuditReport:
+    """Audit ``day``'s minutes that have closed by ``market_now`` (the market clock; all of a
+    past session): the minute in progress, and those after it, are not missing yet."""
     session = calendar.session(day)
     if session is None:
         return AuditReport(day, trading_day=False)
     report = AuditReport(day, True, session.open, session.close)
-    minutes = [_ms(m) for m in session.minute_starts()]
+    closed_by = _ms(market_now) - AUDIT_SETTLE_MS if market_now is not None else None
+    minutes = [
+        _ms(m) for m in session.minute_starts() if closed_by is None or _ms(m) + 60_000 <= closed_by
+    ]
     for symbol in symbols:
         fetched = now_ms()
         bars = await rest.minute_bars(symbol, _ms(session.open), _ms(session.close))
@@ -300,7 +310,8 @@ def format_report(report: AuditReport) -> str:
 
 
 def last_completed_session(now: datetime | None = None) -> date:
-    """The most recent session that has closed (the nightly audit's default date)."""
+    """The most recent session that has closed by ``now`` (the market clock; default the wall
+    clock): the nightly audit's default date."""
     now = now or datetime.now(UTC)
     day = calendar.new_york_date(now)
     for offset in range(0, 15):
