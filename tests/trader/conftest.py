@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from its_trader.decision import Decision, encode_decision
 from prometheus_client import CollectorRegistry
 
 from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
@@ -19,7 +20,6 @@ from its_common.settings import load_settings
 from its_common.streams import Stream, encode_entry, latest_trade_key, now_ms
 from its_trader.app import build_trader
 from its_trader.config import TraderSettings
-from its_trader.decision import Decision, encode_decision
 from its_trader.engine import Trader
 from its_trader.metrics import TraderMetrics
 

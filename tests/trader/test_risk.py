@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from its_trader.actions import OrderIntent, action_name, legs, orders_for_action
-from its_trader.risk import (
+from its_common.risk import (
     Denial,
     Exposure,
     Halt,
@@ -19,6 +18,7 @@ from its_trader.risk import (
     check_portfolio,
     in_closing_window,
 )
+from its_trader.actions import OrderIntent, action_name, legs, orders_for_action
 
 OPEN = datetime(2025, 11, 3, 15, 0, tzinfo=UTC)  # 10:00 New York, Monday
 LIMITS = RiskLimits(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from its_common.clock import FEED_CLOCK_KEY
+from its_common.risk import RiskReason
 from its_trader import control
 from its_trader.engine import Trader
-from its_trader.risk import RiskReason
 
 from .conftest import CLOSED_MS, OPEN_MS, Feed, decision, make_settings, query, scalar, wait_until
 

@@ -48,6 +48,7 @@ class RiskReason(StrEnum):
     CLOSING_WINDOW = "closing_window"
     NO_PRICE = "no_price"
     STALE_DECISION = "stale_decision"
+    FOREIGN_SYMBOLS = "foreign_symbols"  # a decision about symbols this trader does not trade
 
 
 # Reasons that put trading in the HALTED state (besides the kill switch).

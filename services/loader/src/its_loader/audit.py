@@ -27,7 +27,8 @@ import psycopg
 import redis.asyncio as aioredis
 
 from its_common import calendar
-from its_common.streams import DEFAULT_TRIM, Stream, now_ms
+from its_common.alert_events import AlertEvent, publish_alert_event
+from its_common.streams import now_ms
 from its_loader.backfill import PolygonRest, rest_rows, store_rest_rows
 from its_loader.store import BarRow
 
@@ -265,17 +266,16 @@ async def write_audit(conn: psycopg.AsyncConnection[Any], report: AuditReport) -
 
 async def publish_audit_event(redis: aioredis.Redis, report: AuditReport) -> str:
     """The nightly-report event: ``type=gap_audit`` on the alert-events stream."""
-    fields: dict[Any, Any] = {
-        b"v": b"1",
-        b"type": b"gap_audit",
-        b"source": b"loader",
-        b"severity": (b"info" if report.ok else b"warning"),
-        b"data": msgspec.json.encode(report.summary()),
-        b"ts": str(now_ms()).encode(),
-    }
-    policy = DEFAULT_TRIM[Stream.ALERT_EVENTS]
-    entry_id = await redis.xadd(Stream.ALERT_EVENTS, fields, maxlen=policy.maxlen, approximate=True)
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    summary = report.summary()
+    verdict = "no missing minutes" if report.ok else f"{report.missing} missing minutes"
+    event = AlertEvent(
+        type="gap_audit",
+        source="loader",
+        severity="info" if report.ok else "warning",
+        message=f"gap audit {report.day.isoformat()}: {verdict}",
+        data=msgspec.to_builtins(summary),
+    )
+    return await publish_alert_event(redis, event)
 
 
 def format_report(report: AuditReport) -> str:

@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from its_common.db.connect import connection_kwargs
+from its_common.decisions import decode_decision
 from its_common.runtime import ServiceContext
 from its_common.streams import EntryFormatError, Stream, ack, ensure_group, read_group
 from its_common.telemetry import context_from_traceparent
 from its_trader.broker import Broker
 from its_trader.config import TraderSettings
-from its_trader.decision import decode_decision
 from its_trader.engine import Trader, TraderConfig
 from its_trader.ibbroker import IbBroker, IbConfig
 from its_trader.metrics import TraderMetrics

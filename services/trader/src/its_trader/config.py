@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field
 
+from its_common.risk import RiskLimits
 from its_common.settings import BaseServiceSettings
-from its_trader.risk import RiskLimits
 from its_trader.simbroker import SimConfig
 
 

@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
+from its_common.risk import Halt
 from its_common.streams import now_ms
-from its_trader.risk import Halt
 from its_trader.store import TraderStore
 
 KILL_KEY: Final = "its:trader:kill"

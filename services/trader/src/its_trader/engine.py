@@ -22,21 +22,10 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 
 from its_common import calendar
+from its_common.actions import ACTION_NAMES, Leg, legs
 from its_common.clock import ClockMode, MarketClock
-from its_common.streams import latest_trade_key, now_ms
-from its_trader import control
-from its_trader.actions import (
-    LegAction,
-    OrderIntent,
-    Side,
-    action_name,
-    legs,
-    orders_for_action,
-)
-from its_trader.broker import Broker, Execution, OrderRequest
-from its_trader.decision import Decision
-from its_trader.metrics import TraderMetrics
-from its_trader.risk import (
+from its_common.decisions import Decision
+from its_common.risk import (
     HALT_REASONS,
     Denial,
     Exposure,
@@ -49,6 +38,11 @@ from its_trader.risk import (
     check_portfolio,
     in_closing_window,
 )
+from its_common.streams import latest_trade_key, now_ms
+from its_trader import control
+from its_trader.actions import OrderIntent, Side, orders_for_action
+from its_trader.broker import Broker, Execution, OrderRequest
+from its_trader.metrics import TraderMetrics
 from its_trader.store import TraderStore
 
 log = logging.getLogger("its.trader")
@@ -193,8 +187,24 @@ class Trader:
             quantity=None if intent is None else intent.quantity,
         )
 
+    def foreign_symbols(self, decision: Decision) -> Denial | None:
+        """A decision's legs refer to its own pair (the bundle's): it is traded only when that
+        pair is two of this trader's symbols; otherwise (a bundle trained on another pair) it is
+        refused, never mapped onto the wrong legs."""
+        pair = tuple(decision.symbols)
+        mine = tuple(self.config.symbols)
+        if len(pair) == 2 and len(set(pair)) == 2 and all(s in mine for s in pair):
+            return None
+        detail = (
+            f"model {decision.model_version} decided on {','.join(pair) or 'no symbols'}; this "
+            f"trader trades {','.join(mine)}: load a bundle trained on its symbols or change "
+            "the symbol list"
+        )
+        log.error("decision refused: %s", detail, extra={"alert": "trader_foreign_symbols"})
+        return Denial(RiskReason.FOREIGN_SYMBOLS, detail)
+
     async def _handle_decision(self, decision: Decision) -> str:
-        name = action_name(decision.action)
+        name = ACTION_NAMES[decision.action]
         market_now = await self.market_now()
         outcome = await self._decide(decision, market_now)
         await self.store.record_signal(
@@ -204,7 +214,11 @@ class Trader:
         return outcome
 
     async def _decide(self, decision: Decision, market_now: datetime) -> str:
-        if all(leg is LegAction.HOLD for leg in legs(decision.action)):
+        foreign = self.foreign_symbols(decision)
+        if foreign is not None:
+            await self._deny(decision, foreign, None)
+            return "denied"
+        if all(leg is Leg.HOLD for leg in legs(decision.action)):
             return "hold"
         denial = check_decision(decision.confidence, self.config.limits)
         age_s = market_now.timestamp() - decision.ts_ms / 1000
@@ -221,8 +235,8 @@ class Trader:
         summary = await self.broker.account_summary()
         prices = await self.prices()
         sent = denied = 0
-        for symbol, leg in zip(self.config.symbols[:2], legs(decision.action), strict=True):
-            if leg is LegAction.BUY and symbol not in prices:
+        for symbol, leg in zip(decision.symbols, legs(decision.action), strict=True):
+            if leg is Leg.BUY and symbol not in prices:
                 denied += 1
                 await self._deny(
                     decision,
@@ -234,7 +248,7 @@ class Trader:
             positions,
             summary.equity,
             prices,
-            symbols=self.config.symbols,
+            symbols=decision.symbols,
             buy_fraction=self.config.buy_fraction,
         )
         mono = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -12,10 +11,11 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
+from its_common.alert_events import AlertEvent, AlertState, publish_alert_event
 from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.runtime import ServiceContext
-from its_common.streams import DEFAULT_TRIM, Stream, now_ms
+from its_common.streams import now_ms
 from its_validator.check import PriceSource, Result, broker_prices, compare, feed_prices
 from its_validator.config import ValidatorSettings
 
@@ -119,7 +119,7 @@ class Validator:
     async def _alert(self, result: Result) -> None:
         """An alert event on each change (divergence starts or ends) for the alerter."""
         assert result.feed is not None and result.broker is not None
-        state = "resolved" if result.ok else "firing"
+        state: AlertState = "resolved" if result.ok else "firing"
         if not result.ok:
             log.warning(
                 "price divergence",
@@ -136,15 +136,19 @@ class Validator:
             "diff_pct": result.diff_pct,
             "threshold_pct": self.settings.threshold_pct,
         }
-        fields: dict[Any, Any] = {
-            "v": "1",
-            "type": "price_divergence",
-            "n": "1",
-            "data": json.dumps(data),
-            "rt": str(now_ms()),
-        }
-        policy = DEFAULT_TRIM[Stream.ALERT_EVENTS]
-        await self.redis.xadd(Stream.ALERT_EVENTS, fields, maxlen=policy.maxlen, approximate=True)
+        change = "diverges" if not result.ok else "agrees again"
+        event = AlertEvent(
+            type="price_divergence",
+            source="validator",
+            severity="warning",
+            state=state,
+            message=(
+                f"{result.symbol}: broker price {result.broker.price} {change} with the feed's "
+                f"{result.feed.price} ({result.diff_pct:.3f} %)"
+            ),
+            data=data,
+        )
+        await publish_alert_event(self.redis, event)
 
 
 async def run_validator(validator: Validator, stopping: asyncio.Event) -> None:
