@@ -10,12 +10,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from its_trader.decision import Decision, encode_decision
 from prometheus_client import CollectorRegistry
 
+from its_common.actions import ACTION_NAMES
 from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_common.db.migrate import apply_migrations
+from its_common.decisions import Decision, encode_decision
 from its_common.events import Trade
+from its_common.features import FEATURE_SPEC_HASH
 from its_common.settings import load_settings
 from its_common.streams import Stream, encode_entry, latest_trade_key, now_ms
 from its_trader.app import build_trader
@@ -96,8 +98,18 @@ async def close_trader(trader: Trader) -> None:
     await trader.store.close()
 
 
-def decision(ts_ms: int, action: int, confidence: float = 0.9, model: str = "m1") -> Decision:
-    return Decision(ts_ms=ts_ms, action=action, confidence=confidence, model_version=model)
+def decision(
+    ts_ms: int,
+    action: int,
+    confidence: float = 0.9,
+    model: str = "m1",
+    symbols: tuple[str, ...] = ("NVDA", "MSFT"),
+) -> Decision:
+    """A decision as the inference service writes it (its_common.decisions)."""
+    return Decision(
+        ts_ms=ts_ms, action=action, action_name=ACTION_NAMES[action], confidence=confidence,
+        model_version=model, features_hash=FEATURE_SPEC_HASH, symbols=symbols,
+    )  # fmt: skip
 
 
 async def publish(redis: Any, d: Decision) -> str:

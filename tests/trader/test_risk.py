@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from its_common.actions import ACTION_NAMES, legs
 from its_common.risk import (
     Denial,
     Exposure,
@@ -18,7 +19,7 @@ from its_common.risk import (
     check_portfolio,
     in_closing_window,
 )
-from its_trader.actions import OrderIntent, action_name, legs, orders_for_action
+from its_trader.actions import OrderIntent, orders_for_action
 
 OPEN = datetime(2025, 11, 3, 15, 0, tzinfo=UTC)  # 10:00 New York, Monday
 LIMITS = RiskLimits(
@@ -143,7 +144,7 @@ def test_daily_loss_and_drawdown_limits() -> None:
 
 def test_action_map_and_sizing_follow_the_shared_definition() -> None:
     # Shared encoding (its_common.actions): legs 0 sell, 1 hold, 2 buy; action = 3*first+second.
-    assert action_name(4) == "HOLD_BOTH" and action_name(8) == "BUY_BOTH"
+    assert ACTION_NAMES[4] == "HOLD_BOTH" and ACTION_NAMES[8] == "BUY_BOTH"
     assert [int(leg) for leg in legs(6)] == [2, 0]
     with pytest.raises(ValueError):
         legs(9)
@@ -154,7 +155,8 @@ def test_action_map_and_sizing_follow_the_shared_definition() -> None:
         OrderIntent("NVDA", "BUY", 100, "buy"),  # 10 % of 100,000 at 100
         OrderIntent("MSFT", "SELL", 7, "close"),
     ]
-    assert orders_for_action(3, {}, 100_000, PRICES) == []  # nothing to sell, no shorting
-    assert orders_for_action(4, {"NVDA": 5}, 100_000, PRICES) == []
-    half = orders_for_action(7, {}, 100_000, PRICES, buy_fraction=0.05)
+    pair = ("NVDA", "MSFT")
+    assert orders_for_action(3, {}, 100_000, PRICES, symbols=pair) == []  # no shorting
+    assert orders_for_action(4, {"NVDA": 5}, 100_000, PRICES, symbols=pair) == []
+    half = orders_for_action(7, {}, 100_000, PRICES, symbols=pair, buy_fraction=0.05)
     assert half == [OrderIntent("NVDA", "BUY", 50, "buy")]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from its_common.alert_events import decode_alert_event
 from its_common.clock import FEED_CLOCK_KEY
 from its_common.risk import RiskReason
+from its_common.streams import Stream
 from its_trader import control
 from its_trader.engine import Trader
 
@@ -168,3 +170,29 @@ async def test_a_bare_redis_flag_engages_the_kill_switch(
     assert trader.risk.halt.halted
     stored: Any = await trader.store.get_state(control.HALT_STATE)
     assert stored["halted"] is True and stored["reason"] == control.KILL_REASON
+
+
+async def test_a_decision_about_another_pair_is_refused_and_legs_follow_the_decision(
+    redis_server, redis_client, db_url, make_trader
+):
+    """A bundle trained on another pair must never trade this trader's symbols by position:
+    the decision is refused (risk event, alert event); a decision on the trader's own symbols
+    in the other order trades the legs the decision names."""
+    feed = Feed(redis_client)
+    await feed.prices(NVDA=100.0, MSFT=400.0)
+    trader = make_trader(make_settings(redis_server.url, db_url))
+    await trader.start()
+    assert await trader.handle_decision(decision(feed.t, 6, symbols=("AAPL", "TSLA"))) == "denied"
+    assert denials(db_url) == ["foreign_symbols"]
+    detail = scalar(db_url, "SELECT detail FROM risk_events WHERE reason = 'foreign_symbols'")
+    assert "AAPL,TSLA" in detail and "NVDA,MSFT" in detail
+    assert scalar(db_url, "SELECT count(*) FROM orders") == 0
+    events = [decode_alert_event(i, f) for i, f in await redis_client.xrange(Stream.ALERT_EVENTS)]
+    assert [(e.type, e.source, e.state) for e in events] == [
+        ("foreign_symbols", "trader", "firing")
+    ]
+    assert "AAPL,TSLA" in events[0].message
+
+    # action 6 = BUY first, SELL second: with (MSFT, NVDA) the buy is MSFT's.
+    assert await trader.handle_decision(decision(feed.t, 6, symbols=("MSFT", "NVDA"))) == "orders"
+    assert query(db_url, "SELECT symbol, side FROM orders") == [("MSFT", "BUY")]

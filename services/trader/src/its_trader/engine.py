@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from its_common import calendar
 from its_common.actions import ACTION_NAMES, Leg, legs
+from its_common.alert_events import AlertEvent, publish_alert_event
 from its_common.clock import ClockMode, MarketClock
 from its_common.decisions import Decision
 from its_common.risk import (
@@ -86,6 +87,7 @@ class Trader:
         self.risk = RiskState()
         self.lock = asyncio.Lock()
         self.clock = MarketClock(redis, config.clock)
+        self.foreign_alerted: set[str] = set()
 
     # -- time and prices ---------------------------------------------------------------------
 
@@ -203,6 +205,21 @@ class Trader:
         log.error("decision refused: %s", detail, extra={"alert": "trader_foreign_symbols"})
         return Denial(RiskReason.FOREIGN_SYMBOLS, detail)
 
+    async def _alert_foreign(self, decision: Decision, denial: Denial) -> None:
+        """One alert event per model version whose pair is not this trader's."""
+        if decision.model_version in self.foreign_alerted:
+            return
+        self.foreign_alerted.add(decision.model_version)
+        event = AlertEvent(
+            type="foreign_symbols",
+            source="trader",
+            severity="critical",
+            state="firing",
+            message=f"decisions refused: {denial.detail}",
+            data={"model_version": decision.model_version, "symbols": list(decision.symbols)},
+        )
+        await publish_alert_event(self.redis, event)
+
     async def _handle_decision(self, decision: Decision) -> str:
         name = ACTION_NAMES[decision.action]
         market_now = await self.market_now()
@@ -217,6 +234,7 @@ class Trader:
         foreign = self.foreign_symbols(decision)
         if foreign is not None:
             await self._deny(decision, foreign, None)
+            await self._alert_foreign(decision, foreign)
             return "denied"
         if all(leg is Leg.HOLD for leg in legs(decision.action)):
             return "hold"
