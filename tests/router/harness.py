@@ -128,8 +128,14 @@ class Router:
 
 
 @contextmanager
-def router(
-    log_dir: Path, redis_url: str, sim: Sim, command: list[str] | None = None, **env: str
+def router(log_dir: Path, redis_url: str, sim: Sim, **env: str) -> Iterator[Router]:
+    with router_process(log_dir, redis_url, sim, None, env) as handle:
+        yield handle
+
+
+@contextmanager
+def router_process(
+    log_dir: Path, redis_url: str, sim: Sim, command: list[str] | None, env: dict[str, str]
 ) -> Iterator[Router]:
     """The router process (``command`` replaces ``its-router``, e.g. a faulty-wiring script)."""
     http_port = free_port()

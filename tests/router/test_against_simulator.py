@@ -17,7 +17,7 @@ from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream
 from its_router.status import decode_status
-from tests.router.harness import BIN, router, simulator, wait_until
+from tests.router.harness import BIN, router, router_process, simulator, wait_until
 
 
 @pytest.fixture
@@ -284,7 +284,10 @@ def test_a_dead_writer_ends_the_router_with_a_non_zero_exit(tmp_path: Path, redi
     """Crash-only: the writer task raising must not leave a router that reads and writes nothing
     while its probes stay green; the process ends non-zero so it gets restarted."""
     command = [sys.executable, "-m", "tests.router.faulty_writer_router"]
-    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim, command) as rt:
+    with (
+        simulator(tmp_path) as sim,
+        router_process(tmp_path, redis_server.url, sim, command, {}) as rt,
+    ):
         wait_until(lambda: rt.process.poll() is not None, 60, "router exit after writer fault")
         assert rt.process.returncode != 0
         log = rt.log()
