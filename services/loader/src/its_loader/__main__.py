@@ -25,6 +25,7 @@ from its_common.logs import setup_logging
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
 from its_common.streams import connect
+from its_common.symbols import read_symbols
 from its_loader import __version__
 from its_loader.app import main as service_main
 from its_loader.app import rest_config
@@ -114,7 +115,7 @@ class ProgressBar:
 
 
 async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> int:
-    symbols = _symbols(args.symbol, settings.symbols)
+    symbols = _symbols(args.symbol, [] if args.symbol else (await _live_view(settings))[1])
     if args.last < args.first:
         print("--to is before --from", file=sys.stderr)
         return 2
@@ -134,8 +135,8 @@ async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> in
 
 
 async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
-    symbols = _symbols(args.symbol, settings.symbols)
-    market_now = await _market_now(settings)
+    market_now, live_symbols = await _live_view(settings)
+    symbols = _symbols(args.symbol, live_symbols)
     day = args.date or last_completed_session(market_now)
     async with (
         PolygonRest(rest_config(settings)) as rest,
@@ -171,15 +172,17 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
     return 1 if args.fail_on_gaps and not report.ok else 0
 
 
-async def _market_now(settings: LoaderSettings) -> datetime:
-    """The market clock from Redis (the feed's time); the wall clock when Redis has none or
-    cannot be reached (said on stderr, since "today" then means the machine's date)."""
+async def _live_view(settings: LoaderSettings) -> tuple[datetime, list[str]]:
+    """The market clock and the live symbol list from Redis (its_common.clock / .symbols); the
+    wall clock and ITS_SYMBOLS when Redis cannot be reached (said on stderr)."""
     redis = connect(settings.redis_url_with_password())
     try:
-        return await asyncio.wait_for(MarketClock(redis).now(), timeout=5)
+        now = await asyncio.wait_for(MarketClock(redis).now(), timeout=5)
+        symbols = await read_symbols(redis, default=settings.symbols)
+        return now, symbols
     except (RedisError, OSError, TimeoutError) as exc:
-        print(f"market clock unavailable ({exc}); using the wall clock", file=sys.stderr)
-        return datetime.now(UTC)
+        print(f"Redis unavailable ({exc}); using the wall clock and ITS_SYMBOLS", file=sys.stderr)
+        return datetime.now(UTC), list(settings.symbols)
     finally:
         await redis.aclose()
 

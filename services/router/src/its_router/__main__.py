@@ -13,10 +13,10 @@ import sys
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
 from its_common.streams import connect
+from its_common.symbols import SymbolError, parse_symbols, set_symbols
 from its_router import __version__
 from its_router.app import main as service_main
 from its_router.config import RouterSettings
-from its_router.symbols import SymbolError, parse_symbols, write_symbols
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 async def _set_symbols(settings: RouterSettings, symbols: list[str]) -> int:
     client = connect(settings.redis_url_with_password())
     try:
-        await write_symbols(client, settings.symbols_key, symbols)
+        await set_symbols(client, symbols, settings.symbols_key)
+    except SymbolError as exc:
+        print(f"its-router: symbols not changed: {exc}", file=sys.stderr)
+        return 2
     finally:
         await client.aclose()
     print(f"symbols set to {','.join(symbols)}")

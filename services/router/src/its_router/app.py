@@ -8,6 +8,7 @@ import logging
 from its_common.clock import read_feed_clock
 from its_common.runtime import ServiceContext
 from its_common.streams import now_ms
+from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
 from its_router.batching import Frame
 from its_router.config import RouterSettings
@@ -15,7 +16,6 @@ from its_router.feed import FeedClient
 from its_router.metrics import RouterMetrics
 from its_router.rest import RestPoller
 from its_router.status import StatusPublisher
-from its_router.symbols import read_symbols
 from its_router.writer import StreamWriter
 
 log = logging.getLogger("its.router")

@@ -25,12 +25,12 @@ from its_common.backoff import Backoff
 from its_common.events import CodecError, Status, decode_frame
 from its_common.gaps import GapWindow
 from its_common.streams import now_ms
+from its_common.symbols import read_symbols
 from its_router.batching import Frame
 from its_router.config import RouterSettings
 from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher
 from its_router.subscriptions import diff, subscribe_message, topics
-from its_router.symbols import read_symbols
 
 log = logging.getLogger("its.router.feed")
 

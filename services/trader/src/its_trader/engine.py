@@ -40,6 +40,7 @@ from its_common.risk import (
     in_closing_window,
 )
 from its_common.streams import latest_trade_key, now_ms
+from its_common.symbols import LiveSymbols
 from its_trader import control
 from its_trader.actions import OrderIntent, Side, orders_for_action
 from its_trader.broker import Broker, Execution, OrderRequest
@@ -88,6 +89,7 @@ class Trader:
         self.lock = asyncio.Lock()
         self.clock = MarketClock(redis, config.clock)
         self.foreign_alerted: set[str] = set()
+        self.symbols = LiveSymbols(redis, config.symbols)  # its_common.symbols: one live list
 
     # -- time and prices ---------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class Trader:
         """Fresh feed prices (received within max_price_age_s of the wall clock)."""
         out: dict[str, float] = {}
         now = now_ms()
-        for symbol in self.config.symbols:
+        for symbol in self.symbols.current:
             fields = await self.redis.hmget(latest_trade_key(symbol), ["p", "rt"])
             if fields[0] is None:
                 continue
@@ -194,7 +196,7 @@ class Trader:
         pair is two of this trader's symbols; otherwise (a bundle trained on another pair) it is
         refused, never mapped onto the wrong legs."""
         pair = tuple(decision.symbols)
-        mine = tuple(self.config.symbols)
+        mine = self.symbols.current
         if len(pair) == 2 and len(set(pair)) == 2 and all(s in mine for s in pair):
             return None
         detail = (
@@ -222,6 +224,7 @@ class Trader:
 
     async def _handle_decision(self, decision: Decision) -> str:
         name = ACTION_NAMES[decision.action]
+        await self.symbols.refresh()
         market_now = await self.market_now()
         outcome = await self._decide(decision, market_now)
         await self.store.record_signal(

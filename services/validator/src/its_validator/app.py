@@ -16,6 +16,7 @@ from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.runtime import ServiceContext
 from its_common.streams import now_ms
+from its_common.symbols import LiveSymbols
 from its_validator.check import PriceSource, Result, broker_prices, compare, feed_prices
 from its_validator.config import ValidatorSettings
 
@@ -61,6 +62,7 @@ class Validator:
         self.broker = broker
         self.redis = redis
         self.clock = MarketClock(redis)  # price_checks rows are stamped in market time
+        self.symbols = LiveSymbols(redis, settings.symbols)  # its_common.symbols: the live list
         self.metrics = metrics
         self.divergent: dict[str, bool] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -79,7 +81,7 @@ class Validator:
     async def check_once(self) -> list[Result]:
         s = self.settings
         results = []
-        for symbol in s.symbols:
+        for symbol in await self.symbols.refresh():
             result = compare(
                 symbol,
                 await self.feed.price(symbol),
