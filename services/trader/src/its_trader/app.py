@@ -63,13 +63,12 @@ def build_trader(
     else:
         broker = SimBroker(dict(kwargs), redis, settings.sim_config())
     trader = Trader(trader_config(settings), redis, broker, TraderStore(dict(kwargs)), metrics)
-    if isinstance(broker, IbBroker):
 
-        async def reconcile_after_reconnect() -> None:
-            async with trader.lock:
-                await trader.reconcile()
+    async def reconcile_after_reconnect() -> None:
+        async with trader.lock:
+            await trader.reconcile()
 
-        broker.on_reconnect(reconcile_after_reconnect)
+    broker.on_reconnect(reconcile_after_reconnect)
     return trader
 
 
@@ -165,8 +164,7 @@ async def main(ctx: ServiceContext[TraderSettings]) -> None:
     metrics = TraderMetrics(ctx.registry)
     trader = build_trader(settings, redis, metrics, ctx.registry)
     await trader.start()
-    if isinstance(trader.broker, IbBroker):
-        await trader.broker.subscribe(list(settings.symbols))  # IB prices for the validator
+    await trader.broker.subscribe(list(trader.symbols.current))  # prices for the validator
 
     async def database_ready() -> None:
         await trader.store.get_state("halt")
@@ -175,9 +173,8 @@ async def main(ctx: ServiceContext[TraderSettings]) -> None:
 
     async def control_step() -> None:
         await trader.control_tick()
-        if isinstance(trader.broker, IbBroker):
-            for incident in trader.broker.drain_incidents():
-                log.error("broker order incident: %s", incident, extra={"alert": "order_incident"})
+        for incident in trader.broker.drain_incidents():
+            log.error("broker order incident: %s", incident, extra={"alert": "order_incident"})
         ctx.counters.update({"halted": 1.0 if trader.risk.halt.halted else 0.0})
 
     tasks: list[asyncio.Task[Any]] = [

@@ -9,6 +9,7 @@ the trader reconciles with :meth:`Broker.positions`, :meth:`Broker.open_orders` 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +68,17 @@ class AccountSummary:
     unrealized_pnl: float
 
 
+@dataclass(frozen=True, slots=True)
+class OrderIncident:
+    kind: str  # unacknowledged | lost
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    age_s: float
+
+
 class Broker(Protocol):
     """What an adapter (SimBroker, IB) provides."""
 
@@ -93,4 +105,18 @@ class Broker(Protocol):
 
     def fills(self) -> asyncio.Queue[Execution]:
         """Executions as they happen (the trader also reconciles, so a lost event is recovered)."""
+        ...
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after every reconnect (the trader reconciles); adapters without a
+        connection to lose keep it and never call it."""
+        ...
+
+    async def subscribe(self, symbols: list[str]) -> None:
+        """Publish the broker's own prices of ``symbols`` for the validator
+        (``its:broker:price:<SYM>``)."""
+        ...
+
+    def drain_incidents(self) -> list[OrderIncident]:
+        """Order incidents (unacknowledged, lost) since the last call."""
         ...

@@ -43,6 +43,7 @@ from its_trader.broker import (
     BrokerOrder,
     BrokerPosition,
     Execution,
+    OrderIncident,
     OrderRequest,
 )
 from its_trader.ib_guard import LiveTradingRefusedError, TokenBucket, ensure_paper
@@ -89,17 +90,6 @@ class IbConfig:
     currency: str = "USD"
     watchdog_interval_s: float = 0.5
     commission_wait_s: float = 5.0  # a fill without its commission report is delivered anyway
-
-
-@dataclass(frozen=True, slots=True)
-class OrderIncident:
-    kind: str  # unacknowledged | lost
-    client_order_id: str
-    broker_order_id: str
-    symbol: str
-    side: Side
-    quantity: int
-    age_s: float
 
 
 @dataclass

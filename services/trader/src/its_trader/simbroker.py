@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ from its_trader.broker import (
     BrokerOrder,
     BrokerPosition,
     Execution,
+    OrderIncident,
     OrderRequest,
 )
 
@@ -168,6 +170,16 @@ class SimBroker:
 
     def fills(self) -> asyncio.Queue[Execution]:
         return self._fills
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """The simulated broker lives in this process: there is no connection to lose."""
+
+    async def subscribe(self, symbols: list[str]) -> None:
+        """Its reference prices are published as it reads trades (``_publish_marks``)."""
+
+    def drain_incidents(self) -> list[OrderIncident]:
+        """Orders are acknowledged synchronously: no incidents."""
+        return []
 
     def _db(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
