@@ -26,6 +26,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy -p its_common $(foreach s,$(SERVICE_DIRS),-p its_$(notdir $(s)))
