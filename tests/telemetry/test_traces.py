@@ -4,19 +4,17 @@ receiver. The trace context crosses each stream as the entry's ``tp`` (W3C trace
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
 import redis
 
 from its_common.db.migrate import apply_migrations
-from its_common.localstack.servers import RedisServer, free_port
+from its_common.localstack.servers import RedisServer
 from its_common.streams import latest_trade_key
-from tests.router.harness import BIN, SIM_KEY, Sim, http, router, simulator, wait_until
+from tests.processes import service
+from tests.router.harness import SIM_KEY, Sim, router, simulator, wait_until
 from tests.telemetry.receiver import ReceivedSpan, Receiver, otlp_receiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,36 +33,6 @@ def otel_env(receiver: Receiver) -> dict[str, str]:
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "60000",
     }
-
-
-@contextmanager
-def service(name: str, log_dir: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``its-<name>`` and wait for its health endpoint; SIGTERM on exit (spans flush)."""
-    port = free_port()
-    environment = {**os.environ, "ITS_HTTP_PORT": str(port), "ITS_HEARTBEAT_INTERVAL_S": "1", **env}
-    log_file = log_dir / f"{name}.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [str(BIN / f"its-{name}")], env=environment, cwd=REPO, stdout=log, stderr=log
-        )
-    try:
-        wait_until(
-            lambda: (
-                process.poll() is not None
-                or http("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)[0] == 200
-            ),
-            30,
-            f"{name} health endpoint",
-        )
-        assert process.poll() is None, log_file.read_text(errors="replace")[-3000:]
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def chain_from(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
