@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -105,9 +106,9 @@ def runtime_of(
                 state[ours + key.removeprefix(sb3_prefix)] = value.detach().cpu()
     if not vecnormalize.norm_obs:
         raise BundleError("VecNormalize without observation normalization is not supported")
-    rms = vecnormalize.obs_rms
-    if isinstance(rms, dict):
-        raise BundleError("dict observation statistics are not supported")
+    rms: Any = vecnormalize.obs_rms  # sb3 types it as a dict only
+    if not isinstance(rms, RunningMeanStd):
+        raise BundleError("only one observation statistics array is supported (not a dict)")
     normalizer = ObsNormalizer(
         mean=np.asarray(rms.mean, dtype=np.float64),
         var=np.asarray(rms.var, dtype=np.float64),
