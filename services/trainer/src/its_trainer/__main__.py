@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("bundle", type=Path, help="bundle directory")
 
-    sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-marketsim)")
+    sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-simmarket)")
     sim.add_argument("--from", dest="first", type=_date, required=True)
     sim.add_argument("--to", dest="last", type=_date, required=True)
     sim.add_argument("--out", type=Path, required=True, help=".parquet or .csv")
