@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +140,10 @@ def load_network(path: Path, meta: Mapping[str, Any]) -> tuple[RecurrentActor, O
     actor = RecurrentActor(shape)
     weights = _runtime_file(path, meta, "actor")
     try:
+        # weights_only: tensors and plain containers only; anything else is refused unexecuted.
         state = torch.load(weights, map_location="cpu", weights_only=True)
         actor.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: {weights.name} does not fit the network: {exc}") from exc
     actor.eval()
     stats = _runtime_file(path, meta, "normalization")
