@@ -16,10 +16,10 @@ from its_common.calendar import session
 from its_common.db.migrate import apply_migrations
 from its_common.events import MinuteAgg
 from its_common.features import Bar, BarArrays, batch_features
+from its_common.featureset import cache_key, decode_cached, decode_feature_set
 from its_common.streams import Stream, encode_entry, ensure_group, read_group
 from its_features.app import FeaturesMetrics, FeaturesProcessor, rebuild
 from its_features.live import MinuteAssembler
-from its_features.messages import cache_key, decode_cached, decode_feature_set
 
 DAY = date(2025, 3, 17)
 SESSION = session(DAY)

@@ -17,13 +17,14 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
 from its_common.events import MinuteAgg
+from its_common.featureset import FeatureSet
 from its_common.streams import Stream, encode_entry, ensure_group, read_group
 from its_features.app import FeaturesMetrics, FeaturesProcessor
 from its_features.live import MinuteAssembler
-from its_features.messages import FeatureSet
 from its_inference.app import InferenceMetrics, InferenceProcessor
 from its_inference.bundles import Bundle
 from its_inference.policy import LivePolicy
+from its_trainer.bundle import load_sb3
 from its_trainer.data import PairData, build_pair, frame_to_bars
 from its_trainer.env import TwoTickerEnv
 
@@ -109,8 +110,11 @@ class OfflineRun:
 
 def run_offline(frame: pd.DataFrame, bundle: Bundle, first: date, last: date) -> OfflineRun:
     """Batch features over the whole range, the environment, the bundle's policy driven as the
-    backtest drives it (one sequence: state kept, episode_start at each session)."""
+    backtest drives it (one sequence: state kept, episode_start at each session). The policy is
+    the trainer's stable-baselines3 model and VecNormalize (``predict``), not the runtime actor
+    the live path uses: the parity covers the runtime's reimplementation too."""
     data = build_pair(frame_to_bars(frame, PAIR, first, last), PAIR, first, last)
+    sb3 = load_sb3(bundle.path)
     env = TwoTickerEnv(data, bundle.env_config(), sequential=True)
     actions: dict[int, int] = {}
     confidences: dict[int, float] = {}
@@ -121,8 +125,8 @@ def run_offline(frame: pd.DataFrame, bundle: Bundle, first: date, last: date) ->
         start = np.array([True])
         done = False
         while not done:
-            normalized = bundle.normalize(obs[None, :])
-            action, state = bundle.model.predict(
+            normalized = sb3.vecnormalize.normalize_obs(obs[None, :])
+            action, state = sb3.model.predict(
                 normalized, state=state, episode_start=start, deterministic=True
             )
             start = np.array([False])

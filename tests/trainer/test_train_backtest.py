@@ -19,7 +19,7 @@ from its_common.db.migrate import apply_migrations
 from its_common.features import FEATURE_SPEC_HASH
 from its_trainer.__main__ import main
 from its_trainer.backtest import run_backtest, write_report
-from its_trainer.bundle import BundleError, load_bundle
+from its_trainer.bundle import BundleError, load_bundle, load_sb3
 from its_trainer.data import PairData, build_pair, frame_to_bars, read_database
 from its_trainer.env import EnvConfig
 from its_trainer.simdata import simulator_bars
@@ -64,10 +64,16 @@ def test_train_writes_a_bundle_that_reloads_and_backtests(frame, tmp_path):
     assert (result.bundle / "policy.zip").is_file() and (
         result.bundle / "vecnormalize.pkl"
     ).is_file()
+    assert meta["format"] == 2 and meta["network"]["lstm_hidden_size"] == 8
+    assert (result.bundle / "actor.pt").is_file() and (
+        result.bundle / "normalization.json"
+    ).is_file()
 
     bundle = load_bundle(result.bundle)
-    rms: Any = bundle.vecnormalize.obs_rms
+    rms: Any = load_sb3(result.bundle).vecnormalize.obs_rms
     assert rms.count > 256  # statistics learned in training
+    assert np.array_equal(bundle.normalizer.mean, rms.mean)
+    assert np.array_equal(bundle.normalizer.var, rms.var)
     test = pair(frame, TEST)
     report = run_backtest(bundle, test)
     steps = int(test.bounds[-1]) - test.episodes
@@ -85,8 +91,11 @@ def test_train_writes_a_bundle_that_reloads_and_backtests(frame, tmp_path):
 
     # Same seed, same data: the same policy weights.
     again = train(data, TINY, EnvConfig(), tmp_path / "b2", progress=None)
-    first = load_bundle(result.bundle).model.policy.state_dict()
-    second = load_bundle(again.bundle).model.policy.state_dict()
+    first = load_sb3(result.bundle).model.policy.state_dict()
+    second = load_sb3(again.bundle).model.policy.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    first = load_bundle(result.bundle).actor.state_dict()
+    second = load_bundle(again.bundle).actor.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     with pytest.raises(FileExistsError):
         train(data, TINY, EnvConfig(), tmp_path / "b2", progress=None)

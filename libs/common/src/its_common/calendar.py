@@ -107,5 +107,12 @@ def next_session(ts: datetime) -> Session:
     raise LookupError(f"no session within 15 days after {ts.isoformat()}")
 
 
+def current_session_open(now_ms: int) -> int:
+    """Open (UTC ms) of the session in progress at ``now_ms`` or of the next one: the start of
+    what a consumer of the current session's stream entries replays or keeps."""
+    upcoming = next_session(datetime.fromtimestamp(now_ms / 1000, tz=UTC))
+    return int(upcoming.open.timestamp() * 1000)
+
+
 def new_york_date(ts: datetime) -> date:
     return _require_aware(ts).astimezone(NEW_YORK).date()

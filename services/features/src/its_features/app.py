@@ -1,5 +1,5 @@
 """The features service: minute bars (consumer group on ``its:stream:bars:1m``) in, one
-:class:`~its_features.messages.FeatureSet` per completed minute out (``its:stream:features``),
+:class:`~its_common.featureset.FeatureSet` per completed minute out (``its:stream:features``),
 the latest vector per symbol cached (``its:features:latest:<SYMBOL>``)."""
 
 from __future__ import annotations
@@ -16,13 +16,21 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from its_common import calendar
+from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.events import MinuteAgg
 from its_common.features import FEATURE_SPEC_HASH, Bar
 from its_common.features.spec import BAR_MS
+from its_common.featureset import (
+    CachedVector,
+    FeatureSet,
+    SymbolVector,
+    cache_key,
+    encode_cached,
+    encode_feature_set,
+)
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
 from its_common.streams import (
@@ -40,14 +48,6 @@ from its_common.streams import (
 from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_features.config import FeaturesSettings
 from its_features.live import CompletedMinute, MinuteAssembler
-from its_features.messages import (
-    CachedVector,
-    FeatureSet,
-    SymbolVector,
-    cache_key,
-    encode_cached,
-    encode_feature_set,
-)
 
 log = logging.getLogger("its.features")
 tracer = trace.get_tracer("its.features")
@@ -274,12 +274,6 @@ class FeaturesProcessor:
             payload: dict[Any, Any] = encode_feature_set(fs, traceparent)
             pipe.xadd(Stream.FEATURES, payload, maxlen=self.policy.maxlen, approximate=True)
         await pipe.execute()
-
-
-def current_session_open(now: int) -> int:
-    """Open of the session in progress at ``now`` or the next one (bars before it are stale)."""
-    upcoming = calendar.next_session(datetime.fromtimestamp(now / 1000, tz=UTC))
-    return int(upcoming.open.timestamp() * 1000)
 
 
 async def stored_bars(

@@ -18,11 +18,13 @@ import torch
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from its_common.calendar import current_session_open
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.decisions import Decision, encode_decision
 from its_common.features import FEATURE_SPEC_HASH
 from its_common.features.spec import BAR_MS
+from its_common.featureset import FeatureSet, decode_feature_set
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
 from its_common.streams import (
@@ -37,8 +39,6 @@ from its_common.streams import (
     read_group,
 )
 from its_common.telemetry import context_from_traceparent, traceparent_of
-from its_features.app import current_session_open
-from its_features.messages import FeatureSet, decode_feature_set
 from its_inference import bundles
 from its_inference.bundles import Bundle, BundleError
 from its_inference.config import InferenceSettings

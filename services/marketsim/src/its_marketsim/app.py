@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from its_marketsim import sessions
 from its_marketsim.admin import AdminApi
 from its_marketsim.clock import SimClock, parse_start
-from its_marketsim.config import SimConfig
-from its_marketsim.daydata import MarketSource
 from its_marketsim.faults import FaultState
-from its_marketsim.market import MarketGenerator
 from its_marketsim.replay import ReplaySource
 from its_marketsim.rest import RestApi
 from its_marketsim.stream import Stream
 from its_marketsim.wsserver import MarketWebSocketServer
+from its_simmarket import sessions
+from its_simmarket.config import SimConfig
+from its_simmarket.daydata import MarketSource
+from its_simmarket.market import MarketGenerator
 
 if TYPE_CHECKING:
     from its_common.runtime import ServiceContext

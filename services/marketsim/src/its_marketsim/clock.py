@@ -12,8 +12,8 @@ import math
 import time
 from datetime import datetime
 
-from its_marketsim import sessions
-from its_marketsim.daydata import MarketSource
+from its_simmarket import sessions
+from its_simmarket.daydata import MarketSource
 
 
 class SimClock:

@@ -1,15 +1,14 @@
 """Settings of the simulator: environment variables ``ITS_MARKETSIM_*`` (and the CLI flags).
 
-:class:`SimConfig` is the plain, validated configuration the core modules take (tests build it
-directly); :class:`MarketSimSettings` reads it from the environment through the shared
-``its_common.settings`` base and converts it with :meth:`MarketSimSettings.to_config`.
+:class:`its_simmarket.config.SimConfig` is the plain, validated configuration the core modules
+take (tests build it directly); :class:`MarketSimSettings` reads it from the environment through
+the shared ``its_common.settings`` base and converts it with :meth:`MarketSimSettings.to_config`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -17,52 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from its_common.settings import BaseServiceSettings
-
-DEFAULT_START_PRICES: dict[str, float] = {"NVDA": 180.0, "MSFT": 500.0}
-DEFAULT_TRADES_PER_DAY: dict[str, int] = {"NVDA": 1_400_000, "MSFT": 500_000}
-DEFAULT_VOLATILITY: dict[str, float] = {"NVDA": 0.45, "MSFT": 0.25}
-# Tape by primary listing: 1 = NYSE (tape A), 2 = NYSE Arca/American and others (tape B),
-# 3 = Nasdaq (tape C). Symbols not listed here default to tape 1 unless configured.
-NASDAQ_LISTED = frozenset(
-    [
-        "NVDA",
-        "MSFT",
-        "AAPL",
-        "AMZN",
-        "GOOGL",
-        "GOOG",
-        "META",
-        "TSLA",
-        "AMD",
-        "INTC",
-        "AVGO",
-        "NFLX",
-        "ADBE",
-        "CSCO",
-        "COST",
-        "PEP",
-        "QCOM",
-        "TXN",
-        "AMAT",
-        "MU",
-        "INTU",
-        "PYPL",
-        "SBUX",
-        "QQQ",
-    ]
-)
-TAPE_B = frozenset(["SPY", "IWM", "DIA", "GLD", "XLF", "XLE", "XLK"])
-DEV_API_KEY = "its-dev-key"
-
-DropPolicy = Literal["oldest", "newest"]
-
-
-def default_tape(symbol: str) -> int:
-    if symbol in NASDAQ_LISTED:
-        return 3
-    if symbol in TAPE_B:
-        return 2
-    return 1
+from its_simmarket.config import DEV_API_KEY, SimConfig
 
 
 def parse_mapping(value: str | dict[str, Any] | None) -> dict[str, float]:
@@ -95,75 +49,6 @@ def parse_speed(value: str | float) -> float:
     if not value > 0:
         raise ValueError("speed must be a positive factor or 'max'")
     return float(value)
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    """Everything the simulator core needs (see the README for each field's meaning)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765
-    rest_port: int = 8766
-    api_keys: tuple[str, ...] = (DEV_API_KEY,)
-    symbols: tuple[str, ...] = ("NVDA", "MSFT")
-    seed: int = 42
-    speed: float = 1.0
-    start: str = "auto"
-    extended_hours: bool = False
-    skip_closed: bool = True
-    start_prices: dict[str, float] = field(default_factory=dict)
-    volatility: dict[str, float] = field(default_factory=dict)
-    trades_per_day: dict[str, float] = field(default_factory=dict)
-    tapes: dict[str, float] = field(default_factory=dict)
-    correlation: float = 0.6
-    quotes_per_trade: float = 1.0
-    extended_activity: float = 0.05
-    late_bar_rate: float = 0.03
-    batch_size: int = 500
-    send_buffer_bytes: int = 8 * 1024 * 1024
-    slow_reader_timeout_s: float = 10.0
-    auth_timeout_s: float = 10.0
-    auth_close_code: int = 1000
-    max_connections_per_key: int = 1
-    max_connections_drop: DropPolicy = "newest"
-    max_connections_close_code: int = 1008
-    replay_file: str | None = None
-    rest_rate_limit: int = 0
-    rest_max_days: int = 370
-    admin_token: str | None = None
-    admin_enabled: bool = True
-    faults: dict[str, Any] = field(default_factory=dict)
-    public_base_url: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.symbols:
-            raise ValueError("at least one symbol")
-        if not -0.99 <= self.correlation <= 0.99:
-            raise ValueError("correlation must be within [-0.99, 0.99]")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if self.max_connections_close_code not in (1000, 1008):
-            raise ValueError("max_connections_close_code must be 1000 or 1008")
-        if self.max_connections_drop not in ("oldest", "newest"):
-            raise ValueError("max_connections_drop must be 'oldest' or 'newest'")
-        if not self.api_keys:
-            raise ValueError("at least one API key")
-
-    @property
-    def as_fast_as_possible(self) -> bool:
-        return math.isinf(self.speed)
-
-    def start_price(self, symbol: str) -> float:
-        return float(self.start_prices.get(symbol, DEFAULT_START_PRICES.get(symbol, 100.0)))
-
-    def annual_volatility(self, symbol: str) -> float:
-        return float(self.volatility.get(symbol, DEFAULT_VOLATILITY.get(symbol, 0.30)))
-
-    def daily_trades(self, symbol: str) -> float:
-        return float(self.trades_per_day.get(symbol, DEFAULT_TRADES_PER_DAY.get(symbol, 200_000)))
-
-    def tape(self, symbol: str) -> int:
-        return int(self.tapes.get(symbol, default_tape(symbol)))
 
 
 class MarketSimSettings(BaseServiceSettings):

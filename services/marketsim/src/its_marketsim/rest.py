@@ -23,10 +23,10 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 from aiohttp import web
 
-from its_marketsim import sessions
 from its_marketsim.clock import SimClock
-from its_marketsim.config import SimConfig
-from its_marketsim.daydata import (
+from its_simmarket import sessions
+from its_simmarket.config import SimConfig
+from its_simmarket.daydata import (
     Bars,
     DayData,
     MarketSource,

@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from its_marketsim.clock import SimClock
-from its_marketsim.config import SimConfig
-from its_marketsim.daydata import EVENT_TYPES, DayData, MarketSource
 from its_marketsim.faults import FaultState
+from its_simmarket.config import SimConfig
+from its_simmarket.daydata import EVENT_TYPES, DayData, MarketSource
 
 log = logging.getLogger("its.marketsim.stream")
 PACED_TICK_S = 0.02

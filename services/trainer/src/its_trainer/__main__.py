@@ -4,6 +4,7 @@ its-trainer train --from 2025-01-02 --to 2025-03-31 --timesteps 200000 --seed 42
 its-trainer backtest BUNDLE --from 2025-04-01 --to 2025-04-30 [--data FILE] [--out DIR]
     [--min-confidence 0.6 --cooldown-s 60 ... | --no-risk]
 its-trainer sim-bars --from 2025-01-02 --to 2025-03-31 --out bars.parquet [--seed 42]
+its-trainer export BUNDLE   (a format-1 bundle to format 2, in place)
 """
 
 from __future__ import annotations
@@ -88,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--no-plot", action="store_true", help="no equity-curve PNG")
     _risk_flags(backtest)
 
-    sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-marketsim)")
+    export = sub.add_parser(
+        "export",
+        help="convert a format-1 bundle (stable-baselines3 files only) to format 2 in place",
+    )
+    export.add_argument("bundle", type=Path, help="bundle directory")
+
+    sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-simmarket)")
     sim.add_argument("--from", dest="first", type=_date, required=True)
     sim.add_argument("--to", dest="last", type=_date, required=True)
     sim.add_argument("--out", type=Path, required=True, help=".parquet or .csv")
@@ -190,8 +197,8 @@ def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
 
 
 def run_backtest_cmd(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from its_model.bundle import load_bundle
     from its_trainer.backtest import run_backtest, write_report
-    from its_trainer.bundle import load_bundle
     from its_trainer.data import PairData
 
     bundle = load_bundle(args.bundle)
@@ -203,6 +210,24 @@ def run_backtest_cmd(settings: TrainerSettings, args: argparse.Namespace) -> int
     out = args.out or args.bundle / "backtests" / f"{args.first}_{args.last}"
     paths = write_report(result, out, plot=not args.no_plot)
     print(json.dumps({**result.report(), "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+    return 0
+
+
+def run_export(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from its_trainer.bundle import export_bundle
+
+    bundle = export_bundle(args.bundle)
+    print(
+        json.dumps(
+            {
+                "bundle": str(bundle.path),
+                "format": bundle.meta["format"],
+                "files": bundle.meta["files"],
+                "network": bundle.meta["network"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -228,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(settings.effective_service_name(), settings.log_level)
-    from its_trainer.bundle import BundleError
+    from its_model.bundle import BundleError
     from its_trainer.data import DataError
 
-    commands = {"train": run_train, "backtest": run_backtest_cmd, "sim-bars": run_sim_bars}
+    commands = {
+        "train": run_train,
+        "backtest": run_backtest_cmd,
+        "sim-bars": run_sim_bars,
+        "export": run_export,
+    }
     try:
         return commands[args.command](settings, args)
     except (SettingsError, DataError, BundleError, FileExistsError) as exc:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from its_common import calendar
@@ -52,7 +51,8 @@ from its_common.risk import (
     check_portfolio,
     in_closing_window,
 )
-from its_trainer.bundle import Bundle
+from its_model.bundle import Bundle
+from its_model.runner import PolicyRunner
 from its_trainer.data import PairData
 from its_trainer.env import EnvConfig, TwoTickerEnv
 
@@ -135,7 +135,7 @@ class RiskGate:
             self.denials[denial.reason.value] += 1
             self.outcomes["denied"] += 1
             return int(joint_action(Leg.HOLD, Leg.HOLD))
-        close = env._close[env.t]
+        close = env.close_prices()
         prices = dict(zip(self.symbols, close, strict=True))
         positions = dict(zip(self.symbols, shares, strict=True))
         cap = env.config.max_position_fraction
@@ -279,10 +279,6 @@ def run_backtest(
     shadow = TwoTickerEnv(data, config, sequential=True)
     gate = None if limits is None else RiskGate(limits, data.symbols)
     account = shadow if gate is None else TwoTickerEnv(data, config, sequential=True)
-    # sb3-contrib's RecurrentActorCriticPolicy (untyped), driven as live inference drives it.
-    policy: Any = bundle.model.policy
-    policy.set_training_mode(False)
-    shape = tuple(int(n) for n in policy.lstm_hidden_state_shape)  # (layers, 1, hidden)
     capital = config.initial_capital
     shadow_capital = capital
     curve = [capital]
@@ -294,26 +290,22 @@ def run_backtest(
         if gate is not None:
             account.reset(options={"episode": episode, "capital": capital})
             gate.start_session(capital)
-        zeros = torch.zeros(shape, dtype=torch.float32)
-        state: tuple[torch.Tensor, ...] = (zeros, zeros.clone())
-        start = torch.tensor([1.0])
+        # The runtime policy, driven as live inference drives it (state zeroed at each session).
+        runner = PolicyRunner(bundle)
+        start = True
         done = False
         if episode:
             session_starts.append(len(curve))
             curve.append(capital)
         while not done:
-            with torch.no_grad():
-                dist, state = policy.get_distribution(
-                    torch.as_tensor(bundle.normalize(obs[None, :])), state, start
-                )
-                probs = dist.distribution.probs[0]
-            start = torch.tensor([0.0])
-            chosen = int(torch.argmax(probs))
+            choice = runner.step(obs, session_start=start)
+            start = False
+            chosen = choice.action
             counts[chosen] += 1
             obs, _, done, _, info = shadow.step(chosen)
             if gate is not None:
                 now = _decision_time(data, account.t)
-                executed = gate.gate(chosen, float(probs[chosen]), account, now)
+                executed = gate.gate(chosen, float(choice.probabilities[chosen]), account, now)
                 _, _, _, _, info = account.step(executed)
                 gate.after_step(account.equity, _decision_time(data, account.t))
             curve.append(float(info["equity"]))

@@ -1,4 +1,5 @@
-"""Minute bars from ITS's market simulator (its-marketsim, when installed): demo and test data.
+"""Minute bars from ITS's synthetic market (the its-simmarket library, which the market simulator
+serves): demo and test data.
 
 The bars are exactly what the simulator's REST API serves for the same seed and days (the
 aggregation of each day's trades), so a model trained on them matches ``make run``'s feed.
@@ -13,6 +14,9 @@ import numpy as np
 import pandas as pd
 
 from its_common.calendar import sessions_between
+from its_simmarket.config import SimConfig
+from its_simmarket.daydata import aggregate
+from its_simmarket.market import MarketGenerator
 
 
 def simulator_bars(
@@ -25,12 +29,6 @@ def simulator_bars(
     """A bars table (symbol, ts [UTC ms], open, high, low, close, volume, vwap) for the
     regular sessions from ``first`` to ``last``. ``trades_per_day`` lowers the simulator's trade
     rate (faster generation; prices follow the same model)."""
-    try:
-        from its_marketsim.config import SimConfig
-        from its_marketsim.daydata import aggregate
-        from its_marketsim.market import MarketGenerator
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise RuntimeError("simulator data needs the its-marketsim package installed") from exc
     per_day = {s: float(trades_per_day) for s in symbols} if trades_per_day else {}
     config = SimConfig(
         symbols=tuple(symbols),

@@ -1,5 +1,6 @@
 """RecurrentPPO (MlpLstmPolicy) with VecNormalize over vectorized two-ticker environments, and the
-model bundle it writes (policy, normalization statistics, bundle.json)."""
+model bundle it writes: format 2 (:mod:`its_model.bundle`), the runtime files (actor weights,
+normalization statistics) plus the trainer's own stable-baselines3 files, and bundle.json."""
 
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from its_common.actions import action_map
 from its_common.features import FEATURE_NAMES, FEATURE_SPEC, FEATURE_SPEC_HASH
+from its_model.bundle import BUNDLE_FORMAT, META_FILE
 from its_trainer import __version__
+from its_trainer.bundle import POLICY_FILE, VECNORM_FILE, Sb3Files, add_runtime
 from its_trainer.data import PairData
 from its_trainer.env import OBS_SIZE, EnvConfig, TwoTickerEnv, observation_layout
 
-BUNDLE_FORMAT = 1
-POLICY_FILE = "policy.zip"
-VECNORM_FILE = "vecnormalize.pkl"
-META_FILE = "bundle.json"
+__all__ = ["BUNDLE_FORMAT", "META_FILE", "POLICY_FILE", "VECNORM_FILE", "TrainConfig", "train"]
+
 LIBRARIES = (
     "numpy",
     "torch",
@@ -40,6 +41,7 @@ LIBRARIES = (
     "stable-baselines3",
     "sb3-contrib",
     "its-common",
+    "its-model",
     "its-trainer",
 )
 
@@ -246,6 +248,7 @@ def train(
         "trainer_version": __version__,
         "metrics": metrics,
     }
+    meta = add_runtime(bundle_dir, meta, Sb3Files(model, env))
     (bundle_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return TrainResult(bundle=bundle_dir, metrics=metrics)
 

@@ -1,5 +1,6 @@
 """What the features service writes: the per-minute entry on ``its:stream:features`` and the
-per-symbol cache key. The inference service decodes both with this module.
+per-symbol cache key; readers (the inference service) decode both with this module. It lives in
+its-common so that no service imports another (as :mod:`its_common.decisions`).
 
 Stream entry, version 1 (all values bytes), one per completed minute:
 
