@@ -139,7 +139,7 @@ async def add(redis: aioredis.Redis, *values: str, entry_id: str = "*") -> list[
     ids = []
     for value in values:
         new_id = await redis.xadd(STREAM, {b"i": value.encode()}, id=entry_id)
-        ids.append(new_id.decode())
+        ids.append(new_id.decode() if isinstance(new_id, bytes) else str(new_id))
     return ids
 
 
