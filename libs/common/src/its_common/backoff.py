@@ -8,6 +8,7 @@ success, so a fleet of restarted pods does not retry in lock-step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -35,8 +36,6 @@ class Backoff:
         if stopping is None:
             await asyncio.sleep(delay)
         else:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=delay)
-            except TimeoutError:
-                pass
         return delay

@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
+from its_common.backoff import Backoff
 from its_common.events import MinuteAgg, Trade, encode_frame
 from its_common.streams import now_ms
-from its_common.backoff import Backoff
 from its_router.batching import Frame
 from its_router.config import RouterSettings
 from its_router.metrics import RouterMetrics
