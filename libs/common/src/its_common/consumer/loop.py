@@ -289,7 +289,10 @@ class StreamConsumer(Generic[ItemT, PreparedT]):
                 return  # the rest stays pending, re-read in order after the failed ones
 
     async def _handle_chunk(self, chunk: list[Delivery[ItemT]]) -> bool:
-        prepared = self.handler.prepare(chunk)
+        try:
+            prepared = self.handler.prepare(chunk)  # once: a retry reuses it (it may have state)
+        except Exception as exc:
+            return await self._failed(chunk, exc)
         outage_started: float | None = None
         while True:
             started = time.perf_counter()

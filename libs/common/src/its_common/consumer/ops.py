@@ -107,22 +107,20 @@ def trimmed_loss(head: HeadState) -> Loss | None:
     """Were entries after the group's last-delivered id deleted before anyone read them?
 
     Trimming only removes the oldest entries, so when the stream's first entry is at or before
-    last-delivered-id nothing unread is gone. Past it, Redis 7 says for sure (was anything
-    deleted after last-delivered-id?) and how many (added - read - still there); Redis 6.2
-    cannot, and one lost entry is assumed.
+    last-delivered-id nothing unread is gone. Past it, Redis 7 counts: every entry ever added
+    was read by the group, lost, or is still in the stream (all of it unread now), so
+    ``entries-added - entries-read - length`` entries were lost (0: only read entries were
+    trimmed). Redis 6.2 keeps no such counters (and 7 may lose track of ``entries-read``): one
+    lost entry is assumed. (``max-deleted-entry-id`` only moves with XDEL, not with trimming.)
     """
     last, first = head.last_delivered, head.first_id
     if last is None or first is None or last == "0-0":
         return None
     if id_tuple(first) <= id_tuple(last):
         return None
-    if head.max_deleted is not None:
-        if id_tuple(head.max_deleted) <= id_tuple(last):
-            return None
-        count = None
-        if head.entries_added is not None and head.entries_read is not None:
-            count = max(1, head.entries_added - head.entries_read - head.length)
-        return Loss(last, first, count)
+    if head.entries_added is not None and head.entries_read is not None:
+        count = head.entries_added - head.entries_read - head.length
+        return Loss(last, first, count) if count > 0 else None
     return Loss(last, first, None)
 
 
