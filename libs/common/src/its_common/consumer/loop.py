@@ -464,24 +464,30 @@ class StreamConsumer(Generic[ItemT, PreparedT]):
 
     # -- Redis trouble -------------------------------------------------------------------------
     async def _redis_trouble(self, exc: BaseException) -> None:
+        self._redis_failed("Redis call", exc)
+        await _sleep(self._redis_retry, self.stopping)
+
+    def _redis_failed(self, what: str, exc: BaseException) -> None:
+        """Count and log a failed Redis call (the first of an outage as a warning)."""
         self._errors["redis"].inc()
         self._redis_up.set(0)
         self._guard.trouble()
         if self._redis_down_since is None:
             self._redis_down_since = time.monotonic()
-            log.warning("%s: Redis error (%s: %s); retrying", self.stream, type(exc).__name__, exc)
+            log.warning(
+                "%s: %s failed (%s: %s); retrying", self.stream, what, type(exc).__name__, exc
+            )
         else:
-            log.debug("%s: Redis still failing: %s", self.stream, exc)
-        await _sleep(self._redis_retry, self.stopping)
+            log.debug("%s: %s still failing: %s", self.stream, what, exc)
 
     def _redis_ok(self) -> None:
         self._redis_retry.reset()
+        self._redis_up.set(1)
         if self._redis_down_since is not None:
             log.info(
                 "%s: Redis back after %.1fs", self.stream, time.monotonic() - self._redis_down_since
             )
             self._redis_down_since = None
-            self._redis_up.set(1)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` until it succeeds; transient Redis errors wait with backoff. Used where
@@ -490,12 +496,7 @@ class StreamConsumer(Generic[ItemT, PreparedT]):
             try:
                 result = await call()
             except REDIS_ERRORS as exc:
-                self._errors["redis"].inc()
-                self._redis_up.set(0)
-                self._guard.trouble()
-                log.warning(
-                    "%s: %s failed (%s: %s); retrying", self.stream, what, type(exc).__name__, exc
-                )
+                self._redis_failed(what, exc)
                 if await _sleep(self._redis_retry, self.stopping):
                     raise StopRequestedError from exc
                 continue
