@@ -195,7 +195,11 @@ async def test_pending_entries_of_a_dead_consumer_are_claimed(
         "its_consumer_entries_total", stream=Stream.TRADES.value, group="loader", outcome="claimed"
     )
     assert claimed == 10
-    assert (await redis_client.xpending(Stream.TRADES, "loader"))["pending"] == 0
+
+    async def nothing_pending():  # acked right after the commit that made the rows visible
+        return (await redis_client.xpending(Stream.TRADES, "loader"))["pending"] == 0
+
+    await wait_until(nothing_pending)
     await loader.stop()
 
 
