@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -51,6 +52,15 @@ ItemT = TypeVar("ItemT")
 PreparedT = TypeVar("PreparedT")
 T = TypeVar("T")
 CLAIM_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk(Generic[ItemT, PreparedT]):
+    """Entries handed to one handler call, with what the handler's prepare made of them."""
+
+    deliveries: list[Delivery[ItemT]]
+    prepared: PreparedT | None
+    error: Exception | None
 
 
 class StopRequestedError(Exception):
@@ -194,9 +204,11 @@ class StreamConsumer(Generic[ItemT, PreparedT]):
             return
         batch = await self._prepare(entries, redelivered=False)
         if self.config.overlap:
+            # The handler's prepare (CPU) of this batch runs while the previous one is handled.
+            chunks = [self._prepare_chunk(chunk) for chunk in self._split(batch, isolate=False)]
             await self._await_inflight()
-            if batch:
-                self._inflight = asyncio.create_task(self._handle(batch, isolate=False))
+            if chunks:
+                self._inflight = asyncio.create_task(self._handle_chunks(chunks, isolate=False))
         elif batch:
             await self._handle(batch, isolate=False)
 
@@ -282,17 +294,32 @@ class StreamConsumer(Generic[ItemT, PreparedT]):
 
     # -- handling ------------------------------------------------------------------------------
     async def _handle(self, batch: list[Delivery[ItemT]], isolate: bool) -> None:
+        chunks = (self._prepare_chunk(chunk) for chunk in self._split(batch, isolate))
+        await self._handle_chunks(chunks, isolate)
+
+    def _split(self, batch: list[Delivery[ItemT]], isolate: bool) -> list[list[Delivery[ItemT]]]:
         size = 1 if isolate else (self.config.handle_size or len(batch))
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
+        return [batch[start : start + size] for start in range(0, len(batch), size)]
+
+    def _prepare_chunk(self, chunk: list[Delivery[ItemT]]) -> _Chunk[ItemT, PreparedT]:
+        """The handler's prepare, once per chunk (a retry reuses it: it may have state)."""
+        try:
+            return _Chunk(chunk, self.handler.prepare(chunk), None)
+        except Exception as exc:
+            return _Chunk(chunk, None, exc)
+
+    async def _handle_chunks(
+        self, chunks: Iterable[_Chunk[ItemT, PreparedT]], isolate: bool
+    ) -> None:
+        for chunk in chunks:
             if not await self._handle_chunk(chunk) and not isolate:
                 return  # the rest stays pending, re-read in order after the failed ones
 
-    async def _handle_chunk(self, chunk: list[Delivery[ItemT]]) -> bool:
-        try:
-            prepared = self.handler.prepare(chunk)  # once: a retry reuses it (it may have state)
-        except Exception as exc:
-            return await self._failed(chunk, exc)
+    async def _handle_chunk(self, prepared_chunk: _Chunk[ItemT, PreparedT]) -> bool:
+        chunk = prepared_chunk.deliveries
+        if prepared_chunk.error is not None:
+            return await self._failed(chunk, prepared_chunk.error)
+        prepared = cast(PreparedT, prepared_chunk.prepared)
         outage_started: float | None = None
         while True:
             started = time.perf_counter()

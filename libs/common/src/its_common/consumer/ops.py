@@ -30,31 +30,6 @@ local function field(arr, name)
 end
 """
 
-# The group's position and the stream's head read in the same atomic step as the new entries:
-# entries trimmed away between the two could otherwise never be noticed (once the group reads
-# past them, last-delivered-id moves on and the evidence is gone).
-READ_NEW: Final = (
-    _FIELD
-    + """
-local stream = KEYS[1]
-local info = redis.call('XINFO', 'STREAM', stream)
-local first = field(info, 'first-entry')
-local first_id = false
-if first then first_id = first[1] end
-local last_delivered, entries_read = false, false
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  if field(g, 'name') == ARGV[1] then
-    last_delivered = field(g, 'last-delivered-id')
-    entries_read = field(g, 'entries-read')
-  end
-end
-local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-  'STREAMS', stream, '>')
-return {last_delivered, first_id, field(info, 'max-deleted-entry-id'),
-  field(info, 'entries-added'), entries_read, field(info, 'length'), reply}
-"""
-)
-
 # Delete a consumer that holds nothing, stayed idle past the threshold and has no liveness key.
 DELETE_IF_DEAD: Final = (
     _FIELD
@@ -132,27 +107,35 @@ class ConsumerOps:
         self.stream = stream
         self.group = group
         self.consumer = consumer
-        self._read_new = redis.register_script(READ_NEW)
         self._delete_if_dead = redis.register_script(DELETE_IF_DEAD)
 
     async def read_new_checked(self, count: int) -> tuple[HeadState, list[RawEntry]]:
-        reply: Any = await self._read_new(
-            keys=[self.stream], args=[self.group, self.consumer, count]
-        )
-        last, first, max_deleted, added, read, length, entries = reply
+        """New entries (non-blocking) and, in the same MULTI/EXEC, the stream's head and the
+        group's position as they were just before the read: entries trimmed away between the
+        two could otherwise never be noticed (once the group reads past them, last-delivered-id
+        moves on and the evidence is gone). A transaction rather than a Lua script: the entries
+        go straight to the reply, not through Lua (half the time for large batches)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(self.stream)
+            pipe.xinfo_groups(self.stream)
+            pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count)
+            stream_info, groups, reply = await pipe.execute()
+        info = {_text(k): v for k, v in stream_info.items()}
+        group: dict[str, Any] = {}
+        for row in groups:
+            candidate = {_text(k): v for k, v in row.items()}
+            if _text(candidate.get("name", b"")) == self.group:
+                group = candidate
+        first = info.get("first-entry")
         head = HeadState(
-            last_delivered=_opt_text(last),
-            first_id=_opt_text(first),
-            max_deleted=_opt_text(max_deleted),
-            entries_added=_opt_int(added),
-            entries_read=_opt_int(read),
-            length=int(length or 0),
+            last_delivered=_opt_text(group.get("last-delivered-id")),
+            first_id=_opt_text(first[0]) if first else None,
+            max_deleted=_opt_text(info.get("max-deleted-entry-id")),
+            entries_added=_opt_int(info.get("entries-added")),
+            entries_read=_opt_int(group.get("entries-read")),
+            length=int(info.get("length") or 0),
         )
-        out: list[RawEntry] = []
-        for _stream, messages in entries or []:
-            for entry_id, flat in messages:
-                out.append((_text(entry_id), _pairs(flat)))
-        return head, out
+        return head, _flatten(reply)
 
     async def read_new_blocking(self, count: int, block_ms: int) -> list[RawEntry]:
         reply: Any = await self.redis.xreadgroup(
@@ -254,12 +237,6 @@ def _flatten(reply: Any) -> list[RawEntry]:
         for entry_id, fields in messages:
             out.append((_text(entry_id), dict(fields) if fields else {}))
     return out
-
-
-def _pairs(flat: Any) -> Fields:
-    if not flat:
-        return {}
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
 def _text(value: Any) -> str:
