@@ -422,3 +422,35 @@ async def test_lag_metrics(redis_client, running):
     await wait_until(lambda: consumer.metric("its_consumer_lag_entries") == 0)
     await wait_until(lambda: consumer.metric("its_consumer_pending_entries") == 0)
     await consumer.stop()
+
+
+def test_trimmed_loss_rules() -> None:
+    from its_common.consumer.ops import HeadState, trimmed_loss
+
+    def head(last: str | None, first: str | None, added=None, read=None, length=0) -> HeadState:
+        return HeadState(last, first, None, added, read, length)
+
+    assert trimmed_loss(head(None, "5-0")) is None  # the group never read anything
+    assert trimmed_loss(head("0-0", "5-0")) is None
+    assert trimmed_loss(head("5-0", None)) is None  # empty stream
+    assert trimmed_loss(head("5-0", "5-0")) is None  # last read entry still there
+    assert trimmed_loss(head("5-0", "3-0")) is None
+    # Redis 7: only entries the group had read were trimmed (a quiet stream aged out).
+    assert trimmed_loss(head("5-0", "9-0", added=10, read=9, length=1)) is None
+    loss = trimmed_loss(head("5-1", "9-0", added=20, read=9, length=4))
+    assert loss is not None and (loss.count, loss.start_ms, loss.end_ms) == (7, 5, 9)
+    # Redis 6.2 cannot count: one lost entry is assumed.
+    loss = trimmed_loss(head("5-0", "9-0"))
+    assert loss is not None and loss.count is None
+
+
+async def test_no_claims_for_a_threshold_after_own_redis_trouble() -> None:
+    from its_common.consumer.liveness import StallGuard
+
+    guard = StallGuard(threshold_ms=200, expected_ms=50)
+    assert guard.may_claim()
+    guard.observe(time.monotonic() - 0.5)  # a call that took 500 ms > 50 + 100: Redis stalled
+    assert not guard.may_claim()
+    await wait_until(guard.may_claim, 5)
+    guard.observe(time.monotonic())  # a quick call changes nothing
+    assert guard.may_claim()
