@@ -75,19 +75,26 @@ async def keep_alive(
     key: str,
     ttl_ms: int,
     stopping: asyncio.Event,
-    on_error: Any = None,
+    guard: StallGuard | None = None,
 ) -> None:
-    """Refresh ``key`` every ``ttl_ms / 4`` until ``stopping``; then delete it (a clean stop)."""
+    """Refresh ``key`` every ``ttl_ms / 4`` until ``stopping``; then delete it (a clean stop).
+
+    A failed or slow refresh is reported to ``guard``: this consumer's key may have lapsed, and
+    so may its peers' (a paused server), so nobody is judged for a while.
+    """
     interval_s = max(ttl_ms / 4000, 0.05)
     retry = Backoff(initial_s=min(interval_s, 0.2), max_s=interval_s)
     while not stopping.is_set():
+        started = time.monotonic()
         try:
             await redis.set(key, str(int(time.time() * 1000)), px=ttl_ms)
             retry.reset()
             wait_s = interval_s
+            if guard is not None:
+                guard.observe(started)
         except RedisError as exc:
-            if on_error is not None:
-                on_error(exc)
+            if guard is not None:
+                guard.trouble()
             log.warning("liveness key %s not refreshed: %s", key, exc)
             wait_s = retry.next_delay()
         with contextlib.suppress(TimeoutError):

@@ -132,7 +132,7 @@ class StreamConsumer(Generic[ItemT, PreparedT]):
         key = liveness_key(self.config.stream, self.config.group, self.config.consumer)
         helpers = [
             asyncio.create_task(
-                keep_alive(self.redis, key, self.config.claim_idle_ms, self._done),
+                keep_alive(self.redis, key, self.config.claim_idle_ms, self._done, self._guard),
                 name=f"consumer-alive-{self.config.label}",
             ),
             asyncio.create_task(self._observe(), name=f"consumer-lag-{self.config.label}"),
