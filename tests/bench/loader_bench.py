@@ -27,7 +27,7 @@ from its_common.events import MinuteAgg
 from its_common.localstack.servers import PostgresServer, RedisServer
 from its_common.settings import BaseServiceSettings
 from its_common.streams import Stream, connect, encode_entry, ensure_group
-from its_loader.consumer import ConsumerConfig, StreamConsumer
+from its_loader.consumer import ConsumerSettings, loader_consumer
 from its_loader.database import Database
 from its_loader.handlers import BarsHandler
 from its_loader.metrics import LoaderMetrics
@@ -116,19 +116,24 @@ async def fill_stream(redis_url: str, bars: list[MinuteAgg]) -> None:
 async def measure_loader(redis_url: str, db_url: str) -> tuple[float, int]:
     client = connect(redis_url)
     settings = BaseServiceSettings(database_url=db_url, redis_url=redis_url)
-    metrics = LoaderMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = LoaderMetrics(registry)
     stopping = asyncio.Event()
     counters: dict[str, float] = {}
-    consumer = StreamConsumer(
+    database = Database(settings)
+    consumer, _ = loader_consumer(
         BarsHandler(),
         client,
-        Database(settings),
-        ConsumerConfig(group="loader", consumer="bench", batch_entries=BATCH_ENTRIES, block_ms=50),
+        database,
+        ConsumerSettings(
+            group="loader", consumer="bench", batch_entries=BATCH_ENTRIES, block_ms=50
+        ),
         metrics,
         stopping,
+        registry,
         counters,
     )
-    await consumer.db.connection()  # connect outside the timing
+    await database.connection()  # connect outside the timing
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run())
     try:
@@ -141,6 +146,7 @@ async def measure_loader(redis_url: str, db_url: str) -> tuple[float, int]:
     finally:
         stopping.set()
         await task
+        await database.close()
         await client.aclose()
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT count(*) FROM market_data").fetchone()

@@ -127,7 +127,13 @@ async def test_database_outage_loses_nothing(redis_server, redis_client, start_l
         assert time.monotonic() - started < 30
         assert loader.metric("its_loader_db_up") == 1
         assert loader.metric("its_loader_db_errors_total", kind="unavailable") > 0
-        assert loader.metric("its_loader_entries_total", stream="1m", outcome="dead_letter") == 0
+        dead = loader.metric(
+            "its_consumer_entries_total",
+            stream=Stream.BARS_1M.value,
+            group="loader",
+            outcome="dead_lettered",
+        )
+        assert dead == 0
 
         async def nothing_pending():
             return (await redis_client.xpending(Stream.TRADES, "loader"))["pending"] == 0

@@ -265,10 +265,12 @@ async def claim_stale(
     min_idle_ms: int,
     count: int = 500,
 ) -> RawEntries:
-    """Take over entries another consumer read but never acked (it died) and that sat idle.
+    """Take over entries any consumer read but never acked and that sat idle (XAUTOCLAIM).
 
-    Walks the whole pending list with XAUTOCLAIM; entries deleted from the stream meanwhile are
-    dropped from the pending list by Redis and not returned.
+    A low-level primitive for tools and tests: it cannot tell a dead consumer from a live, busy
+    one. Services consume through :mod:`its_common.consumer`, which claims from dead consumers
+    only. Walks the whole pending list; entries deleted from the stream meanwhile are dropped
+    from the pending list by Redis and not returned.
     """
     claimed: RawEntries = []
     cursor = "0-0"

@@ -101,16 +101,32 @@ class Alerter:
         self.metrics.evaluations.inc()
         self.ctx.counters["firing"] = float(len(self.engine.active))
 
-    async def poll_events(self) -> None:
-        if "gaps" not in self.settings.rules:
-            return
+    async def read_events(self) -> None:
+        """The event streams' consumers (they retry Redis errors themselves)."""
+        while not self.ctx.stopping.is_set():
+            try:
+                await self.events.setup()
+                break
+            except Exception as exc:
+                log.warning(
+                    "event groups not created yet: %s", redact(f"{type(exc).__name__}: {exc}")
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.stopping.wait(), 1.0)
+        consumers = self.events.consumers(self.ctx.stopping, self.ctx.registry)
+        await asyncio.gather(*(consumer.run() for consumer in consumers))
+
+    async def flush_events(self) -> None:
         try:
-            await self.events.poll()
+            await self.events.flush_gaps()
         except Exception as exc:
-            log.warning("events not read: %s", redact(f"{type(exc).__name__}: {exc}"))
+            log.warning("gap summary not sent: %s", redact(f"{type(exc).__name__}: {exc}"))
 
     async def run(self) -> None:
         db_task = asyncio.create_task(self.connect_database(), name="alerter-db")
+        tasks = [db_task]
+        if "gaps" in self.settings.rules:
+            tasks.append(asyncio.create_task(self.read_events(), name="alerter-events"))
         event_every = min(1.0, self.settings.interval_s)
         next_round = 0.0
         loop = asyncio.get_running_loop()
@@ -122,12 +138,12 @@ class Alerter:
                         await self.round()
                     except Exception:
                         log.exception("alert round failed")
-                await self.poll_events()
+                await self.flush_events()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ctx.stopping.wait(), event_every)
         finally:
             db_task.cancel()
-            await asyncio.gather(db_task, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.engine.close()
             if self.pool is not None:
                 await self.pool.close()

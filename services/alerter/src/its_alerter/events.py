@@ -3,7 +3,8 @@
 
 The alerter reads both streams as its own consumer group (``ITS_ALERTER_EVENTS_GROUP``, created at
 the stream's end on first start, so old history is not re-reported; after a restart it resumes
-where the group stopped). Entries are acked once read: gap windows are summarized into one
+where the group stopped), through the shared consumer framework (:mod:`its_common.consumer`).
+Entries are acked once handled: gap windows are summarized into one
 ``data_gap`` notification per cooldown period (a flapping feed does not send one message per
 reconnect); each day's gap report is sent once. Other alert-events types are counted and left to
 their own rules (the validator's ``price_divergence`` events are covered by the price_checks rule).
@@ -11,16 +12,18 @@ their own rules (the validator's ``price_divergence`` events are covered by the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from prometheus_client import CollectorRegistry
 
 from its_alerter.engine import AlertEngine
 from its_alerter.model import Severity
+from its_common.consumer import ConsumerConfig, Delivery, EntryHandler, StreamConsumer
 from its_common.gaps import decode_gap
 from its_common.streams import Stream, ensure_group, now_ms
 
@@ -45,42 +48,40 @@ class EventReader:
         self.group = group
         self.consumer = consumer
         self.gaps = PendingGaps()
-        self.ready = False
 
     async def setup(self) -> None:
+        """Both groups at the streams' end, before either consumer runs (history is not
+        re-reported; entries written from now on are)."""
         for stream in (Stream.GAPS, Stream.ALERT_EVENTS):
             await ensure_group(self.redis, stream, self.group, start="$")
-        self.ready = True
 
-    async def poll(self) -> int:
-        """Read what is new (non-blocking), handle it, ack; then flush gap summaries if due."""
-        if not self.ready:
-            await self.setup()
-        handled = 0
-        try:
-            reply: Any = await self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                {Stream.GAPS: ">", Stream.ALERT_EVENTS: ">"},
-                count=500,
+    def consumers(
+        self, stopping: asyncio.Event, registry: CollectorRegistry | None = None
+    ) -> list[StreamConsumer[dict[bytes, bytes], Sequence[Delivery[dict[bytes, bytes]]]]]:
+        """One framework consumer per stream (acked once handled: gap windows are summarized
+        in memory, a day's gap report is sent before its entry is acked)."""
+        return [
+            StreamConsumer(
+                self.redis,
+                EntryHandler(self._handle_batch),
+                ConsumerConfig(
+                    stream=stream.value,
+                    group=self.group,
+                    consumer=self.consumer,
+                    start_id="$",
+                    batch_entries=500,
+                    service="alerter",
+                ),
+                stopping,
+                registry=registry,
             )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self.ready = False  # stream deleted (e.g. FLUSHDB): recreate the groups next time
-            return 0
-        for stream, messages in reply or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            ids = []
-            for entry_id, fields in messages:
-                ids.append(entry_id)
-                if fields:
-                    await self._handle(name, fields)
-                    handled += 1
-            if ids:
-                await self.redis.xack(name, self.group, *ids)
-        await self.flush_gaps()
-        return handled
+            for stream in (Stream.GAPS, Stream.ALERT_EVENTS)
+        ]
+
+    async def _handle_batch(self, batch: Sequence[Delivery[dict[bytes, bytes]]]) -> int | None:
+        for delivery in batch:
+            await self._handle(delivery.stream, delivery.fields)
+        return None
 
     async def _handle(self, stream: str, fields: dict[bytes, bytes]) -> None:
         kind = fields.get(b"type", b"").decode(errors="replace")

@@ -4,10 +4,9 @@ the latest vector per symbol cached (``its:features:latest:<SYMBOL>``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
+from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.events import MinuteAgg
@@ -38,12 +38,8 @@ from its_common.streams import (
     EntryFormatError,
     RawEntries,
     Stream,
-    ack,
-    claim_stale,
     decode_entry,
-    ensure_group,
     now_ms,
-    read_group,
 )
 from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_features.config import FeaturesSettings
@@ -180,6 +176,7 @@ class FeaturesProcessor:
         # Trace context per pending minute: the traceparent of the newest entry that carried a
         # bar of that minute (the minute's span continues that trace).
         self.minute_traceparents: dict[int, str] = {}
+        self._unpublished: list[CompletedMinute] = []
 
     def feed(self, entries: RawEntries) -> list[CompletedMinute]:
         completed: list[CompletedMinute] = []
@@ -210,9 +207,21 @@ class FeaturesProcessor:
 
     async def handle(self, entries: RawEntries, now: int | None = None) -> list[FeatureSet]:
         """Feed ``entries``, flush minutes past the grace period at ``now``, publish."""
-        completed = self.feed(entries)
-        completed += self.assembler.flush(self.clock() if now is None else now)
-        published = await self.publish(completed)
+        return await self.emit(self.feed(entries), now)
+
+    async def emit(
+        self, completed: Sequence[CompletedMinute], now: int | None = None
+    ) -> list[FeatureSet]:
+        """Publish ``completed`` plus the minutes past the grace period at ``now``.
+
+        Minutes leave the assembler once: until they are written they are kept here, so a
+        failed write (Redis down) is retried with the same minutes, never loses them.
+        """
+        known = {id(minute) for minute in self._unpublished}
+        self._unpublished += [minute for minute in completed if id(minute) not in known]
+        self._unpublished += self.assembler.flush(self.clock() if now is None else now)
+        published = await self.publish(self._unpublished)
+        self._unpublished = []
         self.metrics.sync(self.assembler)
         done = self.assembler.last_done
         if done is not None and self.minute_traceparents:
@@ -323,7 +332,6 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = FeaturesMetrics(ctx.registry)
-    consumer = settings.consumer or instance_name()
     if not await wait_for_schema(settings, ctx.stopping):
         return
     now = await market_now(redis, settings)
@@ -336,32 +344,65 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
         metrics.rebuilt.set(replayed)
         log.info("state rebuilt from %d stored minutes of the current session", replayed)
     processor = FeaturesProcessor(redis, assembler, metrics, settings.cache_ttl_s)
-    stream = Stream.BARS_1M.value
-    await ensure_group(redis, stream, settings.group, start="0")
-    # One replica owns the state: entries a previous instance read but never acked are taken over
-    # (most are for minutes already rebuilt and are dropped as late).
-    claimed = await claim_stale(redis, stream, settings.group, consumer, min_idle_ms=0)
+    consumer = StreamConsumer(
+        redis,
+        BarsHandler(processor, lambda: market_now(redis, settings), ctx.counters),
+        ConsumerConfig(
+            stream=Stream.BARS_1M.value,
+            group=settings.group,
+            consumer=settings.consumer or instance_name(),
+            batch_entries=settings.batch_entries,
+            block_ms=settings.block_ms,
+            service="features",
+            gap_symbols=tuple(settings.symbols),
+        ),
+        ctx.stopping,
+        registry=ctx.registry,
+        on_idle=lambda: _idle(processor, redis, settings),
+    )
     log.info(
         "features starting",
-        extra={"consumer": consumer, "symbols": settings.symbols, "claimed": len(claimed)},
+        extra={"consumer": consumer.config.consumer, "symbols": settings.symbols},
     )
-    pending = claimed
-    while not ctx.stopping.is_set():
-        if not pending:
-            pending = await read_group(
-                redis,
-                settings.group,
-                consumer,
-                [stream],
-                count=settings.batch_entries,
-                block_ms=settings.block_ms,
-            )
-        published = await processor.handle(pending, now=await market_now(redis, settings))
-        await ack(redis, stream, settings.group, [entry_id for _, entry_id, _ in pending])
-        pending = []
-        ctx.counters["minutes"] = assembler.counters.minutes
-        ctx.counters["hit_ratio"] = round(assembler.hit_ratio(), 4)
+    await consumer.run()
+
+
+async def _idle(
+    processor: FeaturesProcessor, redis: aioredis.Redis, settings: FeaturesSettings
+) -> None:
+    """No new bar: minutes past the grace period are still announced (forward-filled)."""
+    await processor.emit((), now=await market_now(redis, settings))
+
+
+class BarsHandler:
+    """The features service's stream handler. Bars feed the assembler once per delivery (in
+    ``prepare``); ``handle`` publishes what completed, and a failed publish is retried by the
+    consumer framework with the same minutes. Entries are acked after the publish; bars of an
+    entry re-delivered after a crash are dropped as late or replace a pending bar (idempotent).
+    """
+
+    def __init__(
+        self,
+        processor: FeaturesProcessor,
+        now: Callable[[], Awaitable[int]],
+        counters: dict[str, float],
+    ) -> None:
+        self.processor = processor
+        self.now = now
+        self.counters = counters
+
+    def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        return fields  # the processor decodes (and counts invalid entries as dropped)
+
+    def prepare(self, batch: Sequence[Delivery[dict[bytes, bytes]]]) -> list[CompletedMinute]:
+        return self.processor.feed([(d.stream, d.entry_id, d.fields) for d in batch])
+
+    async def handle(self, completed: list[CompletedMinute]) -> int | None:
+        published = await self.processor.emit(completed, now=await self.now())
+        assembler = self.processor.assembler
+        self.counters["minutes"] = assembler.counters.minutes
+        self.counters["hit_ratio"] = round(assembler.hit_ratio(), 4)
         for fs in published:
             if fs.filled:
                 log.info("minute %d announced with %s forward-filled", fs.ts_ms, fs.filled)
-        await asyncio.sleep(0)
+        return None

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its_common.calendar import current_session_open
+from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.decisions import Decision, encode_decision
@@ -32,11 +33,8 @@ from its_common.streams import (
     EntryFormatError,
     RawEntries,
     Stream,
-    ack,
-    claim_stale,
     ensure_group,
     now_ms,
-    read_group,
 )
 from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_inference import bundles
@@ -248,7 +246,17 @@ class InferenceProcessor:
         return count
 
     async def handle(self, entries: RawEntries) -> list[Decision]:
-        traced = self._decide(entries)
+        return await self.publish(self._decide(entries))
+
+    async def publish(
+        self, traced: Sequence[tuple[Decision, FeatureSet, trace.Span]]
+    ) -> list[Decision]:
+        """Write decisions made by :meth:`_decide` (stream, then the signals table).
+
+        The policy steps once per features entry; if the write fails the same decisions are
+        written again by a retry (never decided twice: that would step the LSTM twice). Their
+        spans end once the stream write succeeded.
+        """
         if not traced:
             return []
         made = [(decision, fs) for decision, fs, _ in traced]
@@ -263,11 +271,9 @@ class InferenceProcessor:
         except BaseException as exc:
             for _, _, span in traced:
                 span.record_exception(exc)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
             raise
-        finally:
-            for _, _, span in traced:
-                span.end()
+        for _, _, span in traced:
+            span.end()
         await self.write_signals(made)
         for decision, _ in made:
             log.info(
@@ -370,7 +376,6 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     conn = await connect_signals(settings)
     processor = InferenceProcessor(redis, LivePolicy(bundle), metrics, conn)
     stream = Stream.FEATURES.value
-    consumer = settings.consumer or instance_name()
     await ensure_group(redis, stream, settings.group, start="$")
     if settings.warm_up:
         open_ms = current_session_open(now_ms())
@@ -378,38 +383,67 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
             history: Any = await redis.xrange(stream, min=f"{open_ms}-0", max="+")
             replayed = processor.warm([(stream, _text(i), f) for i, f in history or []])
             log.info("warm-up: %d minutes of the current session replayed", replayed)
-    claimed = await claim_stale(redis, stream, settings.group, consumer, min_idle_ms=0)
     watcher = asyncio.create_task(
         watch_bundles(
             processor, root, settings.bundle_version, settings.reload_interval_s, ctx.stopping
         ),
         name="bundle-watcher",
     )
-    pending = claimed
-    retry_at = 0.0
+    consumer = StreamConsumer(
+        redis,
+        FeaturesHandler(processor, settings, ctx.counters),
+        ConsumerConfig(
+            stream=stream,
+            group=settings.group,
+            consumer=settings.consumer or instance_name(),
+            start_id="$",
+            batch_entries=settings.batch_entries,
+            block_ms=settings.block_ms,
+            service="inference",
+            gap_symbols=tuple(settings.symbols),
+        ),
+        ctx.stopping,
+        registry=ctx.registry,
+    )
     try:
-        while not ctx.stopping.is_set():
-            if not pending:
-                pending = await read_group(
-                    redis,
-                    settings.group,
-                    consumer,
-                    [stream],
-                    count=settings.batch_entries,
-                    block_ms=settings.block_ms,
-                )
-            decisions = await processor.handle(pending)
-            await ack(redis, stream, settings.group, [entry_id for _, entry_id, _ in pending])
-            pending = []
-            ctx.counters["decisions"] = ctx.counters.get("decisions", 0) + len(decisions)
-            if processor.conn is None and settings.write_signals and time.monotonic() > retry_at:
-                retry_at = time.monotonic() + 30.0
-                processor.conn = await connect_signals(settings)
+        await consumer.run()
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         if processor.conn is not None:
             await processor.conn.close()
+
+
+Traced = list[tuple[Decision, FeatureSet, trace.Span]]
+
+
+class FeaturesHandler:
+    """The inference service's stream handler: the policy steps once per features entry (in
+    ``prepare``); ``handle`` writes the decisions, retried as they are if Redis fails."""
+
+    def __init__(
+        self, processor: InferenceProcessor, settings: InferenceSettings, counters: dict[str, float]
+    ) -> None:
+        self.processor = processor
+        self.settings = settings
+        self.counters = counters
+        self._retry_signals_at = 0.0
+
+    def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        return fields  # the processor decodes (and counts invalid entries as skipped)
+
+    def prepare(self, batch: Sequence[Delivery[dict[bytes, bytes]]]) -> Traced:
+        return self.processor._decide([(d.stream, d.entry_id, d.fields) for d in batch])
+
+    async def handle(self, traced: Traced) -> int | None:
+        decisions = await self.processor.publish(traced)
+        self.counters["decisions"] = self.counters.get("decisions", 0) + len(decisions)
+        processor, settings = self.processor, self.settings
+        reconnect = processor.conn is None and settings.write_signals
+        if reconnect and time.monotonic() > self._retry_signals_at:
+            self._retry_signals_at = time.monotonic() + 30.0
+            processor.conn = await connect_signals(settings)
+        return None
 
 
 def _text(value: bytes | str) -> str:

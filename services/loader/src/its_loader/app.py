@@ -17,7 +17,7 @@ from its_common.runtime import ServiceContext
 from its_common.streams import DEFAULT_TRIM, Stream
 from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
 from its_loader.config import LoaderSettings
-from its_loader.consumer import ConsumerConfig, Handler, StreamConsumer
+from its_loader.consumer import ConsumerSettings, Handler, LoaderConsumer, loader_consumer
 from its_loader.database import TRANSIENT_ERRORS, Database, sleep_or_stop
 from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.lag import lag_loop
@@ -41,8 +41,8 @@ def rest_config(settings: LoaderSettings) -> RestConfig:
     )
 
 
-def consumer_config(settings: LoaderSettings) -> ConsumerConfig:
-    return ConsumerConfig(
+def consumer_config(settings: LoaderSettings) -> ConsumerSettings:
+    return ConsumerSettings(
         group=settings.group,
         consumer=settings.consumer or instance_name(),
         batch_entries=settings.batch_entries,
@@ -51,7 +51,17 @@ def consumer_config(settings: LoaderSettings) -> ConsumerConfig:
         claim_interval_s=settings.claim_interval_s,
         max_deliveries=settings.max_deliveries,
         db_retry_max_s=settings.db_retry_max_s,
+        metrics_interval_s=settings.metrics_interval_s,
+        symbols=tuple(settings.symbols),
     )
+
+
+async def consume(consumer: LoaderConsumer, database: Database) -> None:
+    """Run one stream's consumer; its database connection closes with it."""
+    try:
+        await consumer.run()
+    finally:
+        await database.close()
 
 
 async def publish_startup_gaps(
@@ -97,18 +107,20 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
         "trades": TradesHandler(),
         "gaps": GapsHandler(rest, metrics),
     }
-    consumers = [
-        StreamConsumer(
+    databases = {kind: Database(settings) for kind in settings.stream_kinds()}
+    consumers = {
+        kind: loader_consumer(
             handlers[kind],
             redis,
-            Database(settings),
+            databases[kind],
             config,
             metrics,
             ctx.stopping,
+            ctx.registry,
             ctx.counters,
-        )
+        )[0]
         for kind in settings.stream_kinds()
-    ]
+    }
     metrics.db_up.set(1)
 
     async def database_ready() -> None:
@@ -125,14 +137,14 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
         extra={"consumer": config.consumer, "group": config.group, "streams": settings.streams},
     )
     tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(c.run(), name=f"consume-{c.label}") for c in consumers
+        asyncio.create_task(consume(c, databases[kind]), name=f"consume-{c.config.label}")
+        for kind, c in consumers.items()
     ]
     tasks.append(
         asyncio.create_task(
             lag_loop(
                 redis,
-                [c.stream for c in consumers],
-                config.group,
+                list(consumers.values()),
                 metrics,
                 ctx.counters,
                 settings.redis_memory_warn_bytes,

@@ -1,4 +1,8 @@
-"""Lag and Redis memory sampling: pending entries, oldest pending age, backlog, rows/s."""
+"""Redis memory and rows/s sampling; lag figures for the heartbeat.
+
+Stream lag gauges (``its_consumer_*``) are the consumer framework's; :func:`sample_lag` stays as
+a one-off reader of any group's lag (the tests and operators use it).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from its_common.consumer import StreamConsumer, consumer_counters
 from its_loader.database import sleep_or_stop
 from its_loader.metrics import LoaderMetrics
 
@@ -59,29 +64,22 @@ async def sample_lag(redis: aioredis.Redis, stream: str, group: str) -> Lag:
 
 async def lag_loop(
     redis: aioredis.Redis,
-    streams: Sequence[str],
-    group: str,
+    consumers: Sequence[StreamConsumer[Any, Any]],
     metrics: LoaderMetrics,
     counters: dict[str, float],
     memory_warn_bytes: int,
     interval_s: float,
     stopping: asyncio.Event,
 ) -> None:
-    """Every ``interval_s``: lag and rows/s per stream, Redis memory (warn when high)."""
-    labels = [stream.rsplit(":", 1)[-1] for stream in streams]
+    """Every ``interval_s``: rows/s per stream, Redis memory (warn when high), and the
+    consumers' lag (sampled by the consumer framework) in the heartbeat counters."""
+    labels = [consumer.config.label for consumer in consumers]
     last_rows = {label: counters.get(f"rows_{label}", 0.0) for label in labels}
     last_t = time.monotonic()
     memory_high = False
     while not await sleep_or_stop(stopping, interval_s):
+        counters.update(consumer_counters(consumers))
         try:
-            for stream in streams:
-                label = stream.rsplit(":", 1)[-1]
-                lag = await sample_lag(redis, stream, group)
-                metrics.pending.labels(label).set(lag.pending)
-                metrics.oldest_pending_age.labels(label).set(lag.oldest_pending_age_s)
-                metrics.backlog_age.labels(label).set(lag.backlog_age_s)
-                counters[f"pending_{label}"] = lag.pending
-                counters[f"backlog_age_s_{label}"] = round(lag.backlog_age_s, 1)
             memory = await redis.info("memory")
             used = int(memory.get("used_memory", 0))
             metrics.redis_used_memory.set(used)
@@ -99,7 +97,7 @@ async def lag_loop(
                 log.info("Redis used_memory back under the threshold (%.1f MB)", used / 2**20)
             memory_high = high
         except RedisError as exc:
-            log.warning("lag sampling failed: %s", exc)
+            log.warning("Redis memory sampling failed: %s", exc)
         now = time.monotonic()
         elapsed = max(now - last_t, 1e-9)
         for label in labels:

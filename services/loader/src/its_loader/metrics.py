@@ -15,14 +15,9 @@ class LoaderMetrics:
         )
         self.entries = Counter(
             "its_loader_entries",
-            "Stream entries handled, by outcome (loaded, dead_letter, retry)",
+            "Stream entries, by outcome: loaded (stored and committed), retry (store failed for a "
+            "data reason); dead letters and claims are its_consumer_entries_total's",
             ["stream", "outcome"],
-            registry=registry,
-        )
-        self.claimed = Counter(
-            "its_loader_claimed_entries",
-            "Entries taken over from dead consumers (pending-entry recovery)",
-            ["stream"],
             registry=registry,
         )
         self.batch_seconds = Histogram(
@@ -36,24 +31,6 @@ class LoaderMetrics:
             "its_loader_db_errors", "Database errors, by kind", ["kind"], registry=registry
         )
         self.db_up = Gauge("its_loader_db_up", "1 while the database answers", registry=registry)
-        self.pending = Gauge(
-            "its_loader_pending_entries",
-            "Entries delivered to the group but not yet acked",
-            ["stream"],
-            registry=registry,
-        )
-        self.oldest_pending_age = Gauge(
-            "its_loader_oldest_pending_age_seconds",
-            "Age (from its ID) of the oldest pending entry; 0 when none",
-            ["stream"],
-            registry=registry,
-        )
-        self.backlog_age = Gauge(
-            "its_loader_backlog_age_seconds",
-            "Age of the oldest entry not yet delivered to the group; 0 when caught up",
-            ["stream"],
-            registry=registry,
-        )
         self.rows_per_second = Gauge(
             "its_loader_rows_per_second",
             "Rows stored per second over the last metrics interval",

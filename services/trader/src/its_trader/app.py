@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -13,10 +13,11 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
+from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
-from its_common.decisions import decode_decision
+from its_common.decisions import Decision, decode_decision
 from its_common.runtime import ServiceContext
-from its_common.streams import EntryFormatError, Stream, ack, ensure_group, read_group
+from its_common.streams import EntryFormatError, Stream
 from its_common.telemetry import context_from_traceparent
 from its_trader.broker import Broker
 from its_trader.config import TraderSettings
@@ -72,56 +73,78 @@ def build_trader(
     return trader
 
 
+def decisions_consumer(
+    trader: Trader,
+    redis: aioredis.Redis,
+    settings: TraderSettings,
+    stopping: asyncio.Event,
+    registry: CollectorRegistry | None = None,
+) -> StreamConsumer[Decision, Sequence[Delivery[Decision]]]:
+    """The decisions stream's consumer: one decision per handler call, acked once its effects
+    (orders, risk events, the signal row) are durable. A new group starts at the end: decisions
+    made before the trader ever ran are not traded. The consumer name is fixed (``trader``), so a
+    restarted trader first re-reads the decisions it had not finished."""
+    return StreamConsumer(
+        redis,
+        DecisionHandler(trader),
+        ConsumerConfig(
+            stream=Stream.DECISIONS.value,
+            group=settings.group,
+            consumer=settings.consumer or "trader",
+            start_id="$",
+            batch_entries=100,
+            block_ms=settings.block_ms,
+            handle_size=1,
+            service="trader",
+            gap_symbols=tuple(settings.symbols),
+        ),
+        stopping,
+        registry=registry,
+    )
+
+
 async def consume_decisions(
-    trader: Trader, redis: aioredis.Redis, settings: TraderSettings, stopping: asyncio.Event
+    trader: Trader,
+    redis: aioredis.Redis,
+    settings: TraderSettings,
+    stopping: asyncio.Event,
+    registry: CollectorRegistry | None = None,
 ) -> None:
-    """Consumer group on the decisions stream; ack after the decision's effects are durable."""
-    group, consumer = settings.group, settings.consumer or "trader"
-    # A new group starts at the end: decisions made before the trader ever ran are not traded.
-    await ensure_group(redis, Stream.DECISIONS, group, start="$")
-    backlog = True  # first our own pending entries (a crash left them unacked), then new ones
-    while not stopping.is_set():
+    await decisions_consumer(trader, redis, settings, stopping, registry).run()
+
+
+class DecisionHandler:
+    """Decodes decision entries and hands each to the trader inside its own span."""
+
+    def __init__(self, trader: Trader) -> None:
+        self.trader = trader
+
+    def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> Decision:
         try:
-            if backlog:
-                reply: Any = await redis.xreadgroup(
-                    group, consumer, {Stream.DECISIONS: "0"}, count=100
-                )
-                entries = [
-                    (Stream.DECISIONS.value, _text(i), f)
-                    for _, messages in (reply or [])
-                    for i, f in messages
-                ]
-                backlog = bool(entries)
-            else:
-                entries = await read_group(
-                    redis, group, consumer, [Stream.DECISIONS], count=100,
-                    block_ms=settings.block_ms,
-                )  # fmt: skip
-        except RedisError as exc:
-            log.warning("cannot read decisions: %s", exc)
-            await _sleep(stopping, 1.0)
-            continue
-        for _stream, entry_id, fields in entries:
+            return decode_decision(entry_id, fields)
+        except EntryFormatError:
+            self.trader.metrics.decisions.labels("invalid").inc()
+            raise  # dead-lettered by the consumer with its reason
+
+    def prepare(self, batch: Sequence[Delivery[Decision]]) -> Sequence[Delivery[Decision]]:
+        return batch
+
+    async def handle(self, batch: Sequence[Delivery[Decision]]) -> int | None:
+        for delivery in batch:
+            decision = delivery.item
             # One span per decision, a child of the inference span that wrote the entry (tp).
             with tracer.start_as_current_span(
-                "trader.handle_decision", context=context_from_traceparent(fields.get(b"tp"))
+                "trader.handle_decision",
+                context=context_from_traceparent(delivery.fields.get(b"tp")),
             ) as span:
-                try:
-                    decision = decode_decision(entry_id, fields)
-                except EntryFormatError as exc:
-                    log.warning("invalid decision entry skipped: %s", exc)
-                    trader.metrics.decisions.labels("invalid").inc()
-                    outcome = "invalid"
-                else:
-                    outcome = await trader.handle_decision(decision)
-                    if span.is_recording():
-                        span.set_attribute("its.minute_ms", decision.ts_ms)
-                        span.set_attribute("its.action", decision.action)
-                        span.set_attribute("its.confidence", decision.confidence)
-                        span.set_attribute("its.model_version", decision.model_version)
+                outcome = await self.trader.handle_decision(decision)
                 if span.is_recording():
+                    span.set_attribute("its.minute_ms", decision.ts_ms)
+                    span.set_attribute("its.action", decision.action)
+                    span.set_attribute("its.confidence", decision.confidence)
+                    span.set_attribute("its.model_version", decision.model_version)
                     span.set_attribute("its.outcome", outcome)
-            await ack(redis, Stream.DECISIONS, group, [entry_id])
+        return None
 
 
 async def handle_fills(trader: Trader, stopping: asyncio.Event) -> None:
@@ -154,10 +177,6 @@ async def _sleep(stopping: asyncio.Event, seconds: float) -> bool:
     return True
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def main(ctx: ServiceContext[TraderSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
@@ -178,7 +197,9 @@ async def main(ctx: ServiceContext[TraderSettings]) -> None:
         ctx.counters.update({"halted": 1.0 if trader.risk.halt.halted else 0.0})
 
     tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(consume_decisions(trader, redis, settings, ctx.stopping), name="dec"),
+        asyncio.create_task(
+            consume_decisions(trader, redis, settings, ctx.stopping, ctx.registry), name="dec"
+        ),
         asyncio.create_task(handle_fills(trader, ctx.stopping), name="fills"),
         asyncio.create_task(
             every(settings.control_interval_s, ctx.stopping, control_step, "control"), name="ctl"
