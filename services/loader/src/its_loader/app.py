@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from its_common.gaps import GapWindow, encode_gap
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
 from its_common.streams import DEFAULT_TRIM, Stream
+from its_common.tasks import run_essential
 from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
 from its_loader.config import LoaderSettings
 from its_loader.consumer import ConsumerSettings, Handler, LoaderConsumer, loader_consumer
@@ -136,42 +138,22 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
         "loader starting",
         extra={"consumer": config.consumer, "group": config.group, "streams": settings.streams},
     )
-    tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(consume(c, databases[kind]), name=f"consume-{c.config.label}")
-        for kind, c in consumers.items()
-    ]
-    tasks.append(
-        asyncio.create_task(
-            lag_loop(
-                redis,
-                list(consumers.values()),
-                metrics,
-                ctx.counters,
-                settings.redis_memory_warn_bytes,
-                settings.metrics_interval_s,
-                ctx.stopping,
-            ),
-            name="lag",
-        )
+    essential: dict[str, Coroutine[Any, Any, Any]] = {
+        f"consume-{c.config.label}": consume(c, databases[kind]) for kind, c in consumers.items()
+    }
+    essential["lag"] = lag_loop(
+        redis,
+        list(consumers.values()),
+        metrics,
+        ctx.counters,
+        settings.redis_memory_warn_bytes,
+        settings.metrics_interval_s,
+        ctx.stopping,
     )
     if settings.backfill_on_start and "gaps" in settings.stream_kinds():
-        tasks.append(
-            asyncio.create_task(publish_startup_gaps(redis, settings, ctx.stopping), name="startup")
-        )
+        essential["startup"] = publish_startup_gaps(redis, settings, ctx.stopping)
     try:
-        done, _ = await asyncio.wait(
-            [*tasks, asyncio.create_task(ctx.stopping.wait())],
-            return_when=asyncio.FIRST_EXCEPTION,
-        )
-        for task in done:
-            error = None if task.cancelled() else task.exception()
-            if error is not None:
-                raise error
-        await asyncio.gather(*tasks)
+        # Crash-only: a consumer or the lag loop ending on its own ends the service (non-zero).
+        await run_essential(ctx.stopping, essential, finite=frozenset({"startup"}))
     finally:
-        ctx.stopping.set()
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await rest.close()

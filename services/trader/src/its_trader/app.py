@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
+from its_common.backoff import Backoff
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.decisions import Decision, decode_decision
 from its_common.runtime import ServiceContext
 from its_common.streams import EntryFormatError, Stream
+from its_common.tasks import run_essential
 from its_common.telemetry import context_from_traceparent
 from its_trader.broker import Broker
 from its_trader.config import TraderSettings
@@ -147,6 +149,10 @@ class DecisionHandler:
         return None
 
 
+TRANSIENT = (RedisError, OSError, psycopg.OperationalError)
+"""Errors of an unreachable, paused or restarting Redis or PostgreSQL: retried, never fatal."""
+
+
 async def handle_fills(trader: Trader, stopping: asyncio.Event) -> None:
     queue = trader.broker.fills()
     while not stopping.is_set():
@@ -154,7 +160,18 @@ async def handle_fills(trader: Trader, stopping: asyncio.Event) -> None:
             execution = await asyncio.wait_for(queue.get(), 0.5)
         except TimeoutError:
             continue
-        await trader.handle_fill(execution)
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            try:
+                await trader.handle_fill(execution)
+                break
+            except TRANSIENT as exc:
+                # The fill is kept and stored once the database or Redis is back (it is keyed
+                # by execution id, so a retry never stores it twice).
+                log.warning("fill %s not stored yet: %s", execution.execution_id, exc)
+                if stopping.is_set():
+                    raise
+                await backoff.sleep(stopping)
 
 
 async def every(
@@ -163,7 +180,9 @@ async def every(
     while not stopping.is_set():
         try:
             await step()
-        except (RedisError, OSError) as exc:
+        except TRANSIENT as exc:
+            # Transient (Redis or PostgreSQL unreachable, paused, restarting): the next round
+            # retries; the service keeps running.
             log.warning("%s failed: %s", name, exc)
         if await _sleep(stopping, interval_s):
             return
@@ -196,30 +215,24 @@ async def main(ctx: ServiceContext[TraderSettings]) -> None:
             log.error("broker order incident: %s", incident, extra={"alert": "order_incident"})
         ctx.counters.update({"halted": 1.0 if trader.risk.halt.halted else 0.0})
 
-    tasks: list[asyncio.Task[Any]] = [
-        asyncio.create_task(
-            consume_decisions(trader, redis, settings, ctx.stopping, ctx.registry), name="dec"
-        ),
-        asyncio.create_task(handle_fills(trader, ctx.stopping), name="fills"),
-        asyncio.create_task(
-            every(settings.control_interval_s, ctx.stopping, control_step, "control"), name="ctl"
-        ),
-        asyncio.create_task(
-            every(settings.snapshot_interval_s, ctx.stopping, trader.periodic, "periodic"),
-            name="periodic",
-        ),
-    ]
+    def counters() -> None:
+        ctx.counters.update({"halted": 1.0 if trader.risk.halt.halted else 0.0})
+
     try:
-        done, _ = await asyncio.wait(
-            [*tasks, asyncio.create_task(ctx.stopping.wait())],
-            return_when=asyncio.FIRST_COMPLETED,
+        await run_essential(
+            ctx.stopping,
+            {
+                "decisions": consume_decisions(trader, redis, settings, ctx.stopping, ctx.registry),
+                "fills": handle_fills(trader, ctx.stopping),
+                "control": every(
+                    settings.control_interval_s, ctx.stopping, control_step, "control"
+                ),
+                "periodic": every(
+                    settings.snapshot_interval_s, ctx.stopping, trader.periodic, "periodic"
+                ),
+            },
+            tick=counters,
         )
-        for task in done:
-            error = None if task.cancelled() else task.exception()
-            if error is not None:
-                raise error
     finally:
-        ctx.stopping.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await trader.broker.close()
         await trader.store.close()
