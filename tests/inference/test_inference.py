@@ -13,6 +13,7 @@ import pytest
 
 from its_common.decisions import Decision, decode_decision, encode_decision
 from its_common.streams import EntryFormatError
+from its_common.symbols import ACTIVE_MODEL_KEY, active_model
 from its_inference.bundles import BundleError, find_bundle, load, version_of
 from its_trainer.simdata import simulator_bars
 from tests.inference.helpers import DEMO, PAIR, run_live
@@ -95,3 +96,8 @@ async def test_a_new_bundle_is_used_from_the_next_session_open(redis_client, tmp
     assert {v for ts, v, _ in versions if ts < second_open} == {"demo"}
     assert {v for ts, v, _ in versions if ts >= second_open} == {"v2"}
     assert live.inference.metrics.swaps._value.get() == 1
+    # The bundle in use is published for the symbol-list guard and the model-age rule.
+    await live.inference.announce()
+    assert await active_model(redis_client) == ("v2", list(PAIR))
+    raw = await redis_client.hgetall(ACTIVE_MODEL_KEY)
+    assert raw[b"name"] == b"v2" and raw[b"created_at"]

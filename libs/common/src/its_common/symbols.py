@@ -61,13 +61,21 @@ async def read_symbols(
 
 
 async def publish_active_model(
-    redis: aioredis.Redis, version: str, symbols: Sequence[str], demo: bool = False
+    redis: aioredis.Redis,
+    version: str,
+    symbols: Sequence[str],
+    demo: bool = False,
+    created_at: str = "",
 ) -> None:
-    """Written by the inference service when it loads a bundle."""
+    """Written by the inference service when a bundle comes into use: ``name``/``version``
+    (the bundle's name), ``symbols`` (its pair), ``demo`` and ``created_at`` (ISO 8601, read by
+    the alerter's model-age rule)."""
     mapping: dict[Any, Any] = {
+        "name": version,
         "version": version,
         "symbols": ",".join(symbols),
         "demo": json.dumps(demo),
+        "created_at": created_at,
     }
     await redis.hset(ACTIVE_MODEL_KEY, mapping=mapping)
 

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from its_common.calendar import current_session_open
+from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
@@ -36,6 +37,7 @@ from its_common.streams import (
     ensure_group,
     now_ms,
 )
+from its_common.symbols import publish_active_model
 from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_inference import bundles
 from its_inference.bundles import Bundle, BundleError
@@ -136,12 +138,27 @@ class InferenceProcessor:
         self.conn = conn
         self.clock = clock
         self.staged: Bundle | None = None
+        self._announced: str | None = None
         self.policy_stream = DEFAULT_TRIM[Stream.DECISIONS]
         self._show_model()
 
     def _show_model(self) -> None:
         self.metrics.model.clear()
         self.metrics.model.labels(self.policy.version, str(self.policy.demo).lower()).set(1)
+
+    async def announce(self) -> None:
+        """Publish the bundle in use (its pair guards the live symbol list, its_common.symbols);
+        again after a swap."""
+        if self._announced == self.policy.version:
+            return
+        await publish_active_model(
+            self.redis,
+            self.policy.version,
+            self.policy.symbols,
+            self.policy.demo,
+            str(self.policy.bundle.meta.get("created_at", "")),
+        )
+        self._announced = self.policy.version
 
     def stage(self, bundle: Bundle) -> None:
         """Use ``bundle`` from the next session open on (no restart)."""
@@ -360,6 +377,29 @@ async def connect_signals(settings: InferenceSettings) -> psycopg.AsyncConnectio
         return None
 
 
+WARM_UP_ENTRIES = 2_000  # more than a session's minutes (390)
+
+
+async def session_history(redis: aioredis.Redis, stream: str) -> RawEntries:
+    """The features entries of the session in progress on the market clock (its_common.clock),
+    oldest first: stream ids are write times, so the session is told by each entry's own
+    ``session_open_ms``, not by id (a replayed or accelerated day works)."""
+    now = await MarketClock(redis).now_ms()
+    open_ms = current_session_open(now)
+    if open_ms > now:
+        return []
+    recent: Any = await redis.xrevrange(stream, count=WARM_UP_ENTRIES)
+    out: RawEntries = []
+    for entry_id, fields in reversed(recent or []):
+        try:
+            fs = decode_feature_set(_text(entry_id), fields)
+        except EntryFormatError:
+            continue
+        if fs.session_open_ms == open_ms:
+            out.append((stream, _text(entry_id), fields))
+    return out
+
+
 async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
@@ -377,12 +417,10 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     processor = InferenceProcessor(redis, LivePolicy(bundle), metrics, conn)
     stream = Stream.FEATURES.value
     await ensure_group(redis, stream, settings.group, start="$")
+    await processor.announce()
     if settings.warm_up:
-        open_ms = current_session_open(now_ms())
-        if open_ms <= now_ms():
-            history: Any = await redis.xrange(stream, min=f"{open_ms}-0", max="+")
-            replayed = processor.warm([(stream, _text(i), f) for i, f in history or []])
-            log.info("warm-up: %d minutes of the current session replayed", replayed)
+        replayed = processor.warm(await session_history(redis, stream))
+        log.info("warm-up: %d minutes of the current session replayed", replayed)
     watcher = asyncio.create_task(
         watch_bundles(
             processor, root, settings.bundle_version, settings.reload_interval_s, ctx.stopping
@@ -437,6 +475,7 @@ class FeaturesHandler:
 
     async def handle(self, traced: Traced) -> int | None:
         decisions = await self.processor.publish(traced)
+        await self.processor.announce()
         self.counters["decisions"] = self.counters.get("decisions", 0) + len(decisions)
         processor, settings = self.processor, self.settings
         reconnect = processor.conn is None and settings.write_signals
