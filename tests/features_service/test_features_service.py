@@ -4,6 +4,7 @@ PostgreSQL) giving the same vectors as an uninterrupted run."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -13,12 +14,22 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from its_common.calendar import session
+from its_common.clock import FEED_CLOCK_KEY, MarketClock, feed_clock_mapping
 from its_common.db.migrate import apply_migrations
 from its_common.events import MinuteAgg
 from its_common.features import Bar, BarArrays, batch_features
 from its_common.featureset import cache_key, decode_cached, decode_feature_set
+from its_common.settings import load_settings
 from its_common.streams import Stream, encode_entry, ensure_group, read_group
-from its_features.app import FeaturesMetrics, FeaturesProcessor, rebuild
+from its_common.symbols import LiveSymbols, set_symbols
+from its_features.app import (
+    FeaturesMetrics,
+    FeaturesProcessor,
+    SymbolFollower,
+    rebuild,
+    wait_for_market_time,
+)
+from its_features.config import FeaturesSettings
 from its_features.live import MinuteAssembler
 
 DAY = date(2025, 3, 17)
@@ -182,3 +193,36 @@ async def test_rebuild_from_stored_bars_continues_like_an_uninterrupted_run(data
     assert SESSION is not None
     _, values = batch_features(arrays, [SESSION])
     assert np.max(np.abs(values[59] - outputs["restarted"][-1].vectors["MSFT"])) <= 1e-12
+
+
+async def test_features_follow_the_live_symbol_list(redis_client, database_url):
+    """A symbol added with `its-router set-symbols` reaches the features service: its assembler
+    is rebuilt for the new list (and a minute then needs every listed symbol's bar)."""
+    with psycopg.connect(database_url) as conn:
+        apply_migrations(conn)
+    settings = load_settings(
+        FeaturesSettings, redis_url="redis://unused", database_url=database_url, symbols=PAIR
+    )
+    metrics = FeaturesMetrics(CollectorRegistry())
+    proc = FeaturesProcessor(redis_client, MinuteAssembler(PAIR), metrics)
+    follower = SymbolFollower(proc, LiveSymbols(redis_client, PAIR), settings, metrics, 0.0)
+    await follower.check(OPEN + 5 * M)
+    assert proc.assembler.symbols == PAIR
+    await set_symbols(redis_client, ["NVDA", "MSFT", "AAPL"])
+    await follower.check(OPEN + 5 * M)
+    assert tuple(proc.assembler.symbols) == ("NVDA", "MSFT", "AAPL")
+    assert proc.assembler.not_before_ms == OPEN
+
+
+async def test_the_market_clock_is_awaited_before_assembling(redis_client):
+    """Started before the feed's first event, the service waits for the feed's time instead of
+    judging the session by the wall clock (which would make a replayed day's bars stale)."""
+    clock = MarketClock(redis_client, "feed")
+    stopping = asyncio.Event()
+    waiting = asyncio.create_task(wait_for_market_time(clock, stopping))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(OPEN + 3 * M))
+    assert await asyncio.wait_for(waiting, 10) == OPEN + 3 * M
+    wall = await wait_for_market_time(MarketClock(redis_client, "wall"), stopping)
+    assert wall is not None and wall > OPEN

@@ -52,12 +52,17 @@ class MarketClock:
         self.mode = mode
         self.last_source: Literal["feed", "wall"] = "wall"
 
+    async def feed_ms(self) -> int | None:
+        """The feed's time, None when there is none (or the clock is not in feed mode)."""
+        if self.mode != "feed" or self.redis is None:
+            return None
+        return await read_feed_clock(self.redis)
+
     async def now_ms(self) -> int:
-        if self.mode == "feed" and self.redis is not None:
-            feed = await read_feed_clock(self.redis)
-            if feed is not None:
-                self.last_source = "feed"
-                return feed
+        feed = await self.feed_ms()
+        if feed is not None:
+            self.last_source = "feed"
+            return feed
         self.last_source = "wall"
         return wall_ms()
 

@@ -4,6 +4,7 @@ the latest vector per symbol cached (``its:features:latest:<SYMBOL>``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from its_common.backoff import Backoff
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
@@ -41,6 +43,7 @@ from its_common.streams import (
     decode_entry,
     now_ms,
 )
+from its_common.symbols import LiveSymbols
 from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_features.config import FeaturesSettings
 from its_features.live import CompletedMinute, MinuteAssembler
@@ -328,14 +331,12 @@ async def market_now(redis: aioredis.Redis, settings: FeaturesSettings) -> int:
     return await MarketClock(redis, settings.clock).now_ms()
 
 
-async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
-    settings = ctx.settings
-    redis = ctx.require_redis()
-    metrics = FeaturesMetrics(ctx.registry)
-    if not await wait_for_schema(settings, ctx.stopping):
-        return
-    now = await market_now(redis, settings)
-    assembler = MinuteAssembler(settings.symbols, settings.grace_ms, current_session_open(now))
+async def build_assembler(
+    settings: FeaturesSettings, symbols: Sequence[str], now: int, metrics: FeaturesMetrics
+) -> MinuteAssembler:
+    """A minute assembler for ``symbols`` in the session of ``now`` (market clock), its state
+    rebuilt from the session's stored bars (when configured)."""
+    assembler = MinuteAssembler(symbols, settings.grace_ms, current_session_open(now))
     if settings.rebuild_on_start:
         async with await psycopg.AsyncConnection.connect(
             **connection_kwargs(settings), autocommit=True
@@ -343,10 +344,88 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
             replayed = await rebuild(conn, assembler, now)
         metrics.rebuilt.set(replayed)
         log.info("state rebuilt from %d stored minutes of the current session", replayed)
+    return assembler
+
+
+async def wait_for_market_time(
+    clock: MarketClock, stopping: asyncio.Event, log_every_s: float = 60.0
+) -> int | None:
+    """The market clock's time once the feed has one (None if stopped first). Without it the
+    session would be judged by the wall clock, and a replayed day's bars would all be stale."""
+    if clock.mode != "feed":
+        return await clock.now_ms()
+    feed = await clock.feed_ms()
+    if feed is not None:
+        return feed
+    log.info("waiting for the feed's first event (the market clock) before assembling minutes")
+    backoff = Backoff(0.5, 5.0)
+    waited = 0.0
+    while not stopping.is_set():
+        waited += await backoff.sleep(stopping)
+        feed = await clock.feed_ms()
+        if feed is not None:
+            return feed
+        if waited >= log_every_s:
+            log.info("still waiting for the feed's first event")
+            waited = 0.0
+    return None
+
+
+class SymbolFollower:
+    """Follows the live symbol list (its_common.symbols): on a change the assembler is rebuilt
+    for the new symbols (checked at most every ``interval_s``)."""
+
+    def __init__(
+        self,
+        processor: FeaturesProcessor,
+        live: LiveSymbols,
+        settings: FeaturesSettings,
+        metrics: FeaturesMetrics,
+        interval_s: float = 5.0,
+    ) -> None:
+        self.processor = processor
+        self.live = live
+        self.settings = settings
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self._next = time.monotonic() + interval_s
+
+    async def check(self, now: int) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval_s
+        before = self.live.current
+        after = await self.live.refresh()
+        if after == before:
+            return
+        log.warning("symbol list changed from %s to %s: features follow", before, after)
+        self.processor.assembler = await build_assembler(self.settings, after, now, self.metrics)
+
+
+async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
+    settings = ctx.settings
+    redis = ctx.require_redis()
+    metrics = FeaturesMetrics(ctx.registry)
+    if not await wait_for_schema(settings, ctx.stopping):
+        return
+    clock = MarketClock(redis, settings.clock)
+    now = await wait_for_market_time(clock, ctx.stopping)
+    if now is None:
+        return
+    live = LiveSymbols(redis, settings.symbols)
+    symbols = await live.refresh()
+    assembler = await build_assembler(settings, symbols, now, metrics)
     processor = FeaturesProcessor(redis, assembler, metrics, settings.cache_ttl_s)
+    follower = SymbolFollower(processor, live, settings, metrics)
+
+    async def market_time() -> int:
+        now = await clock.now_ms()
+        await follower.check(now)
+        return now
+
     consumer = StreamConsumer(
         redis,
-        BarsHandler(processor, lambda: market_now(redis, settings), ctx.counters),
+        BarsHandler(processor, market_time, ctx.counters),
         ConsumerConfig(
             stream=Stream.BARS_1M.value,
             group=settings.group,
@@ -354,24 +433,22 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
             batch_entries=settings.batch_entries,
             block_ms=settings.block_ms,
             service="features",
-            gap_symbols=tuple(settings.symbols),
+            gap_symbols=tuple(symbols),
         ),
         ctx.stopping,
         registry=ctx.registry,
-        on_idle=lambda: _idle(processor, redis, settings),
+        on_idle=lambda: _idle(processor, market_time),
     )
     log.info(
         "features starting",
-        extra={"consumer": consumer.config.consumer, "symbols": settings.symbols},
+        extra={"consumer": consumer.config.consumer, "symbols": symbols},
     )
     await consumer.run()
 
 
-async def _idle(
-    processor: FeaturesProcessor, redis: aioredis.Redis, settings: FeaturesSettings
-) -> None:
+async def _idle(processor: FeaturesProcessor, now: Callable[[], Awaitable[int]]) -> None:
     """No new bar: minutes past the grace period are still announced (forward-filled)."""
-    await processor.emit((), now=await market_now(redis, settings))
+    await processor.emit((), now=await now())
 
 
 class BarsHandler:
