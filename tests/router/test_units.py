@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from its_common.backoff import Backoff
 from its_common.events import MinuteAgg, Trade, decode_frame, encode_frame
 from its_common.settings import SettingsError, load_settings
-from its_common.backoff import Backoff
 from its_router.batching import Frame, build_batch
 from its_router.config import RouterSettings
 from its_router.subscriptions import diff, subscribe_message, topics

@@ -10,11 +10,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from its_common import streams
+from its_common.backoff import Backoff
 from its_common.events import Trade, encode_frame
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream
-from its_common.backoff import Backoff
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher

@@ -8,6 +8,7 @@ success, so a fleet of restarted pods does not retry in lock-step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -34,9 +35,7 @@ class Backoff:
         delay = self.next_delay()
         if stopping is None:
             await asyncio.sleep(delay)
-        else:
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            return delay
+        with contextlib.suppress(TimeoutError):  # the timeout is the normal end: no stop request
+            await asyncio.wait_for(stopping.wait(), timeout=delay)
         return delay

@@ -21,10 +21,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from its_common import calendar
+from its_common.backoff import Backoff
 from its_common.events import CodecError, Status, decode_frame
 from its_common.gaps import GapWindow
 from its_common.streams import now_ms
-from its_common.backoff import Backoff
 from its_router.batching import Frame
 from its_router.config import RouterSettings
 from its_router.metrics import RouterMetrics

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
+from its_common.backoff import Backoff
 from its_common.events import Trade, encode_frame
 from its_common.gaps import GapWindow
 from its_common.streams import (
@@ -32,7 +33,6 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.telemetry import current_traceparent
-from its_common.backoff import Backoff
 from its_router.batching import Batch, Frame, build_batch
 from its_router.metrics import RouterMetrics
 
