@@ -100,8 +100,8 @@ async def _start_all(
     await asyncio.to_thread(postgres.prepare)
     if postgres.relocated:
         supervisor.report(
-            f"postgres data in {postgres.server_dir}: the its-postgres user cannot enter "
-            f"{var_dir} (a private directory), whose permissions are left alone; "
+            f"postgres data in {postgres.server_dir}: the its-postgres user cannot reach "
+            f"{var_dir} (a parent directory is private; its permissions are left alone); "
             f"{postgres.data_dir / 'LOCATION'} names it"
         )
     await supervisor.start(
