@@ -35,7 +35,7 @@ class Backoff:
         delay = self.next_delay()
         if stopping is None:
             await asyncio.sleep(delay)
-            return delay
-        with contextlib.suppress(TimeoutError):  # the timeout is the normal end: no stop request
-            await asyncio.wait_for(stopping.wait(), timeout=delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
         return delay
