@@ -11,6 +11,7 @@ virtualenv keeps them, under a fresh ``mkdtemp`` directory (mode 0700, like ``mk
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import tempfile
@@ -21,8 +22,9 @@ import psycopg
 import pytest
 
 from its_common.localstack.servers import PostgresServer, postgres_bin_dir
+from its_common.localstack.unprivileged import first_unreachable
 
-pytestmark = pytest.mark.skipif(
+root_only = pytest.mark.skipif(
     os.geteuid() != 0, reason="only root runs PostgreSQL as another user"
 )
 
@@ -58,6 +60,7 @@ def outside_modes(repo: Path) -> dict[Path, int]:
     return modes([repo.parent, *repo.parent.parents])
 
 
+@root_only
 def test_make_run_layout_in_a_private_directory_persists_and_touches_nothing_outside(
     private_repo: Path,
 ) -> None:
@@ -88,6 +91,7 @@ def test_make_run_layout_in_a_private_directory_persists_and_touches_nothing_out
     assert not server.server_dir.exists()
 
 
+@root_only
 def test_test_fixture_layout_binaries_in_a_private_directory(private_repo: Path) -> None:
     """The test fixtures keep data in a world-traversable temporary directory: only the
     binaries are unreachable (the issue's PermissionError on initdb)."""
@@ -106,3 +110,25 @@ def test_test_fixture_layout_binaries_in_a_private_directory(private_repo: Path)
         after = outside_modes(private_repo) | modes([work_dir, *work_dir.parents])
         shutil.rmtree(work_dir, ignore_errors=True)
     assert after == before
+
+
+def test_first_unreachable_names_the_private_directory() -> None:
+    """Mode bits as another user sees them (runs as any user: only stat is used)."""
+    other = pwd.struct_passwd(("other", "x", 4242, 4242, "", "/", "/bin/false"))
+    open_dir = Path(tempfile.mkdtemp(prefix="its-open-"))  # /tmp: traversable by all
+    try:
+        open_dir.chmod(0o755)
+        private = open_dir / "private"
+        inner = private / "repo" / "var"
+        inner.mkdir(parents=True)
+        private.chmod(0o700)
+        assert first_unreachable(open_dir, other) is None
+        assert first_unreachable(inner, other) == private
+        assert first_unreachable(inner / "file", other) == private
+        private.chmod(0o750)  # group bits count only for the directory's group
+        assert first_unreachable(inner, other) == private
+        if os.geteuid() == 0:
+            os.chown(private, 0, other.pw_gid)
+            assert first_unreachable(inner, other) is None
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
