@@ -47,5 +47,11 @@ bench: venv
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
 
+## Also removes PostgreSQL data that `make run` as root kept outside a private checkout
+## (var/postgres/LOCATION names it; only a path under ITS's own /var/lib/its-local is removed).
 distclean: clean
+	@location=var/postgres/LOCATION; if [ -f "$$location" ]; then \
+	  dir="$$(head -n 1 "$$location")"; \
+	  case "$$dir" in /var/lib/its-local/postgres-data/?*) echo "rm -rf $$dir"; rm -rf "$$dir";; esac; \
+	fi
 	rm -rf $(VENV) var

@@ -40,7 +40,7 @@ def redis_server(work_dir: Path) -> Iterator[RedisServer]:
 def postgres_server(work_dir: Path) -> Iterator[PostgresServer]:
     server = PostgresServer(work_dir / "postgres", fast_unsafe=True).start()
     yield server
-    server.stop()
+    server.discard()  # also removes data kept outside work_dir (root with a private TMPDIR)
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def run() -> dict[str, Any]:
             loader_rate, stored = asyncio.run(measure_loader(redis.url, postgres.url))
         finally:
             redis.stop()
-            postgres.stop()
+            postgres.discard()
     ratio = loader_rate / ceiling
     result = {
         "rows": ROWS,

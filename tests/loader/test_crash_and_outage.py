@@ -141,4 +141,4 @@ async def test_database_outage_loses_nothing(redis_server, redis_client, start_l
         await wait_until(nothing_pending)
         await loader.stop()
     finally:
-        server.stop()
+        server.discard()

@@ -1,16 +1,24 @@
 """Validated settings from the environment, with secrets also read from files.
 
 Every ITS setting is an environment variable: ``ITS_*`` for our own, the standard names for the
-rest (``POLYGON_API_KEY``, ``REDIS_URL``, ``DATABASE_URL``, ``OTEL_*``). A secret can instead be
-given as a file path in ``<NAME>_FILE`` (how Kubernetes mounts Secrets). Settings are validated
-once at start; :class:`SettingsError` names each bad variable and says what is expected, without
-ever echoing a secret's value.
+rest (``POLYGON_API_KEY``, ``REDIS_URL``, ``DATABASE_URL``, ``OTEL_*``). Settings every process
+shares are ``ITS_<FIELD>`` (``ITS_SYMBOLS``, ``ITS_LOG_LEVEL``...); a service's own fields are
+read under its ``env_prefix`` (``ITS_TRADER_<FIELD>``). A secret can instead be given as a file
+path in ``<NAME>_FILE`` (how Kubernetes mounts Secrets).
+
+Settings are validated once at start; :class:`SettingsError` names each bad variable and says what
+is expected, without ever echoing a secret's value. A variable under one of the service's own
+prefixes that matches no setting (a typo such as ``ITS_TRADER_MIN_CONFIDENSE``) is an error too,
+with the closest valid name suggested. Other services' variables and the shared names are
+accepted: the local stack and the Helm chart give one environment to many processes.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -34,6 +42,11 @@ class SettingsError(ValueError):
     """Configuration that cannot run; the message lists every problem, one per line."""
 
 
+def shared_env(name: str) -> AliasChoices:
+    """``ITS_<NAME>``: a setting under the common prefix whatever the class's ``env_prefix``."""
+    return AliasChoices(f"{ENV_PREFIX}{name.upper()}")
+
+
 def env_names(name: str, field: FieldInfo, prefix: str = ENV_PREFIX) -> list[str]:
     """The environment variable names a field is read from, in priority order."""
     alias = field.validation_alias
@@ -55,7 +68,7 @@ class FileSecretsSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def _prefix(self) -> str:
-        return str(self.settings_cls.model_config.get("env_prefix", ENV_PREFIX))
+        return env_prefix_of(self.settings_cls)
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -82,25 +95,66 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
+def env_prefix_of(cls: type[BaseSettings]) -> str:
+    return str(cls.model_config.get("env_prefix", ENV_PREFIX)).upper()
+
+
 class BaseServiceSettings(BaseSettings):
-    """Settings every ITS process shares; services subclass it and add their own fields."""
+    """Settings every ITS process shares; services subclass it and add their own fields.
+
+    A service sets ``model_config = SettingsConfigDict(env_prefix="ITS_<SERVICE>_")``: its fields
+    without an explicit ``validation_alias`` are then read from ``ITS_<SERVICE>_<FIELD>``, and an
+    unknown variable under that prefix stops the start. The shared fields below carry explicit
+    ``ITS_*`` or standard names, so they keep their names in every subclass.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
-        extra="ignore",
+        # Unknown *environment* variables are checked by load_settings (only under the service's
+        # own prefixes: one environment feeds many processes); unknown init keywords are a bug.
+        extra="forbid",
         case_sensitive=False,
         validate_default=True,
         populate_by_name=True,
     )
     SERVICE: ClassVar[str] = "its"
+    # Prefixes owned by this service beyond its env_prefix (e.g. the trader's ITS_IB_): unknown
+    # variables under them are errors too.
+    EXTRA_ENV_PREFIXES: ClassVar[tuple[str, ...]] = ()
 
-    service_name: str = Field(default="", description="Service name in logs, metrics, traces")
-    environment: str = Field(default="local", description="Deployment environment label")
-    log_level: str = Field(default="INFO", pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    http_host: str = Field(default="127.0.0.1", description="Bind address of the health endpoint")
-    http_port: int = Field(default=8080, ge=0, le=65535, description="/healthz /readyz /metrics")
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    symbols: Annotated[list[str], NoDecode] = Field(default=["NVDA", "MSFT"], min_length=1)
+    service_name: str = Field(
+        default="",
+        validation_alias=shared_env("service_name"),
+        description="Service name in logs, metrics, traces",
+    )
+    environment: str = Field(
+        default="local",
+        validation_alias=shared_env("environment"),
+        description="Deployment environment label",
+    )
+    log_level: str = Field(
+        default="INFO",
+        validation_alias=shared_env("log_level"),
+        pattern=r"^(?i)(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+    )
+    http_host: str = Field(
+        default="127.0.0.1",
+        validation_alias=shared_env("http_host"),
+        description="Bind address of the health endpoint",
+    )
+    http_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        validation_alias=shared_env("http_port"),
+        description="/healthz /readyz /metrics",
+    )
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, validation_alias=shared_env("heartbeat_interval_s")
+    )
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default=["NVDA", "MSFT"], min_length=1, validation_alias=shared_env("symbols")
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
@@ -161,6 +215,26 @@ class BaseServiceSettings(BaseSettings):
         assert isinstance(env_settings, EnvSettingsSource)
         return (init_settings, env_settings, FileSecretsSource(settings_cls))
 
+    @classmethod
+    def owned_env_prefixes(cls) -> tuple[str, ...]:
+        """Prefixes whose every variable must name one of this class's settings.
+
+        The common ``ITS_`` prefix is never owned: it holds other services' variables too.
+        """
+        own = [env_prefix_of(cls), *(prefix.upper() for prefix in cls.EXTRA_ENV_PREFIXES)]
+        return tuple(prefix for prefix in own if prefix != ENV_PREFIX)
+
+    @classmethod
+    def known_env_names(cls) -> set[str]:
+        """Every variable this class reads: each field's names (upper case) and their ``_FILE``."""
+        prefix = env_prefix_of(cls)
+        names = {
+            env.upper()
+            for name, field in cls.model_fields.items()
+            for env in env_names(name, field, prefix)
+        }
+        return names | {f"{name}_FILE" for name in names}
+
     def secret_values(self) -> list[str]:
         """Every secret's plain value, for log redaction."""
         values = []
@@ -190,21 +264,50 @@ SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 
 
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
-    """Build and validate settings; on failure raise :class:`SettingsError` naming each variable."""
+    """Build and validate settings; on failure raise :class:`SettingsError` naming each variable
+    (bad values and unknown names under the service's own prefixes, all in one message)."""
+    problems = describe_unknown_variables(cls, os.environ)
     try:
         settings = cls(**overrides)
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(cls, exc)) from None
+        problems += describe_validation_errors(cls, exc)
+    if problems:
+        header = f"invalid configuration for {getattr(cls, 'SERVICE', cls.__name__)}:"
+        raise SettingsError("\n".join([header, *problems]))
     redaction.register(*settings.secret_values())
     return settings
 
 
-def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> str:
-    lines = [f"invalid configuration for {getattr(cls, 'SERVICE', cls.__name__)}:"]
+def describe_unknown_variables(cls: type[BaseServiceSettings], environ: Iterable[str]) -> list[str]:
+    """One line per variable under the service's own prefixes that names no setting.
+
+    Only names are reported (never values: the variable may hold a secret), each with the closest
+    valid name when there is one.
+    """
+    prefixes = cls.owned_env_prefixes()
+    if not prefixes:
+        return []
+    known = cls.known_env_names()
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(prefixes) or name in known:
+            continue
+        candidates = sorted(n for n in known if n.endswith("_FILE") == name.endswith("_FILE"))
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        owner = getattr(cls, "SERVICE", cls.__name__)
+        lines.append(f"  {variable}: not a setting of {owner}{hint}")
+    return lines
+
+
+def describe_validation_errors(cls: type[BaseSettings], exc: ValidationError) -> list[str]:
+    lines = []
+    prefix = env_prefix_of(cls)
     for error in exc.errors(include_url=False):
-        field_name = str(error["loc"][0]) if error["loc"] else ""
+        field_name = _field_of(cls, str(error["loc"][0]) if error["loc"] else "")
         field = cls.model_fields.get(field_name)
-        names = env_names(field_name, field) if field is not None else [field_name]
+        names = env_names(field_name, field, prefix) if field is not None else [field_name]
         secret = field is not None and "SecretStr" in repr(field.annotation)
         problem = error["msg"].removeprefix("Value error, ")
         where = " or ".join(names)
@@ -212,4 +315,14 @@ def describe_validation_error(cls: type[BaseSettings], exc: ValidationError) -> 
             where += f"={error['input']!r}"
         hint = f" [{field.description}]" if field is not None and field.description else ""
         lines.append(f"  {where}: {problem}{hint}")
-    return "\n".join(lines)
+    return lines
+
+
+def _field_of(cls: type[BaseSettings], loc: str) -> str:
+    """The field an error location names: the field itself or one of its aliases."""
+    if loc in cls.model_fields:
+        return loc
+    for name, field in cls.model_fields.items():
+        if loc.upper() in (env.upper() for env in env_names(name, field)):
+            return name
+    return loc

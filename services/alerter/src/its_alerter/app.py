@@ -15,6 +15,7 @@ from its_alerter.events import EventReader
 from its_alerter.model import ENGINE_GROUP, Condition
 from its_alerter.notifiers import build_notifiers
 from its_alerter.rules import RULES, DatabaseNotReadyError, RuleContext
+from its_common.backoff import Backoff
 from its_common.db.connect import async_pool
 from its_common.db.schema import wait_for_schema
 from its_common.heartbeat import instance_name
@@ -52,13 +53,14 @@ class Alerter:
             return
         pool = async_pool(self.settings, min_size=1, max_size=3)
         await pool.open(wait=False)
+        backoff = Backoff(1.0, 10.0)
         while not self.ctx.stopping.is_set():
             try:
                 restored = await self.engine.restore(pool)
                 break
             except Exception as exc:
-                log.warning("alerts not restored yet: %s", redact(str(exc)))
-                await asyncio.sleep(2)
+                log.warning("alerts not restored yet: %s; retrying", redact(str(exc)))
+                await backoff.sleep(self.ctx.stopping)
         else:
             await pool.close()
             return

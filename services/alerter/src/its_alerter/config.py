@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
 
@@ -22,10 +22,6 @@ RULE_NAMES = (
 Severity = Literal["info", "warning", "critical"]
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(f"ITS_ALERTER_{name.upper()}")
-
-
 def _csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -36,109 +32,87 @@ class AlerterSettings(BaseServiceSettings):
     """``ITS_ALERTER_*``: rule thresholds, dedupe/cooldown and the notifiers."""
 
     SERVICE: ClassVar[str] = "alerter"
+    model_config = SettingsConfigDict(env_prefix="ITS_ALERTER_")
 
-    interval_s: float = Field(15.0, gt=0, validation_alias=_env("interval_s"))
+    interval_s: float = Field(15.0, gt=0)
     rules: Annotated[list[str], NoDecode] = Field(
         default=list(RULE_NAMES),
-        validation_alias=_env("rules"),
         description=f"enabled rules, comma separated: {','.join(RULE_NAMES)}",
     )
     cooldown_s: float = Field(
         300.0,
         ge=0,
-        validation_alias=_env("cooldown_s"),
         description="min seconds between two notifications of one alert (flapping, gap summaries)",
     )
     repeat_s: float = Field(
         3600.0,
         ge=0,
-        validation_alias=_env("repeat_s"),
         description="re-notify an alert still firing after this many seconds (0 = never)",
     )
     rule_failures_alert: int = Field(
         3,
         ge=1,
-        validation_alias=_env("rule_failures_alert"),
         description="consecutive failed evaluations of a rule that raise a rule_failing alert",
     )
     # feed
-    feed_always: bool = Field(
-        False, validation_alias=_env("feed_always"), description="feed rules outside market hours"
-    )
-    feed_stale_after_s: float = Field(
-        60.0, gt=0, validation_alias=_env("feed_stale_after_s"), description="no trade this long"
-    )
+    feed_always: bool = Field(False, description="feed rules outside market hours")
+    feed_stale_after_s: float = Field(60.0, gt=0, description="no trade this long")
     # price divergence (price_checks rows of the validator)
-    price_divergence_pct: float = Field(0.1, gt=0, validation_alias=_env("price_divergence_pct"))
+    price_divergence_pct: float = Field(0.1, gt=0)
     price_check_max_age_s: float = Field(
         300.0,
         gt=0,
-        validation_alias=_env("price_check_max_age_s"),
         description="only price_checks rows younger than this count",
     )
     # Redis
-    redis_memory_bytes: int = Field(
-        180 * 1024 * 1024, gt=0, validation_alias=_env("redis_memory_bytes")
-    )
+    redis_memory_bytes: int = Field(180 * 1024 * 1024, gt=0)
     # loader lag
-    loader_group: str = Field("loader", min_length=1, validation_alias=_env("loader_group"))
+    loader_group: str = Field("loader", min_length=1)
     loader_streams: Annotated[list[str], NoDecode] = Field(
         default=["its:stream:bars:1m", "its:stream:trades"],
-        validation_alias=_env("loader_streams"),
     )
     loader_lag_s: float = Field(
         120.0,
         gt=0,
-        validation_alias=_env("loader_lag_s"),
         description="oldest pending or undelivered entry older than this",
     )
     # heartbeats
     expected_services: Annotated[list[str], NoDecode] = Field(
         default=["router", "loader", "collector"],
-        validation_alias=_env("expected_services"),
         description="services that must have a live heartbeat",
     )
-    heartbeat_max_age_s: float = Field(30.0, gt=0, validation_alias=_env("heartbeat_max_age_s"))
+    heartbeat_max_age_s: float = Field(30.0, gt=0)
     # trading halted
-    trader_service: str = Field("trader", validation_alias=_env("trader_service"))
+    trader_service: str = Field("trader")
     # model bundle age
-    model_max_age_s: float = Field(7 * 24 * 3600.0, gt=0, validation_alias=_env("model_max_age_s"))
+    model_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     model_key: str = Field(
         "its:model:active",
-        validation_alias=_env("model_key"),
         description="Redis hash of the loaded bundle (created_at ISO or ms, name)",
     )
     model_bundle_dir: str = Field(
         "",
-        validation_alias=_env("model_bundle_dir"),
         description="bundle directory (newest bundle.json) when the Redis key is absent",
     )
     # events
-    events_group: str = Field("alerter", min_length=1, validation_alias=_env("events_group"))
+    events_group: str = Field("alerter", min_length=1)
     # notifiers
     notify_min_severity: Severity = Field(
         "info",
-        validation_alias=_env("notify_min_severity"),
         description="lowest severity sent to Slack and e-mail (the log gets everything)",
     )
-    slack_webhook_url: SecretStr | None = Field(None, validation_alias=_env("slack_webhook_url"))
-    slack_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("slack_timeout_s"))
-    smtp_host: str = Field("", validation_alias=_env("smtp_host"))
-    smtp_port: int = Field(587, ge=1, le=65535, validation_alias=_env("smtp_port"))
-    smtp_starttls: bool = Field(True, validation_alias=_env("smtp_starttls"))
-    smtp_ssl: bool = Field(
-        False, validation_alias=_env("smtp_ssl"), description="implicit TLS (port 465)"
-    )
-    smtp_ca_file: str = Field(
-        "", validation_alias=_env("smtp_ca_file"), description="extra CA bundle to trust"
-    )
-    smtp_username: str = Field("", validation_alias=_env("smtp_username"))
-    smtp_password: SecretStr | None = Field(None, validation_alias=_env("smtp_password"))
-    smtp_from: str = Field("its-alerter@localhost", validation_alias=_env("smtp_from"))
-    smtp_to: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, validation_alias=_env("smtp_to")
-    )
-    smtp_timeout_s: float = Field(15.0, gt=0, validation_alias=_env("smtp_timeout_s"))
+    slack_webhook_url: SecretStr | None = Field(None)
+    slack_timeout_s: float = Field(10.0, gt=0)
+    smtp_host: str = Field("")
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = Field(True)
+    smtp_ssl: bool = Field(False, description="implicit TLS (port 465)")
+    smtp_ca_file: str = Field("", description="extra CA bundle to trust")
+    smtp_username: str = Field("")
+    smtp_password: SecretStr | None = Field(None)
+    smtp_from: str = Field("its-alerter@localhost")
+    smtp_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    smtp_timeout_s: float = Field(15.0, gt=0)
 
     @field_validator("rules", "loader_streams", "expected_services", "smtp_to", mode="before")
     @classmethod

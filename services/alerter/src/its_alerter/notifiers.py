@@ -17,6 +17,7 @@ import aiosmtplib
 
 from its_alerter.config import AlerterSettings
 from its_alerter.model import SEVERITY_RANK, Notification
+from its_common.backoff import Backoff
 from its_common.redaction import redact
 
 log = logging.getLogger("its.alerter.notify")
@@ -84,8 +85,21 @@ def slack_payload(notification: Notification) -> dict[str, object]:
     }
 
 
+SLACK_MAX_WAIT_S: Final = 10.0  # longest wait between two tries, even if Retry-After asks more
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a numeric ``Retry-After``; None when absent or an HTTP date (not used)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
 class SlackNotifier:
-    """POST JSON to an incoming webhook; 429 and 5xx are retried (Retry-After honoured)."""
+    """POST JSON to an incoming webhook; 429 and 5xx are retried (Retry-After, else Backoff)."""
 
     name = "slack"
 
@@ -105,6 +119,7 @@ class SlackNotifier:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         payload = slack_payload(notification)
+        backoff = Backoff(1.0, SLACK_MAX_WAIT_S)
         for attempt in range(self.retries + 1):
             try:
                 async with self._session.post(self._url, json=payload) as response:
@@ -113,13 +128,15 @@ class SlackNotifier:
                         return
                     retryable = response.status == 429 or response.status >= 500
                     problem = f"webhook answered {response.status}: {body}"
-                    delay = float(response.headers.get("Retry-After", "1") or 1)
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # aiohttp errors can carry the URL (the secret): only the type goes out.
-                retryable, problem, delay = True, f"webhook unreachable ({type(exc).__name__})", 1.0
+                retryable, problem = True, f"webhook unreachable ({type(exc).__name__})"
+                retry_after = None
             if not retryable or attempt == self.retries:
                 raise NotifyError(redact(problem))
-            await asyncio.sleep(min(delay, 10.0))
+            delay = backoff.next_delay() if retry_after is None else retry_after
+            await asyncio.sleep(min(delay, SLACK_MAX_WAIT_S))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
-
-
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(f"ITS_COLLECTOR_{name.upper()}")
 
 
 def parse_targets(value: str) -> dict[str, str]:
@@ -29,31 +26,26 @@ def parse_targets(value: str) -> dict[str, str]:
 
 class CollectorSettings(BaseServiceSettings):
     SERVICE: ClassVar[str] = "collector"
+    model_config = SettingsConfigDict(env_prefix="ITS_COLLECTOR_")
 
-    interval_s: float = Field(
-        30.0, gt=0, validation_alias=_env("interval_s"), description="sampling period"
-    )
+    interval_s: float = Field(30.0, gt=0, description="sampling period")
     targets: str = Field(
         "",
-        validation_alias=_env("targets"),
         description="service=URL pairs of /metrics endpoints to scrape, comma separated",
     )
-    scrape_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("scrape_timeout_s"))
+    scrape_timeout_s: float = Field(5.0, gt=0)
     include_prefixes: str = Field(
         "its_,router_,loader_,marketsim_,collector_,process_resident_memory_bytes,"
         "process_cpu_seconds_total,up",
-        validation_alias=_env("include_prefixes"),
         description="metric name prefixes kept from scrapes (comma separated; empty = all)",
     )
     heartbeats: bool = Field(
         True,
-        validation_alias=_env("heartbeats"),
         description="also store the counters every service publishes in its heartbeat",
     )
     retention_days: float = Field(
         30.0,
         gt=0,
-        validation_alias=_env("retention_days"),
         description="plain PostgreSQL only: rows older than this are deleted hourly "
         "(TimescaleDB uses its retention policy instead)",
     )

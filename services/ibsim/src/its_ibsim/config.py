@@ -4,57 +4,49 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
 from its_ibsim.prices import parse_prices
 from its_ibsim.server import SimOptions
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(f"ITS_IBSIM_{name.upper()}")
-
-
 class IbSimSettings(BaseServiceSettings):
     """``ITS_IBSIM_*`` (and ``REDIS_URL`` when the feed is ``redis``)."""
 
     SERVICE: ClassVar[str] = "ibsim"
+    model_config = SettingsConfigDict(env_prefix="ITS_IBSIM_")
 
-    host: str = Field("127.0.0.1", validation_alias=_env("host"), description="API bind address")
-    port: int = Field(4002, ge=0, le=65535, validation_alias=_env("port"), description="API port")
+    host: str = Field("127.0.0.1", description="API bind address")
+    port: int = Field(4002, ge=0, le=65535, description="API port")
     account: str = Field(
         "DU1234567",
         min_length=1,
-        validation_alias=_env("account"),
         description="the managed account (paper ids start with DU)",
     )
-    server_version: int = Field(176, ge=157, le=178, validation_alias=_env("server_version"))
+    server_version: int = Field(176, ge=157, le=178)
     feed: Literal["redis", "static"] = Field(
         "redis",
-        validation_alias=_env("feed"),
         description="prices from ITS's latest trades in Redis, or only the static prices",
     )
     static_price: float = Field(
         0.0,
         ge=0,
-        validation_alias=_env("static_price"),
         description="price of any symbol without one (0 = none: orders are rejected)",
     )
-    static_prices: str = Field(
-        "", validation_alias=_env("static_prices"), description="SYM=PRICE,... (also a fallback)"
-    )
-    initial_cash: float = Field(1_000_000.0, gt=0, validation_alias=_env("initial_cash"))
-    commission_per_share: float = Field(0.005, ge=0, validation_alias=_env("commission_per_share"))
-    commission_min: float = Field(1.0, ge=0, validation_alias=_env("commission_min"))
-    spread_bps: float = Field(2.0, ge=0, validation_alias=_env("spread_bps"))
-    tick_interval_s: float = Field(0.25, gt=0, validation_alias=_env("tick_interval_s"))
-    fill_delay_s: float = Field(0.0, ge=0, validation_alias=_env("fill_delay_s"))
+    static_prices: str = Field("", description="SYM=PRICE,... (also a fallback)")
+    initial_cash: float = Field(1_000_000.0, gt=0)
+    commission_per_share: float = Field(0.005, ge=0)
+    commission_min: float = Field(1.0, ge=0)
+    spread_bps: float = Field(2.0, ge=0)
+    tick_interval_s: float = Field(0.25, gt=0)
+    fill_delay_s: float = Field(0.0, ge=0)
     ignore_order_symbols: str = Field(
         "",
-        validation_alias=_env("ignore_order_symbols"),
         description="comma-separated symbols whose orders are never acknowledged (fault)",
     )
-    admin_enabled: bool = Field(True, validation_alias=_env("admin_enabled"))
+    admin_enabled: bool = Field(True)
 
     @field_validator("static_prices")
     @classmethod

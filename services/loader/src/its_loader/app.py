@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import redis.asyncio as aioredis
 
+from its_common.backoff import Backoff
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.gaps import GapWindow, encode_gap
@@ -19,8 +20,13 @@ from its_common.streams import DEFAULT_TRIM, Stream
 from its_common.tasks import run_essential
 from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
 from its_loader.config import LoaderSettings
-from its_loader.consumer import ConsumerSettings, Handler, LoaderConsumer, loader_consumer
-from its_loader.database import TRANSIENT_ERRORS, Database, sleep_or_stop
+from its_loader.consumer import (
+    ConsumerSettings,
+    Handler,
+    LoaderConsumer,
+    loader_consumer,
+)
+from its_loader.database import TRANSIENT_ERRORS, Database
 from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.lag import lag_loop
 from its_loader.metrics import LoaderMetrics
@@ -74,7 +80,7 @@ async def publish_startup_gaps(
     if not acquired:
         log.info("another loader replica runs the start-up backfill check")
         return 0
-    delay = 0.5
+    backoff = Backoff(0.5, settings.db_retry_max_s)
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
@@ -86,9 +92,9 @@ async def publish_startup_gaps(
             break
         except TRANSIENT_ERRORS as exc:
             log.warning("start-up backfill check waits for the database: %s", exc)
-            if await sleep_or_stop(stopping, delay):
+            await backoff.sleep(stopping)
+            if stopping.is_set():
                 return 0
-            delay = min(delay * 2, settings.db_retry_max_s)
     policy = DEFAULT_TRIM[Stream.GAPS]
     for symbol, start_ms, end_ms in windows:
         window = GapWindow((symbol,), start_ms, end_ms, reason="startup", source="loader")

@@ -25,6 +25,7 @@ import psycopg
 from yarl import URL
 
 from its_common import calendar
+from its_common.backoff import Backoff
 from its_common.gaps import GapWindow, decode_gap
 from its_common.streams import Stream, now_ms
 from its_loader.consumer import PoisonError
@@ -104,7 +105,7 @@ class PolygonRest:
 
     async def _get(self, url: URL) -> dict[str, Any]:
         authed = url.update_query(apiKey=self.config.api_key)
-        delay = self.config.backoff_s
+        backoff = Backoff(self.config.backoff_s, self.config.backoff_max_s)
         attempt = 0
         while True:
             attempt += 1
@@ -128,15 +129,16 @@ class PolygonRest:
                 self._count("error")
                 if attempt > self.config.max_retries:
                     raise BackfillError(f"REST unreachable for {url.path}: {exc}") from exc
+                delay = backoff.next_delay()
                 log.warning("REST request failed (%s); retry %d in %.1fs", exc, attempt, delay)
             else:
                 if attempt > self.config.max_retries:
                     raise BackfillError(f"REST {status} for {url.path} after {attempt} tries")
+                delay = backoff.next_delay()
                 if retry_after is not None:
                     delay = max(delay, retry_after)
                 log.warning("REST %d for %s; retry %d in %.1fs", status, url.path, attempt, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.config.backoff_max_s)
 
     def _count(self, status: str) -> None:
         if self.metrics is not None:

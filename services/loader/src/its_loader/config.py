@@ -5,19 +5,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
-
-
-def _env(name: str) -> AliasChoices:
-    # Only the ITS_LOADER_ name: a bare alias would also read an unrelated env var like STREAMS.
-    return AliasChoices(f"ITS_LOADER_{name.upper()}")
 
 
 class LoaderSettings(BaseServiceSettings):
     """``ITS_LOADER_*`` (and ``ITS_POLYGON_REST_URL``, ``POLYGON_API_KEY``, ``DATABASE_URL``...)."""
 
     SERVICE: ClassVar[str] = "loader"
+    model_config = SettingsConfigDict(env_prefix="ITS_LOADER_")
 
     polygon_rest_url: str = Field(
         "https://api.polygon.io",
@@ -25,68 +22,53 @@ class LoaderSettings(BaseServiceSettings):
         pattern=r"^https?://",
         description="Polygon REST base URL (the simulator locally)",
     )
-    group: str = Field("loader", validation_alias=_env("group"), min_length=1)
+    group: str = Field("loader", min_length=1)
     consumer: str = Field(
         "",
-        validation_alias=_env("consumer"),
         description="consumer name in the group; empty = pod name / host-pid",
     )
     streams: str = Field(
         "bars,trades,gaps",
-        validation_alias=_env("streams"),
         pattern=r"^(bars|trades|gaps)(,(bars|trades|gaps))*$",
         description="which streams this replica consumes",
     )
-    batch_entries: int = Field(
-        200, ge=1, le=10_000, validation_alias=_env("batch_entries"), description="XREADGROUP COUNT"
-    )
-    block_ms: int = Field(1000, ge=1, validation_alias=_env("block_ms"))
+    batch_entries: int = Field(200, ge=1, le=10_000, description="XREADGROUP COUNT")
+    block_ms: int = Field(1000, ge=1)
     claim_idle_ms: int = Field(
         30_000,
         ge=1,
-        validation_alias=_env("claim_idle_ms"),
         description="a pending entry idle this long belongs to a dead consumer and is claimed",
     )
-    claim_interval_s: float = Field(5.0, gt=0, validation_alias=_env("claim_interval_s"))
+    claim_interval_s: float = Field(5.0, gt=0)
     max_deliveries: int = Field(
         5,
         ge=1,
-        validation_alias=_env("max_deliveries"),
         description="deliveries after which a failing entry goes to the dead-letter stream",
     )
-    db_retry_max_s: float = Field(
-        10.0, gt=0, validation_alias=_env("db_retry_max_s"), description="max DB retry backoff"
-    )
-    metrics_interval_s: float = Field(5.0, gt=0, validation_alias=_env("metrics_interval_s"))
+    db_retry_max_s: float = Field(10.0, gt=0, description="max DB retry backoff")
+    metrics_interval_s: float = Field(5.0, gt=0)
     redis_memory_warn_bytes: int = Field(
         180 * 1024 * 1024,
         gt=0,
-        validation_alias=_env("redis_memory_warn_bytes"),
         description="warn (log + gauge) when Redis used_memory exceeds this",
     )
-    backfill_on_start: bool = Field(True, validation_alias=_env("backfill_on_start"))
+    backfill_on_start: bool = Field(True)
     backfill_initial_sessions: int = Field(
         1,
         ge=0,
-        validation_alias=_env("backfill_initial_sessions"),
         description="sessions to backfill at start when a symbol has no stored bar",
     )
-    rest_page_limit: int = Field(50_000, ge=1, le=50_000, validation_alias=_env("rest_page_limit"))
-    rest_max_retries: int = Field(8, ge=0, validation_alias=_env("rest_max_retries"))
-    rest_backoff_s: float = Field(
-        1.0, gt=0, validation_alias=_env("rest_backoff_s"), description="first 429/5xx backoff"
-    )
-    rest_backoff_max_s: float = Field(60.0, gt=0, validation_alias=_env("rest_backoff_max_s"))
-    rest_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("rest_timeout_s"))
+    rest_page_limit: int = Field(50_000, ge=1, le=50_000)
+    rest_max_retries: int = Field(8, ge=0)
+    rest_backoff_s: float = Field(1.0, gt=0, description="first 429/5xx backoff")
+    rest_backoff_max_s: float = Field(60.0, gt=0)
+    rest_timeout_s: float = Field(30.0, gt=0)
     audit_price_tolerance: float = Field(
         1e-6,
         ge=0,
-        validation_alias=_env("audit_price_tolerance"),
         description="relative OHLC difference the audit accepts",
     )
-    audit_volume_tolerance: float = Field(
-        1e-6, ge=0, validation_alias=_env("audit_volume_tolerance")
-    )
+    audit_volume_tolerance: float = Field(1e-6, ge=0)
 
     def stream_kinds(self) -> list[str]:
         return [part for part in self.streams.split(",") if part]

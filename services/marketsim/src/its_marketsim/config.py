@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
 from its_simmarket.config import DEV_API_KEY, SimConfig
@@ -55,135 +55,57 @@ class MarketSimSettings(BaseServiceSettings):
     """``ITS_MARKETSIM_*`` environment variables (plus the shared ``ITS_*`` ones)."""
 
     SERVICE: ClassVar[str] = "marketsim"
+    model_config = SettingsConfigDict(env_prefix="ITS_MARKETSIM_")
 
-    host: str = Field("127.0.0.1", validation_alias=AliasChoices("ITS_MARKETSIM_HOST", "host"))
-    port: int = Field(
-        8765, ge=0, le=65535, validation_alias=AliasChoices("ITS_MARKETSIM_PORT", "port")
-    )
-    rest_port: int = Field(
-        8766, ge=0, le=65535, validation_alias=AliasChoices("ITS_MARKETSIM_REST_PORT", "rest_port")
-    )
+    host: str = Field("127.0.0.1")
+    port: int = Field(8765, ge=0, le=65535)
+    rest_port: int = Field(8766, ge=0, le=65535)
     api_keys: SecretStr = Field(
         SecretStr(DEV_API_KEY),
-        validation_alias=AliasChoices("ITS_MARKETSIM_API_KEYS", "api_keys"),
         description="comma-separated valid API keys",
     )
     symbols: Annotated[list[str], NoDecode] = Field(
         default=["NVDA", "MSFT"],
         min_length=1,
-        validation_alias=AliasChoices("ITS_MARKETSIM_SYMBOLS", "ITS_SYMBOLS", "symbols"),
+        validation_alias=AliasChoices("ITS_MARKETSIM_SYMBOLS", "ITS_SYMBOLS"),
     )
-    seed: int = Field(42, validation_alias=AliasChoices("ITS_MARKETSIM_SEED", "seed"))
+    seed: int = Field(42)
     speed: str = Field(
         "1",
-        validation_alias=AliasChoices("ITS_MARKETSIM_SPEED", "speed"),
         description="clock factor (1 real time, 60 = a day in 6.5 min) or 'max'",
     )
     start: str = Field(
         "auto",
-        validation_alias=AliasChoices("ITS_MARKETSIM_START", "start"),
         description="auto, now, YYYY-MM-DD or an ISO date-time (naive = New York time)",
     )
-    extended_hours: bool = Field(
-        False, validation_alias=AliasChoices("ITS_MARKETSIM_EXTENDED_HOURS", "extended_hours")
-    )
-    skip_closed: bool = Field(
-        True, validation_alias=AliasChoices("ITS_MARKETSIM_SKIP_CLOSED", "skip_closed")
-    )
-    start_prices: str = Field(
-        "", validation_alias=AliasChoices("ITS_MARKETSIM_START_PRICES", "start_prices")
-    )
-    volatility: str = Field(
-        "", validation_alias=AliasChoices("ITS_MARKETSIM_VOLATILITY", "volatility")
-    )
-    trades_per_day: str = Field(
-        "", validation_alias=AliasChoices("ITS_MARKETSIM_TRADES_PER_DAY", "trades_per_day")
-    )
-    tapes: str = Field("", validation_alias=AliasChoices("ITS_MARKETSIM_TAPES", "tapes"))
-    correlation: float = Field(
-        0.6,
-        ge=-0.99,
-        le=0.99,
-        validation_alias=AliasChoices("ITS_MARKETSIM_CORRELATION", "correlation"),
-    )
-    quotes_per_trade: float = Field(
-        1.0,
-        ge=0,
-        validation_alias=AliasChoices("ITS_MARKETSIM_QUOTES_PER_TRADE", "quotes_per_trade"),
-    )
-    extended_activity: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        validation_alias=AliasChoices("ITS_MARKETSIM_EXTENDED_ACTIVITY", "extended_activity"),
-    )
-    late_bar_rate: float = Field(
-        0.03,
-        ge=0,
-        le=1,
-        validation_alias=AliasChoices("ITS_MARKETSIM_LATE_BAR_RATE", "late_bar_rate"),
-    )
-    batch_size: int = Field(
-        500, ge=1, validation_alias=AliasChoices("ITS_MARKETSIM_BATCH_SIZE", "batch_size")
-    )
-    send_buffer_bytes: int = Field(
-        8 * 1024 * 1024,
-        ge=1024,
-        validation_alias=AliasChoices("ITS_MARKETSIM_SEND_BUFFER_BYTES", "send_buffer_bytes"),
-    )
-    slow_reader_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        validation_alias=AliasChoices(
-            "ITS_MARKETSIM_SLOW_READER_TIMEOUT_S", "slow_reader_timeout_s"
-        ),
-    )
-    auth_timeout_s: float = Field(
-        10.0, gt=0, validation_alias=AliasChoices("ITS_MARKETSIM_AUTH_TIMEOUT_S", "auth_timeout_s")
-    )
-    auth_close_code: int = Field(
-        1000, validation_alias=AliasChoices("ITS_MARKETSIM_AUTH_CLOSE_CODE", "auth_close_code")
-    )
-    max_connections_per_key: int = Field(
-        1,
-        ge=1,
-        validation_alias=AliasChoices(
-            "ITS_MARKETSIM_MAX_CONNECTIONS_PER_KEY", "max_connections_per_key"
-        ),
-    )
-    max_connections_drop: Literal["oldest", "newest"] = Field(
-        "newest",
-        validation_alias=AliasChoices("ITS_MARKETSIM_MAX_CONNECTIONS_DROP", "max_connections_drop"),
-    )
-    max_connections_close_code: Literal[1000, 1008] = Field(
-        1008,
-        validation_alias=AliasChoices(
-            "ITS_MARKETSIM_MAX_CONNECTIONS_CLOSE_CODE", "max_connections_close_code"
-        ),
-    )
-    replay_file: str | None = Field(
-        None, validation_alias=AliasChoices("ITS_MARKETSIM_REPLAY_FILE", "replay_file")
-    )
-    rest_rate_limit: int = Field(
-        0, ge=0, validation_alias=AliasChoices("ITS_MARKETSIM_REST_RATE_LIMIT", "rest_rate_limit")
-    )
-    rest_max_days: int = Field(
-        370, ge=1, validation_alias=AliasChoices("ITS_MARKETSIM_REST_MAX_DAYS", "rest_max_days")
-    )
-    admin_enabled: bool = Field(
-        True, validation_alias=AliasChoices("ITS_MARKETSIM_ADMIN_ENABLED", "admin_enabled")
-    )
-    admin_token: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("ITS_MARKETSIM_ADMIN_TOKEN", "admin_token")
-    )
+    extended_hours: bool = Field(False)
+    skip_closed: bool = Field(True)
+    start_prices: str = Field("")
+    volatility: str = Field("")
+    trades_per_day: str = Field("")
+    tapes: str = Field("")
+    correlation: float = Field(0.6, ge=-0.99, le=0.99)
+    quotes_per_trade: float = Field(1.0, ge=0)
+    extended_activity: float = Field(0.05, ge=0, le=1)
+    late_bar_rate: float = Field(0.03, ge=0, le=1)
+    batch_size: int = Field(500, ge=1)
+    send_buffer_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    slow_reader_timeout_s: float = Field(10.0, gt=0)
+    auth_timeout_s: float = Field(10.0, gt=0)
+    auth_close_code: int = Field(1000)
+    max_connections_per_key: int = Field(1, ge=1)
+    max_connections_drop: Literal["oldest", "newest"] = Field("newest")
+    max_connections_close_code: Literal[1000, 1008] = Field(1008)
+    replay_file: str | None = Field(None)
+    rest_rate_limit: int = Field(0, ge=0)
+    rest_max_days: int = Field(370, ge=1)
+    admin_enabled: bool = Field(True)
+    admin_token: SecretStr | None = Field(None)
     faults: str = Field(
         "",
-        validation_alias=AliasChoices("ITS_MARKETSIM_FAULTS", "faults"),
         description='initial faults as JSON, e.g. {"duplicate_rate": 0.01}',
     )
-    public_base_url: str | None = Field(
-        None, validation_alias=AliasChoices("ITS_MARKETSIM_PUBLIC_BASE_URL", "public_base_url")
-    )
+    public_base_url: str | None = Field(None)
 
     @field_validator("speed")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode
@@ -13,7 +13,12 @@ CHANNELS = ("T", "Q", "A", "AM")
 
 
 class RouterSettings(BaseServiceSettings):
-    SERVICE = "router"
+    """The router's own settings keep their documented ``ITS_<FIELD>`` names (the common prefix,
+    which other services' variables share, so it is not checked for typos). ``ITS_ROUTER_*`` is
+    claimed anyway: no setting has that prefix, so such a variable is a mistake and is named."""
+
+    SERVICE: ClassVar[str] = "router"
+    EXTRA_ENV_PREFIXES: ClassVar[tuple[str, ...]] = ("ITS_ROUTER_",)
 
     polygon_ws_url: str = Field(
         default="wss://socket.polygon.io/stocks",

@@ -2,7 +2,7 @@
 
 Polled data is encoded as ordinary Polygon frames and put on the same queue as WebSocket frames
 (with source ``rest``), so it is validated, written and consumed exactly like live data.
-Requests are spaced by a token bucket under ``ITS_ROUTER_REST_REQUESTS_PER_MINUTE``; HTTP 429 is
+Requests are spaced by a token bucket under ``ITS_REST_REQUESTS_PER_MINUTE``; HTTP 429 is
 answered with backoff (``Retry-After`` when given).
 """
 

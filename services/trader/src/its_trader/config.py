@@ -5,24 +5,23 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
 from its_common.risk import RiskLimits
 from its_common.settings import BaseServiceSettings
 from its_trader.simbroker import SimConfig
 
 
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(f"ITS_TRADER_{name.upper()}")
-
-
 class TraderSettings(BaseServiceSettings):
     """``ITS_TRADER_*`` (and ``REDIS_URL``, ``DATABASE_URL``, ``ITS_SYMBOLS``...)."""
 
     SERVICE: ClassVar[str] = "trader"
+    model_config = SettingsConfigDict(env_prefix="ITS_TRADER_")
+    # The IB adapter's settings keep their documented ITS_IB_* names; a typo there is caught too.
+    EXTRA_ENV_PREFIXES: ClassVar[tuple[str, ...]] = ("ITS_IB_",)
 
     broker: Literal["sim", "ib"] = Field(
         "sim",
-        validation_alias=_env("broker"),
         description="broker adapter: sim (built-in paper broker) or ib (IB Gateway, paper)",
     )
     ib_host: str = Field("127.0.0.1", validation_alias=AliasChoices("ITS_IB_HOST"))
@@ -46,57 +45,46 @@ class TraderSettings(BaseServiceSettings):
         False, validation_alias=AliasChoices("ITS_ALLOW_LIVE_TRADING"),
         description="true lets the IB adapter use live ports and non-DU accounts",
     )  # fmt: skip
-    account: str = Field("SIM", min_length=1, validation_alias=_env("account"))
-    group: str = Field("trader", min_length=1, validation_alias=_env("group"))
-    consumer: str = Field(
-        "", validation_alias=_env("consumer"), description="consumer name; empty = host-pid"
-    )
-    block_ms: int = Field(500, ge=1, validation_alias=_env("block_ms"))
+    account: str = Field("SIM", min_length=1)
+    group: str = Field("trader", min_length=1)
+    consumer: str = Field("", description="consumer name; empty = host-pid")
+    block_ms: int = Field(500, ge=1)
     clock: Literal["feed", "wall"] = Field(
         "feed",
-        validation_alias=_env("clock"),
         description="market time for hours/cooldowns: latest feed trade time, or the wall clock",
     )
     max_price_age_s: float = Field(
         30.0,
         ge=0,
-        validation_alias=_env("max_price_age_s"),
         description="a feed price received longer ago than this is not fresh (0 = no limit)",
     )
-    buy_fraction: float = Field(0.10, gt=0, le=1, validation_alias=_env("buy_fraction"))
-    min_confidence: float = Field(0.6, ge=0, le=1, validation_alias=_env("min_confidence"))
-    cooldown_s: float = Field(60.0, ge=0, validation_alias=_env("cooldown_s"))
-    max_position_usd: float = Field(50_000.0, gt=0, validation_alias=_env("max_position_usd"))
-    max_gross_exposure_usd: float = Field(
-        100_000.0, gt=0, validation_alias=_env("max_gross_exposure_usd")
-    )
-    max_daily_loss_usd: float = Field(2_000.0, gt=0, validation_alias=_env("max_daily_loss_usd"))
-    max_drawdown_pct: float = Field(0.05, gt=0, le=1, validation_alias=_env("max_drawdown_pct"))
-    max_orders_per_minute: int = Field(10, ge=1, validation_alias=_env("max_orders_per_minute"))
-    regular_hours_only: bool = Field(True, validation_alias=_env("regular_hours_only"))
+    buy_fraction: float = Field(0.10, gt=0, le=1)
+    min_confidence: float = Field(0.6, ge=0, le=1)
+    cooldown_s: float = Field(60.0, ge=0)
+    max_position_usd: float = Field(50_000.0, gt=0)
+    max_gross_exposure_usd: float = Field(100_000.0, gt=0)
+    max_daily_loss_usd: float = Field(2_000.0, gt=0)
+    max_drawdown_pct: float = Field(0.05, gt=0, le=1)
+    max_orders_per_minute: int = Field(10, ge=1)
+    regular_hours_only: bool = Field(True)
     flatten_before_close_min: float = Field(
         0.0,
         ge=0,
-        validation_alias=_env("flatten_before_close_min"),
         description="flatten this many minutes before the close (0 = off)",
     )
-    snapshot_interval_s: float = Field(10.0, gt=0, validation_alias=_env("snapshot_interval_s"))
-    control_interval_s: float = Field(0.5, gt=0, validation_alias=_env("control_interval_s"))
+    snapshot_interval_s: float = Field(10.0, gt=0)
+    control_interval_s: float = Field(0.5, gt=0)
     stale_order_s: float = Field(
         120.0,
         gt=0,
-        validation_alias=_env("stale_order_s"),
         description="at recovery, a recorded order the broker never got is sent only if younger",
     )
-    sim_initial_cash: float = Field(100_000.0, gt=0, validation_alias=_env("sim_initial_cash"))
-    sim_slippage_bps: float = Field(1.0, ge=0, validation_alias=_env("sim_slippage_bps"))
-    sim_commission_per_share: float = Field(
-        0.005, ge=0, validation_alias=_env("sim_commission_per_share")
-    )
-    sim_commission_min: float = Field(1.0, ge=0, validation_alias=_env("sim_commission_min"))
+    sim_initial_cash: float = Field(100_000.0, gt=0)
+    sim_slippage_bps: float = Field(1.0, ge=0)
+    sim_commission_per_share: float = Field(0.005, ge=0)
+    sim_commission_min: float = Field(1.0, ge=0)
     sim_mark_bias_bps: float = Field(
         0.0,
-        validation_alias=_env("sim_mark_bias_bps"),
         description="fault injection: shift the SimBroker's published reference price",
     )
 

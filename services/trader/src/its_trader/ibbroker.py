@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -36,6 +35,7 @@ from ib_async import IB, Contract, Fill, MarketOrder, Stock, Ticker, Trade
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
+from its_common.backoff import Backoff
 from its_common.clock import MarketClock
 from its_trader.actions import Side
 from its_trader.broker import (
@@ -231,7 +231,7 @@ class IbBroker:
         ensure_paper(cfg.port, [cfg.account] if cfg.account else [], allow_live=cfg.allow_live)
         if self.connected:
             return
-        delay, attempt = cfg.reconnect_initial_s, 0
+        backoff, attempt = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s), 0
         while True:
             attempt += 1
             try:
@@ -243,9 +243,9 @@ class IbBroker:
                 self.last_error = repr(exc)
                 if cfg.connect_attempts and attempt >= cfg.connect_attempts:
                     raise ConnectionError(f"IB not reachable at {cfg.host}:{cfg.port}") from exc
+                delay = backoff.next_delay()
                 log.warning("IB connect failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, cfg.reconnect_max_s)
+                await asyncio.sleep(delay)
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.create_task(self._watch(), name="ib-watchdog")
 
@@ -304,9 +304,10 @@ class IbBroker:
 
     async def _reconnect_loop(self) -> None:
         cfg = self.config
-        delay = cfg.reconnect_initial_s
+        backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
+        delay = backoff.next_delay()
         while not self._stopping:
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await asyncio.sleep(delay)
             try:
                 await self._connect_once()
             except LiveTradingRefusedError as exc:
@@ -314,8 +315,8 @@ class IbBroker:
                 return
             except (OSError, TimeoutError, ConnectionError) as exc:
                 self.last_error = repr(exc)
+                delay = backoff.next_delay()
                 log.warning("IB reconnect failed (%s); next try in %.1fs", exc, delay)
-                delay = min(delay * 2, cfg.reconnect_max_s)
                 continue
             self.reconnects += 1
             if self._metrics.reconnects is not None:

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from psycopg.rows import dict_row
 from redis.exceptions import RedisError
 
+from its_common.backoff import Backoff
 from its_common.events import Trade
 from its_common.streams import EntryFormatError, Stream, decode_entry, latest_trade_key, now_ms
 from its_trader.actions import Side
@@ -387,7 +388,7 @@ class SimBroker:
     # -- the feed ----------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not self._closing:
             try:
                 reply: Any = await self._redis.xread(
@@ -395,11 +396,11 @@ class SimBroker:
                     count=self.config.read_count,
                     block=self.config.block_ms,
                 )
-                delay = 0.2
+                backoff.reset()
             except RedisError as exc:
-                log.warning("sim broker cannot read trades: %s", exc)
+                delay = backoff.next_delay()
+                log.warning("sim broker cannot read trades: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             for _stream, messages in reply or []:
                 for raw_id, fields in messages:

@@ -6,61 +6,50 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from its_common.settings import SYMBOL_PATTERN, BaseServiceSettings
-
-
-def _env(name: str) -> AliasChoices:
-    return AliasChoices(f"ITS_TRAINER_{name.upper()}")
 
 
 class TrainerSettings(BaseServiceSettings):
     """``ITS_TRAINER_*``."""
 
     SERVICE: ClassVar[str] = "trainer"
+    model_config = SettingsConfigDict(env_prefix="ITS_TRAINER_")
 
     pair: str = Field(
         "NVDA,MSFT",
-        validation_alias=_env("pair"),
         description="the two tickers, first,second (the first takes the NVDA slot of the actions)",
     )
-    bundle_dir: str = Field(
-        "var/models", validation_alias=_env("bundle_dir"), description="where bundles are written"
-    )
+    bundle_dir: str = Field("var/models", description="where bundles are written")
     data_file: str | None = Field(
         None,
-        validation_alias=_env("data_file"),
         description="Parquet/CSV bars file; unset = the database (market_data)",
     )
-    timesteps: int = Field(200_000, ge=1, validation_alias=_env("timesteps"))
-    seed: int = Field(42, ge=0, validation_alias=_env("seed"))
-    n_envs: int = Field(8, ge=1, le=256, validation_alias=_env("n_envs"))
+    timesteps: int = Field(200_000, ge=1)
+    seed: int = Field(42, ge=0)
+    n_envs: int = Field(8, ge=1, le=256)
     vec_env: Literal["dummy", "subproc"] = Field(
         "dummy",
-        validation_alias=_env("vec_env"),
         description="dummy (one process; fastest here) or subproc (one process per env)",
     )
-    n_steps: int = Field(256, ge=2, validation_alias=_env("n_steps"))
-    batch_size: int = Field(512, ge=2, validation_alias=_env("batch_size"))
-    n_epochs: int = Field(4, ge=1, validation_alias=_env("n_epochs"))
-    learning_rate: float = Field(3e-4, gt=0, validation_alias=_env("learning_rate"))
-    gamma: float = Field(0.99, gt=0, le=1, validation_alias=_env("gamma"))
-    ent_coef: float = Field(0.01, ge=0, validation_alias=_env("ent_coef"))
-    lstm_hidden: int = Field(64, ge=1, validation_alias=_env("lstm_hidden"))
-    hidden: int = Field(64, ge=1, validation_alias=_env("hidden"))
-    checkpoint_every: int = Field(
-        50_000, ge=0, validation_alias=_env("checkpoint_every"), description="0 = no checkpoints"
-    )
-    torch_threads: int = Field(1, ge=1, validation_alias=_env("torch_threads"))
-    initial_capital: float = Field(100_000.0, gt=0, validation_alias=_env("initial_capital"))
-    commission_per_share: float = Field(0.005, ge=0, validation_alias=_env("commission_per_share"))
-    commission_min: float = Field(1.0, ge=0, validation_alias=_env("commission_min"))
-    slippage_bps: float = Field(1.0, ge=0, validation_alias=_env("slippage_bps"))
-    max_position_fraction: float | None = Field(
-        None, gt=0, validation_alias=_env("max_position_fraction")
-    )
-    risk_penalty: float = Field(0.0, ge=0, validation_alias=_env("risk_penalty"))
+    n_steps: int = Field(256, ge=2)
+    batch_size: int = Field(512, ge=2)
+    n_epochs: int = Field(4, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    ent_coef: float = Field(0.01, ge=0)
+    lstm_hidden: int = Field(64, ge=1)
+    hidden: int = Field(64, ge=1)
+    checkpoint_every: int = Field(50_000, ge=0, description="0 = no checkpoints")
+    torch_threads: int = Field(1, ge=1)
+    initial_capital: float = Field(100_000.0, gt=0)
+    commission_per_share: float = Field(0.005, ge=0)
+    commission_min: float = Field(1.0, ge=0)
+    slippage_bps: float = Field(1.0, ge=0)
+    max_position_fraction: float | None = Field(None, gt=0)
+    risk_penalty: float = Field(0.0, ge=0)
 
     @field_validator("pair")
     @classmethod

@@ -20,6 +20,7 @@ from importlib import resources
 
 import psycopg
 
+from its_common.backoff import Backoff
 from its_common.settings import BaseServiceSettings, SettingsError, load_settings
 
 log = logging.getLogger("its.migrate")
@@ -126,16 +127,16 @@ def connect_with_retry(settings: BaseServiceSettings, wait_s: float) -> psycopg.
     from its_common.db.connect import connection_kwargs
 
     deadline = time.monotonic() + wait_s
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     while True:
         try:
             return psycopg.connect(**connection_kwargs(settings))
         except psycopg.OperationalError as exc:
             if time.monotonic() >= deadline:
                 raise MigrationError(f"database unreachable after {wait_s:.0f}s: {exc}") from exc
+            delay = min(backoff.next_delay(), max(0.0, deadline - time.monotonic()))
             log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def main(argv: list[str] | None = None) -> int:

