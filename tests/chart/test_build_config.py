@@ -13,7 +13,7 @@ import yaml
 
 from ._support import REPO_ROOT, tool
 
-SKAFFOLD_SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
+SKAFFOLD_SCHEMA = Path(__file__).parent / "schemas" / "skaffold-v4beta14.json"  # vendored
 DOCKERFILES = sorted(
     [*REPO_ROOT.glob("libs/*/Dockerfile"), *REPO_ROOT.glob("services/*/Dockerfile")]
 )
