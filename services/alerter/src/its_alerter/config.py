@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
+from its_common.symbols import ACTIVE_MODEL_KEY
 
 RULE_NAMES = (
     "feed",
@@ -87,7 +88,7 @@ class AlerterSettings(BaseServiceSettings):
     # model bundle age
     model_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     model_key: str = Field(
-        "its:model:active",
+        ACTIVE_MODEL_KEY,
         description="Redis hash of the loaded bundle (created_at ISO or ms, name)",
     )
     model_bundle_dir: str = Field(
