@@ -6,8 +6,9 @@ the stream's end on first start, so old history is not re-reported; after a rest
 where the group stopped), through the shared consumer framework (:mod:`its_common.consumer`).
 Entries are acked once handled: gap windows are summarized into one
 ``data_gap`` notification per cooldown period (a flapping feed does not send one message per
-reconnect); each day's gap report is sent once. Other alert-events types are counted and left to
-their own rules (the validator's ``price_divergence`` events are covered by the price_checks rule).
+reconnect); each day's gap report is sent once. The validator's ``price_divergence`` events are
+covered by the price_checks rule; any other type a service raises (the trader's
+``foreign_symbols``...) is notified as it is, once per cooldown.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from prometheus_client import CollectorRegistry
 
 from its_alerter.engine import AlertEngine
 from its_alerter.model import Severity
+from its_common.alert_events import AlertEvent, decode_alert_event
 from its_common.consumer import ConsumerConfig, Delivery, EntryHandler, StreamConsumer
 from its_common.gaps import decode_gap
 from its_common.streams import Stream, ensure_group, now_ms
 
 log = logging.getLogger("its.alerter.events")
 GAP_FINGERPRINT = "data_gap"
+# Alert-event types a rule of the alerter already judges (from its table or state).
+RULE_COVERED = frozenset({"price_divergence"})
 
 
 @dataclass
@@ -91,8 +95,23 @@ class EventReader:
                 self._add_gap(fields)
             elif kind == "gap_audit":
                 await self._gap_report(fields)
+            elif kind not in RULE_COVERED:
+                await self._service_event(decode_alert_event("-", fields))
         except (ValueError, KeyError) as exc:
             log.warning("unreadable %s entry on %s: %s", kind, stream, exc)
+
+    async def _service_event(self, event: AlertEvent) -> None:
+        """Any other alert event a service raised (its_common.alert_events), e.g. the trader
+        refusing decisions about another symbol pair: notified once per cooldown."""
+        if event.state == "resolved":
+            return
+        fingerprint = f"{event.type}:{event.source}"
+        now = now_ms()
+        if not self.engine.cooled(fingerprint, now):
+            return
+        labels = {"source": event.source, **event.data}
+        message = event.message or f"{event.type} from {event.source}"
+        await self.engine.event(event.type, fingerprint, event.severity, message, labels, now)
 
     def _add_gap(self, fields: dict[bytes, bytes]) -> None:
         window = decode_gap(fields)
