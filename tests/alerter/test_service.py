@@ -26,6 +26,7 @@ from its_common.health import HealthState
 from its_common.runtime import ServiceContext
 from its_common.settings import load_settings
 from its_common.streams import Stream, now_ms
+from tests.alerter.recorder import Recorder
 
 from .conftest import SMTP_PASSWORD, SMTP_USER, WEBHOOK_TOKEN, SlackReceiver, SmtpServer
 
@@ -171,20 +172,6 @@ async def test_gap_windows_and_nightly_report(redis_server, redis_client, db_url
     finally:
         ctx.stopping.set()
         await asyncio.wait_for(task, 10)
-
-
-class Recorder:
-    name = "recorder"
-    min_severity = "info"
-
-    def __init__(self) -> None:
-        self.sent: list[Notification] = []
-
-    async def send(self, notification: Notification) -> None:
-        self.sent.append(notification)
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_cooldown_flapping_repeat_and_restart(redis_server, db_url):

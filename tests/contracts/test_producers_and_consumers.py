@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry
 
 from its_alerter.engine import AlertEngine, AlerterMetrics
 from its_alerter.events import EventReader
-from its_alerter.model import Notification
 from its_common import calendar
 from its_common.alert_events import decode_alert_event
 from its_common.db.migrate import apply_migrations
@@ -37,21 +36,8 @@ from its_trainer.simdata import simulator_bars
 from its_validator.app import Validator, ValidatorMetrics
 from its_validator.check import PricePoint, Result, broker_prices, feed_prices
 from its_validator.config import ValidatorSettings
+from tests.alerter.recorder import Recorder
 from tests.inference.helpers import DEMO, PAIR, run_live
-
-
-class Recorder:
-    name = "recorder"
-    min_severity = "info"
-
-    def __init__(self) -> None:
-        self.sent: list[Notification] = []
-
-    async def send(self, notification: Notification) -> None:
-        self.sent.append(notification)
-
-    async def close(self) -> None:
-        return None
 
 
 async def test_features_to_inference_to_the_traders_handler(redis_client, redis_server):

@@ -19,7 +19,16 @@ import psycopg
 
 from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import free_port
-from tests.router.harness import BIN, SIM_KEY, Sim, http, router, simulator, wait_until
+from tests.router.harness import (
+    BIN,
+    SIM_KEY,
+    Sim,
+    http,
+    rest_trade_count,
+    router,
+    simulator,
+    wait_until,
+)
 
 DAY = "2025-11-03"
 AFTER_CLOSE_MS = 1_762_205_400_000  # 2025-11-03 21:30 UTC
@@ -60,22 +69,6 @@ def audit(env: dict[str, str], *flags: str) -> dict[str, Any]:
     return report
 
 
-def rest_trade_count(sim: Sim, symbol: str) -> int:
-    url = (
-        f"{sim.rest_url}/v3/trades/{symbol}?timestamp.gte={DAY}&timestamp.lte={DAY}"
-        f"&limit=50000&apiKey={SIM_KEY}"
-    )
-    total = 0
-    while url:
-        status, body = http("GET", url, timeout=60)
-        assert status == 200, body
-        total += len(body["results"])
-        url = body.get("next_url", "")
-        if url:
-            url += f"&apiKey={SIM_KEY}"
-    return total
-
-
 def test_no_missing_minutes_and_every_trade_once(
     tmp_path: Path, redis_server, database_url: str
 ) -> None:
@@ -111,7 +104,10 @@ def test_no_missing_minutes_and_every_trade_once(
                 assert all(total == distinct for _, total, distinct in rows)
                 return {symbol: total for symbol, total, _ in rows}
 
-            expected = {symbol: rest_trade_count(sim, symbol) for symbol in ("NVDA", "MSFT")}
+            expected = {
+                symbol: rest_trade_count(sim, symbol, f"timestamp.gte={DAY}&timestamp.lte={DAY}")
+                for symbol in ("NVDA", "MSFT")
+            }
             try:
                 wait_until(lambda: day_trades() == expected, 30, "trades == REST")
             except AssertionError as exc:

@@ -28,7 +28,7 @@ from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import RedisServer, free_port
 from its_common.streams import Stream
 from tests.processes import REPO, service
-from tests.router.harness import SIM_KEY, Sim, http, router, simulator, wait_until
+from tests.router.harness import SIM_KEY, Sim, rest_trade_count, router, simulator, wait_until
 
 PAUSE_S = 30
 MINUTE_MS = 60_000
@@ -41,22 +41,6 @@ def stored_trades(database_url: str, lo_ms: int, hi_ms: int) -> dict[str, int]:
             (_dt(lo_ms), _dt(hi_ms)),
         ).fetchall()
     return {str(symbol): int(count) for symbol, count in rows}
-
-
-def rest_trades(sim: Sim, symbol: str, lo_ms: int, hi_ms: int) -> int:
-    url = (
-        f"{sim.rest_url}/v3/trades/{symbol}?timestamp.gte={lo_ms * 1_000_000}"
-        f"&timestamp.lt={hi_ms * 1_000_000}&limit=50000&apiKey={SIM_KEY}"
-    )
-    total = 0
-    while url:
-        status, body = http("GET", url, timeout=60)
-        assert status == 200, body
-        total += len(body["results"])
-        url = body.get("next_url", "")
-        if url:
-            url += f"&apiKey={SIM_KEY}"
-    return total
 
 
 def _dt(ms: int) -> datetime:
@@ -115,6 +99,13 @@ def test_every_service_rides_through_a_paused_redis(tmp_path: Path, database_url
             features_before = client.xlen(Stream.FEATURES)
             first_ms = int(_scalar(database_url, "SELECT min(ts) FROM trades").timestamp() * 1000)
 
+            lo = first_ms - first_ms % MINUTE_MS + 2 * MINUTE_MS  # the first full minutes
+            wait_until(
+                lambda: int(client.hget(FEED_CLOCK_KEY, "event_ms") or 0) > lo + 5 * MINUTE_MS,
+                60,
+                "a few stored minutes before the pause",
+            )
+            paused_ms = int(client.hget(FEED_CLOCK_KEY, "event_ms") or 0)
             os.kill(pid, signal.SIGSTOP)
             try:
                 time.sleep(PAUSE_S)  # the fault itself lasts this long; nothing is awaited
@@ -122,6 +113,13 @@ def test_every_service_rides_through_a_paused_redis(tmp_path: Path, database_url
             finally:
                 os.kill(pid, signal.SIGCONT)
             assert dead == {}, f"services ended while Redis was paused: {dead}"
+            # The simulator kept its 60x pace: what the router held is written as it resumes.
+            span_ms = PAUSE_S * 60 * 1000
+            wait_until(
+                lambda: int(client.hget(FEED_CLOCK_KEY, "event_ms") or 0) > paused_ms + span_ms,
+                120,
+                "the feed clock past the pause",
+            )
             resumed_ms = int(client.hget(FEED_CLOCK_KEY, "event_ms") or 0)
 
             # Every stage produces again after the pause.
@@ -147,22 +145,23 @@ def test_every_service_rides_through_a_paused_redis(tmp_path: Path, database_url
 
             # Nothing lost: a window from after the first stored minute to well before the
             # newest event (late prints settle) holds exactly the simulator's trades.
-            lo = first_ms - first_ms % MINUTE_MS + 2 * MINUTE_MS
-            hi = resumed_ms + 5 * MINUTE_MS
+            hi = resumed_ms
             wait_until(
                 lambda: int(client.hget(FEED_CLOCK_KEY, "event_ms") or 0) > hi + 5 * MINUTE_MS,
                 120,
                 "the feed past the window",
             )
 
+            window = f"timestamp.gte={lo * 1_000_000}&timestamp.lt={hi * 1_000_000}"
+
             def complete() -> bool:
                 stored = stored_trades(database_url, lo, hi)
                 return all(
-                    stored.get(s, 0) == rest_trades(sim, s, lo, hi) for s in ("NVDA", "MSFT")
+                    stored.get(s, 0) == rest_trade_count(sim, s, window) for s in ("NVDA", "MSFT")
                 )
 
             wait_until(complete, 120, "every trade of the window stored")
-            assert hi - lo > PAUSE_S * MINUTE_MS  # the window spans the pause (60x clock)
+            assert lo < paused_ms and hi > paused_ms + span_ms  # the window spans the pause
             assert processes["router"].poll() is None
     finally:
         client.close()

@@ -182,3 +182,18 @@ def router_process(
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+
+
+def rest_trade_count(sim: Sim, symbol: str, query: str) -> int:
+    """How many trades the simulator's REST history has for ``symbol`` under ``query`` (e.g.
+    ``timestamp.gte=2025-11-03&timestamp.lte=2025-11-03``), following every page."""
+    url = f"{sim.rest_url}/v3/trades/{symbol}?{query}&limit=50000&apiKey={SIM_KEY}"
+    total = 0
+    while url:
+        status, body = http("GET", url, timeout=60)
+        assert status == 200, body
+        total += len(body["results"])
+        url = body.get("next_url", "")
+        if url:
+            url += f"&apiKey={SIM_KEY}"
+    return total
