@@ -1,5 +1,5 @@
 """The risk rules: pure checks over a small state, one implementation shared by the live trader
-(``its_trader.risk`` re-exports this module) and the trainer's backtest.
+and the trainer's backtest.
 
 Every order intent passes :func:`check_order`; :func:`check_decision` checks a decision's
 confidence; :func:`check_portfolio` decides when losses put trading in the HALTED state. Each

@@ -11,12 +11,14 @@ import psycopg
 import redis.asyncio as aioredis
 
 from its_common.backoff import Backoff
+from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
 from its_common.gaps import GapWindow, encode_gap
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
 from its_common.streams import DEFAULT_TRIM, Stream
+from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
 from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
 from its_loader.config import LoaderSettings
@@ -81,13 +83,16 @@ async def publish_startup_gaps(
         log.info("another loader replica runs the start-up backfill check")
         return 0
     backoff = Backoff(0.5, settings.db_retry_max_s)
+    # The live symbol list and the market clock (a replayed day's "now" is the feed's).
+    symbols = await read_symbols(redis, default=settings.symbols)
+    now = await MarketClock(redis).now()
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
                 **connection_kwargs(settings), autocommit=True
             ) as conn:
                 windows = await startup_windows(
-                    conn, settings.symbols, settings.backfill_initial_sessions
+                    conn, symbols, settings.backfill_initial_sessions, now=now
                 )
             break
         except TRANSIENT_ERRORS as exc:
