@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 log = logging.getLogger("its.tasks")
@@ -34,14 +34,12 @@ async def run_essential(
     tasks: Mapping[str, Coroutine[Any, Any, Any]],
     *,
     finite: frozenset[str] = frozenset(),
-    on_stop: Callable[[], Awaitable[None]] | None = None,
     tick: Callable[[], None] | None = None,
     tick_s: float = 1.0,
 ) -> None:
     """Run ``tasks`` until ``stopping`` is set, then wait for them to finish.
 
     Tasks named in ``finite`` may return (a start-up job); raising is still fatal for them.
-    ``on_stop`` runs once the stop signal is seen, before waiting (e.g. telling a writer to drain).
     ``tick`` is called every ``tick_s`` while running (counters for the heartbeat).
     On an early end the other tasks are cancelled and :class:`EssentialTaskEndedError` is raised.
     """
@@ -57,15 +55,13 @@ async def run_essential(
                 tick()
             if stop_task in done:
                 break
-            for task in done:
-                name = running.pop(task)  # type: ignore[call-overload]
+            for task in [t for t in running if t in done]:
+                name = running.pop(task)
                 error = None if task.cancelled() else task.exception()
                 if error is None and name in finite and not task.cancelled():
                     continue
                 log.error("essential task %s ended", name, exc_info=error)
                 raise EssentialTaskEndedError(name, error) from error
-        if on_stop is not None:
-            await on_stop()
         results = await asyncio.gather(*running, return_exceptions=True)
         for task, result in zip(list(running), results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
