@@ -10,8 +10,10 @@
   transaction, so a restart continues where it stopped: open orders are loaded and the trades
   stream is read again from the oldest open order's snapshot, so trades that happened while the
   process was down fill them (the stream keeps hours of trades).
-- It publishes its reference price per symbol (last trade it read) to ``its:broker:price:<SYM>``
-  (fields ``p``, ``t``, ``rt``, ``src=sim``) for the price validator.
+- It publishes its reference price per symbol to ``its:broker:price:<SYM>`` (fields ``p``, ``t``,
+  ``rt``, ``src=sim``) for the price validator: the newest trade of the last entry read, in
+  stream order like the router's ``its:last:trade:<SYM>``, so it follows a replay that starts the
+  day again (older market times in later entries) instead of waiting for market time to catch up.
 """
 
 from __future__ import annotations
@@ -417,13 +419,14 @@ class SimBroker:
             log.warning("sim broker skips a bad trades entry: %s", exc)
             return
         position = entry_key(entry_id)
+        newest: dict[str, Trade] = {}
         for event in entry.events:
             if not isinstance(event, Trade) or event.price <= 0:
                 continue
             self.trades_read += 1
-            mark = self._books.marks.get(event.symbol)
-            if mark is None or event.timestamp >= mark.ts_ms:
-                self._books.marks[event.symbol] = _Mark(event.price, event.timestamp)
+            seen = newest.get(event.symbol)
+            if seen is None or event.timestamp >= seen.timestamp:
+                newest[event.symbol] = event
             for order in list(self._books.open.values()):
                 if (
                     order.symbol == event.symbol
@@ -431,6 +434,11 @@ class SimBroker:
                     and event.timestamp >= order.not_before_ms
                 ):
                     await self._fill(order, event, entry_id)
+        # The mark follows stream order, as the router's latest-trade hash does (the newest
+        # trade of the last entry written): when a replay starts the day again, its older
+        # trades are the feed's price now, not something to ignore until market time catches up.
+        for symbol, trade in newest.items():
+            self._books.marks[symbol] = _Mark(trade.price, trade.timestamp)
 
     async def _fill(self, order: _Open, trade: Trade, entry_id: str) -> None:
         cfg = self.config
