@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from its_common.db.connect import connection_kwargs
-from its_common.streams import now_ms
+from its_common.events import Trade
+from its_common.streams import Stream, encode_entry, now_ms
 from its_trader.broker import OrderRequest
 from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
 from its_validator.check import broker_prices, compare, feed_prices
@@ -133,6 +134,34 @@ async def test_marks_follow_the_feed_back_when_a_replay_restarts_the_day(redis_c
         execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
         assert execution.price == pytest.approx(96.0 * 1.001) and execution.ts_ms == feed.t
         await wait_until(lambda: sim.mark("NVDA") == (96.0, feed.t))
+    finally:
+        await sim.close()
+
+
+async def test_an_order_open_when_the_replay_restarts_fills_at_the_next_trade(redis_client, db_url):
+    feed = Feed(redis_client)
+    sim = broker(redis_client, db_url)
+    await feed.prices(NVDA=100.0)
+    await sim.connect()
+    try:
+        decided = feed.t
+        await sim.place_market_order(OrderRequest("o1", "NVDA", "BUY", 10, not_before_ms=decided))
+        # A late trade (market time before the decision, the feed clock unchanged) never fills.
+        late = Trade(
+            symbol="NVDA", exchange=4, trade_id="late", tape=3, price=90.0, size=100,
+            timestamp=decided - 2_000, sequence=0,
+        )  # fmt: skip
+        await redis_client.xadd(Stream.TRADES, encode_entry("T", [late]))
+        await wait_until(lambda: sim.mark("NVDA") == (90.0, decided - 2_000))
+        assert sim.fills().qsize() == 0
+        # The simulator starts the day again: a new router writes older trades and moves the feed
+        # clock back. The open order fills at the first of them (stream order), not hours later.
+        feed.t -= REPLAY_BACK_MS
+        await feed.trade("NVDA", 95.0)
+        execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+        assert execution.client_order_id == "o1"
+        assert execution.price == pytest.approx(95.0 * 1.001) and execution.ts_ms == feed.t
+        assert sim.feed_rewinds == 1 and sim.clock_read_errors == 0
     finally:
         await sim.close()
 

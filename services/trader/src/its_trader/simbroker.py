@@ -4,6 +4,9 @@
   stream entry written after the order was placed (the entry id is snapshotted at placement) and
   not earlier in market time than the order's ``not_before_ms`` nor than the latest trade already
   seen in ``its:last:trade:<SYM>``. A price seen before the order never fills it.
+- When the feed clock goes back below an open order's market-time bound (the simulator replays
+  the day again: a new router writes earlier times), that bound is dropped and the order fills at
+  its next trade in stream order.
 - Fill price = trade price ± ``slippage_bps`` (buys pay more, sells get less); commission
   IB-like: ``commission_per_share`` with a ``commission_min`` per order.
 - Its books (cash, positions, orders, executions) live in the ``sim_*`` tables, each fill in one
@@ -31,6 +34,7 @@ from psycopg.rows import dict_row
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
+from its_common.clock import read_feed_clock
 from its_common.events import Trade
 from its_common.streams import EntryFormatError, Stream, decode_entry, latest_trade_key, now_ms
 from its_trader.actions import Side
@@ -146,6 +150,8 @@ class SimBroker:
         self._reader: asyncio.Task[None] | None = None
         self._cursor = "0-0"
         self.trades_read = 0
+        self.feed_rewinds = 0  # times the feed clock went back under open orders (a replay)
+        self.clock_read_errors = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -404,6 +410,8 @@ class SimBroker:
                 log.warning("sim broker cannot read trades: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            if reply and self._books.open:
+                await self._release_on_rewind()
             for _stream, messages in reply or []:
                 for raw_id, fields in messages:
                     entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
@@ -411,6 +419,35 @@ class SimBroker:
                     self._cursor = entry_id
             if reply:
                 await self._publish_marks()
+
+    async def _release_on_rewind(self) -> None:
+        """When the feed clock went back under an open order, drop its market-time guard.
+
+        An order's ``not_before_ms`` (its decision's bar, or the latest trade at placement) is at
+        most the feed clock when it is placed, and within one router process that clock never
+        goes back. A clock below it means a new router is writing an earlier time: the simulator
+        replays the day again from 09:30. The order then fills at its next trade in stream order
+        instead of waiting hours for market time to catch up. Read after the entries, so the
+        clock written in the same pipeline as them is seen.
+        """
+        try:
+            clock = await read_feed_clock(self._redis)
+        except (RedisError, ValueError) as exc:
+            self.clock_read_errors += 1
+            log.warning("sim broker cannot read the feed clock (%s); rewind check skipped", exc)
+            return
+        if clock is None:
+            return
+        rewound = [order for order in self._books.open.values() if order.not_before_ms > clock]
+        if not rewound:
+            return
+        self.feed_rewinds += 1
+        for order in rewound:
+            order.not_before_ms = 0
+        log.info(
+            "feed clock went back (a replay): open orders fill at their next trade",
+            extra={"feed_clock_ms": clock, "orders": [o.client_order_id for o in rewound]},
+        )
 
     async def _on_entry(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         try:
