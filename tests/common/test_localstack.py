@@ -278,3 +278,19 @@ async def test_supervisor_keeps_logging_and_stops_a_child_after_stdout_breaks(
     kept = (tmp_path / "logs" / "supervisor.log").read_text()
     assert "stdout is gone (BrokenPipeError" in kept
     assert "chatty stopped" in kept and "all stopped" in kept
+
+
+def test_console_counts_what_neither_stdout_nor_the_log_file_could_take(tmp_path: Path) -> None:
+    from its_common.localstack.console import Console
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with os.fdopen(write_fd, "w") as out:
+        console = Console(out, blocker / "supervisor.log")
+        console.print("first")  # the pipe is broken, then recording that fails too
+        console.print("second")
+        console.record("stopping")
+    assert isinstance(console.broken, BrokenPipeError)
+    assert console.dropped == 2 and console.record_errors == 2

@@ -10,7 +10,9 @@ log files (``var/logs/<name>.log``) and ``var/logs/supervisor.log`` keep everyth
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -24,6 +26,7 @@ class Console:
         self.log_file = log_file
         self.broken: OSError | None = None
         self.dropped = 0  # lines not printed since the stream broke
+        self.record_errors = 0  # lines the log file could not take
 
     def print(self, line: str) -> None:
         if self.broken is not None:
@@ -43,11 +46,21 @@ class Console:
             )
 
     def record(self, line: str) -> None:
-        """Append one line to the supervisor's log file (created with its directory)."""
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        """Append one line to the supervisor's log file (created with its directory).
+
+        A failing log file (disk full, directory removed) must not abort a shutdown either: the
+        failure is counted in ``record_errors`` and said once on stderr.
+        """
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        with self.log_file.open("a", encoding="utf-8") as log:
-            log.write(f"{stamp} {line}\n")
+        try:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_file.open("a", encoding="utf-8") as log:
+                log.write(f"{stamp} {line}\n")
+        except OSError as exc:
+            self.record_errors += 1
+            if self.record_errors == 1:
+                with contextlib.suppress(OSError):  # stderr gone too: the count is what is left
+                    print(f"its-local: cannot write {self.log_file}: {exc}", file=sys.stderr)
 
 
 def _detach(out: TextIO) -> bool:
