@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 import psycopg
 import redis
 
-from its_common.localstack.servers import free_port
+from its_common.localstack.servers import PostgresServer, free_port
 from its_common.localstack.supervisor import ProcessSpec, StartError, Supervisor
 
 
@@ -155,3 +158,139 @@ def test_broker_choice_wires_the_ib_simulator_before_the_trader() -> None:
     trader = services[names.index("trader")]
     assert trader.env["ITS_TRADER_BROKER"] == "ib"
     assert trader.env["ITS_IB_PORT"] == ibsim.env["ITS_IBSIM_PORT"]
+
+
+def _leftover_cleanup(var_dir: Path, redis_port: int, pg_port: int) -> list[str]:
+    """Stop what a failed `its-local` left behind (only this test's servers, by their ids)."""
+    left = []
+    if not _port_is_free(redis_port):
+        left.append(f"redis ({redis_port})")
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(port=redis_port).shutdown(nosave=True)
+    pid_file = PostgresServer(var_dir / "postgres", port=pg_port).pgdata / "postmaster.pid"
+    if not _port_is_free(pg_port):
+        left.append(f"postgres ({pg_port})")
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGINT)
+    return left
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_ctrl_c_with_stdout_into_a_closed_pipe_still_stops_everything(work_dir: Path) -> None:
+    """`make run | tee log`, Ctrl-C: tee dies first, so every later print hits a broken pipe."""
+    var_dir = work_dir / "stack-var-pipe"
+    redis_port, pg_port = free_port(), free_port()
+    read_fd, write_fd = os.pipe()
+    stderr_file = work_dir / "stack-pipe-stderr.txt"
+    with stderr_file.open("w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "its_common.localstack.cli", "run",
+                "--var-dir", str(var_dir),
+                "--redis-port", str(redis_port),
+                "--postgres-port", str(pg_port),
+                "--only-infra",
+            ],
+            stdout=write_fd,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "r") as reader:  # read until ready, then the reader "dies"
+            lines, pump = _reader_of(reader)
+            _wait_line(lines, "ITS is running locally", [], 90)
+            pump.join(timeout=10)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        left = _wait_for_free_or_cleanup(var_dir, redis_port, pg_port)
+    errors = stderr_file.read_text()
+    assert not left, f"left running: {left}; stderr:\n{errors}"
+    assert code == 0, errors
+    assert "Traceback" not in errors, errors
+    supervisor_log = (var_dir / "logs" / "supervisor.log").read_text()
+    assert "stdout is gone" in supervisor_log
+    assert "all stopped" in supervisor_log  # what could not be printed is still recorded
+
+
+def _reader_of(stream: TextIO) -> tuple[queue.Queue[str], threading.Thread]:
+    """Lines up to the ready banner (then the reader stops reading, like a killed `tee`)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line.rstrip())
+            if "ITS is running locally" in line:
+                return
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return lines, thread
+
+
+def _wait_for_free_or_cleanup(var_dir: Path, redis_port: int, pg_port: int) -> list[str]:
+    """Both ports free within a few seconds, else stop the leftovers and name them."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _port_is_free(redis_port) and _port_is_free(pg_port):
+            return []
+        time.sleep(0.2)
+    return _leftover_cleanup(var_dir, redis_port, pg_port)
+
+
+async def test_supervisor_keeps_logging_and_stops_a_child_after_stdout_breaks(
+    tmp_path: Path,
+) -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader is gone before the first line
+    with os.fdopen(write_fd, "w") as out:
+        supervisor = Supervisor(tmp_path / "logs", out=out)
+        script = (
+            "import itertools, time\n"
+            "for i in itertools.count():\n"
+            "    print(f'line {i}', flush=True)\n"
+            "    time.sleep(0.02)\n"
+        )
+        await supervisor.start(ProcessSpec("chatty", [sys.executable, "-c", script]))
+        log_file = tmp_path / "logs" / "chatty.log"
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                log_file.exists() and log_file.read_text().count("\n") >= 50
+            ):
+                await asyncio.sleep(0.05)
+            assert log_file.read_text().count("\n") >= 50  # the pump goes on after the break
+            assert isinstance(supervisor.console.broken, BrokenPipeError)
+            assert supervisor.console.dropped >= 50
+        finally:
+            await supervisor.stop(timeout_s=5)
+        supervisor.report("all stopped")  # printing after the break never raises
+    state = supervisor.states["chatty"]
+    assert state.process is not None and state.process.returncode is not None
+    kept = (tmp_path / "logs" / "supervisor.log").read_text()
+    assert "stdout is gone (BrokenPipeError" in kept
+    assert "chatty stopped" in kept and "all stopped" in kept
+
+
+def test_console_counts_what_neither_stdout_nor_the_log_file_could_take(tmp_path: Path) -> None:
+    from its_common.localstack.console import Console
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the log directory should be")
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with os.fdopen(write_fd, "w") as out:
+        console = Console(out, blocker / "supervisor.log")
+        console.print("first")  # the pipe is broken, then recording that fails too
+        console.print("second")
+        console.record("stopping")
+    assert isinstance(console.broken, BrokenPipeError)
+    assert console.dropped == 2 and console.record_errors == 2

@@ -53,11 +53,14 @@ class Feed:
             symbol=symbol, exchange=4, trade_id=str(self.seq), tape=3, price=price, size=100,
             timestamp=self.t, sequence=self.seq,
         )  # fmt: skip
-        entry_id = await self.redis.xadd(Stream.TRADES, encode_entry("T", [trade]))
-        await self.redis.hset(
-            latest_trade_key(symbol), mapping={"p": repr(price), "t": str(self.t), "rt": now_ms()}
-        )
-        await self.redis.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(self.t))  # as the router
+        async with self.redis.pipeline(transaction=False) as pipe:  # one pipeline, as the router
+            pipe.xadd(Stream.TRADES, encode_entry("T", [trade]))
+            pipe.hset(
+                latest_trade_key(symbol),
+                mapping={"p": repr(price), "t": str(self.t), "rt": now_ms()},
+            )
+            pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(self.t))
+            entry_id, *_ = await pipe.execute()
         return str(entry_id.decode())
 
     async def prices(self, **prices: float) -> None:

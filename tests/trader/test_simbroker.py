@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from its_common.db.connect import connection_kwargs
+from its_common.events import Trade
+from its_common.streams import Stream, encode_entry, now_ms
 from its_trader.broker import OrderRequest
 from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
+from its_validator.check import broker_prices, compare, feed_prices
 
 from .conftest import Feed, make_settings, query, wait_until
 
@@ -86,6 +89,81 @@ async def test_restart_continues_and_fills_with_trades_from_while_it_was_down(re
         assert await third.open_orders() == []
     finally:
         await third.close()
+
+
+REPLAY_BACK_MS = 3 * 3600 * 1000  # the simulator starts the day again from 09:30
+
+
+async def _skew_check(redis_client: Any, symbol: str) -> Any:
+    """The validator's compare() on what the router and the broker published."""
+    return compare(
+        symbol,
+        await feed_prices(redis_client).price(symbol),
+        await broker_prices(redis_client).price(symbol),
+        now_ms=now_ms(),
+        threshold_pct=0.1,
+        max_age_s=30.0,
+        max_skew_ms=5_000,
+    )
+
+
+async def test_marks_follow_the_feed_back_when_a_replay_restarts_the_day(redis_client, db_url):
+    feed = Feed(redis_client)
+    sim = broker(redis_client, db_url)
+    await feed.prices(NVDA=100.0)
+    await sim.connect()
+    try:
+        await feed.trade("NVDA", 101.0)
+        await wait_until(lambda: sim.mark("NVDA") == (101.0, feed.t))
+        assert (await _skew_check(redis_client, "NVDA")).skipped is None
+        late = feed.t
+        feed.t -= REPLAY_BACK_MS  # a new router writes the day again: older trades, later entries
+        await feed.trade("NVDA", 95.0)
+        await wait_until(lambda: sim.mark("NVDA") == (95.0, feed.t))
+        published = await redis_client.hgetall(broker_price_key("NVDA"))
+        assert float(published[b"p"]) == 95.0 and int(published[b"t"]) == feed.t < late
+        result = await _skew_check(redis_client, "NVDA")
+        assert result.skipped is None and result.ok, result
+        # Fills still follow stream order: an order placed during the replay fills at its next
+        # trade, never at the price seen before it.
+        order = await sim.place_market_order(
+            OrderRequest("r1", "NVDA", "BUY", 10, not_before_ms=feed.t)
+        )
+        assert order.status == "open"
+        await feed.trade("NVDA", 96.0)
+        execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+        assert execution.price == pytest.approx(96.0 * 1.001) and execution.ts_ms == feed.t
+        await wait_until(lambda: sim.mark("NVDA") == (96.0, feed.t))
+    finally:
+        await sim.close()
+
+
+async def test_an_order_open_when_the_replay_restarts_fills_at_the_next_trade(redis_client, db_url):
+    feed = Feed(redis_client)
+    sim = broker(redis_client, db_url)
+    await feed.prices(NVDA=100.0)
+    await sim.connect()
+    try:
+        decided = feed.t
+        await sim.place_market_order(OrderRequest("o1", "NVDA", "BUY", 10, not_before_ms=decided))
+        # A late trade (market time before the decision, the feed clock unchanged) never fills.
+        late = Trade(
+            symbol="NVDA", exchange=4, trade_id="late", tape=3, price=90.0, size=100,
+            timestamp=decided - 2_000, sequence=0,
+        )  # fmt: skip
+        await redis_client.xadd(Stream.TRADES, encode_entry("T", [late]))
+        await wait_until(lambda: sim.mark("NVDA") == (90.0, decided - 2_000))
+        assert sim.fills().qsize() == 0
+        # The simulator starts the day again: a new router writes older trades and moves the feed
+        # clock back. The open order fills at the first of them (stream order), not hours later.
+        feed.t -= REPLAY_BACK_MS
+        await feed.trade("NVDA", 95.0)
+        execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+        assert execution.client_order_id == "o1"
+        assert execution.price == pytest.approx(95.0 * 1.001) and execution.ts_ms == feed.t
+        assert sim.feed_rewinds == 1 and sim.clock_read_errors == 0
+    finally:
+        await sim.close()
 
 
 def test_position_arithmetic() -> None:

@@ -4,14 +4,19 @@
   stream entry written after the order was placed (the entry id is snapshotted at placement) and
   not earlier in market time than the order's ``not_before_ms`` nor than the latest trade already
   seen in ``its:last:trade:<SYM>``. A price seen before the order never fills it.
+- When the feed clock goes back below an open order's market-time bound (the simulator replays
+  the day again: a new router writes earlier times), that bound is dropped and the order fills at
+  its next trade in stream order.
 - Fill price = trade price ± ``slippage_bps`` (buys pay more, sells get less); commission
   IB-like: ``commission_per_share`` with a ``commission_min`` per order.
 - Its books (cash, positions, orders, executions) live in the ``sim_*`` tables, each fill in one
   transaction, so a restart continues where it stopped: open orders are loaded and the trades
   stream is read again from the oldest open order's snapshot, so trades that happened while the
   process was down fill them (the stream keeps hours of trades).
-- It publishes its reference price per symbol (last trade it read) to ``its:broker:price:<SYM>``
-  (fields ``p``, ``t``, ``rt``, ``src=sim``) for the price validator.
+- It publishes its reference price per symbol to ``its:broker:price:<SYM>`` (fields ``p``, ``t``,
+  ``rt``, ``src=sim``) for the price validator: the newest trade of the last entry read, in
+  stream order like the router's ``its:last:trade:<SYM>``, so it follows a replay that starts the
+  day again (older market times in later entries) instead of waiting for market time to catch up.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from psycopg.rows import dict_row
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
+from its_common.clock import read_feed_clock
 from its_common.events import Trade
 from its_common.streams import EntryFormatError, Stream, decode_entry, latest_trade_key, now_ms
 from its_trader.actions import Side
@@ -144,6 +150,8 @@ class SimBroker:
         self._reader: asyncio.Task[None] | None = None
         self._cursor = "0-0"
         self.trades_read = 0
+        self.feed_rewinds = 0  # times the feed clock went back under open orders (a replay)
+        self.clock_read_errors = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -402,6 +410,8 @@ class SimBroker:
                 log.warning("sim broker cannot read trades: %s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
+            if reply and self._books.open:
+                await self._release_on_rewind()
             for _stream, messages in reply or []:
                 for raw_id, fields in messages:
                     entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
@@ -410,6 +420,35 @@ class SimBroker:
             if reply:
                 await self._publish_marks()
 
+    async def _release_on_rewind(self) -> None:
+        """When the feed clock went back under an open order, drop its market-time guard.
+
+        An order's ``not_before_ms`` (its decision's bar, or the latest trade at placement) is at
+        most the feed clock when it is placed, and within one router process that clock never
+        goes back. A clock below it means a new router is writing an earlier time: the simulator
+        replays the day again from 09:30. The order then fills at its next trade in stream order
+        instead of waiting hours for market time to catch up. Read after the entries, so the
+        clock written in the same pipeline as them is seen.
+        """
+        try:
+            clock = await read_feed_clock(self._redis)
+        except (RedisError, ValueError) as exc:
+            self.clock_read_errors += 1
+            log.warning("sim broker cannot read the feed clock (%s); rewind check skipped", exc)
+            return
+        if clock is None:
+            return
+        rewound = [order for order in self._books.open.values() if order.not_before_ms > clock]
+        if not rewound:
+            return
+        self.feed_rewinds += 1
+        for order in rewound:
+            order.not_before_ms = 0
+        log.info(
+            "feed clock went back (a replay): open orders fill at their next trade",
+            extra={"feed_clock_ms": clock, "orders": [o.client_order_id for o in rewound]},
+        )
+
     async def _on_entry(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         try:
             entry = decode_entry(entry_id, fields)
@@ -417,13 +456,14 @@ class SimBroker:
             log.warning("sim broker skips a bad trades entry: %s", exc)
             return
         position = entry_key(entry_id)
+        newest: dict[str, Trade] = {}
         for event in entry.events:
             if not isinstance(event, Trade) or event.price <= 0:
                 continue
             self.trades_read += 1
-            mark = self._books.marks.get(event.symbol)
-            if mark is None or event.timestamp >= mark.ts_ms:
-                self._books.marks[event.symbol] = _Mark(event.price, event.timestamp)
+            seen = newest.get(event.symbol)
+            if seen is None or event.timestamp >= seen.timestamp:
+                newest[event.symbol] = event
             for order in list(self._books.open.values()):
                 if (
                     order.symbol == event.symbol
@@ -431,6 +471,11 @@ class SimBroker:
                     and event.timestamp >= order.not_before_ms
                 ):
                     await self._fill(order, event, entry_id)
+        # The mark follows stream order, as the router's latest-trade hash does (the newest
+        # trade of the last entry written): when a replay starts the day again, its older
+        # trades are the feed's price now, not something to ignore until market time catches up.
+        for symbol, trade in newest.items():
+            self._books.marks[symbol] = _Mark(trade.price, trade.timestamp)
 
     async def _fill(self, order: _Open, trade: Trade, entry_id: str) -> None:
         cfg = self.config

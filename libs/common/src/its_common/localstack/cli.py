@@ -67,21 +67,26 @@ async def run(args: argparse.Namespace) -> int:
 
     startup = asyncio.create_task(_start_all(supervisor, redis_server, postgres, services, var_dir))
     stop_wait = asyncio.create_task(stop.wait())
-    await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
-    if not startup.done():
-        startup.cancel()
-        await asyncio.gather(startup, return_exceptions=True)
-        supervisor.report("interrupted during start-up")
-    elif startup.exception() is not None:
-        supervisor.report(f"start-up failed: {startup.exception()}")
-        exit_code = 1
-    else:
-        await stop_wait
-        supervisor.report("stopping (Ctrl-C)")
-    stop_wait.cancel()
-    await supervisor.stop()
+    try:
+        await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not startup.done():
+            startup.cancel()
+            await asyncio.gather(startup, return_exceptions=True)
+            supervisor.report("interrupted during start-up")
+        elif startup.exception() is not None:
+            supervisor.report(f"start-up failed: {startup.exception()}")
+            exit_code = 1
+        else:
+            await stop_wait
+            supervisor.report("stopping (Ctrl-C)")
+    finally:  # whatever happened above, nothing we started is left running
+        stop_wait.cancel()
+        await supervisor.stop()
     kept = f"{var_dir} (PostgreSQL: {postgres.pgdata})" if postgres.relocated else str(var_dir)
+    console = supervisor.console
+    if console.broken is not None:
+        supervisor.report(f"{console.dropped} lines not printed (stdout gone); logs in {var_dir}")
     supervisor.report(f"all stopped; data kept in {kept}")
     return exit_code
 
@@ -181,7 +186,7 @@ def _print_summary(
     )
     lines.append(f"  data and logs under {var_dir}")
     for line in lines:
-        supervisor.say("its-local", line)
+        supervisor.announce("its-local", line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from its_common.backoff import Backoff
+from its_common.localstack.console import Console
 
 
 class StartError(RuntimeError):
@@ -55,7 +56,7 @@ class Supervisor:
 
     def __init__(self, log_dir: Path, out: TextIO = sys.stdout, max_backoff_s: float = 30.0):
         self.log_dir = log_dir
-        self.out = out
+        self.console = Console(out, log_dir / "supervisor.log")
         self.max_backoff_s = max_backoff_s
         self.states: dict[str, ProcessState] = {}
         self.stopping = asyncio.Event()
@@ -65,11 +66,18 @@ class Supervisor:
         self._width = width
 
     def say(self, name: str, line: str) -> None:
-        self.out.write(f"{name:<{self._width}} | {line}\n")
-        self.out.flush()
+        """Print one prefixed line; a broken stdout never raises (see :class:`Console`)."""
+        self.console.print(f"{name:<{self._width}} | {line}")
+
+    def announce(self, name: str, line: str) -> None:
+        """Printed and kept in ``supervisor.log`` (what runs where: needed when stdout is gone)."""
+        self.console.record(f"{name}: {line}")
+        self.say(name, line)
 
     def report(self, message: str) -> None:
+        """A supervisor event: printed, kept in ``events`` and in ``supervisor.log``."""
         self.events.append(message)
+        self.console.record(message)
         self.say("supervisor", message)
 
     async def start(self, spec: ProcessSpec) -> None:
@@ -169,6 +177,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            self.console.record(f"{state.spec.name} stopped (code {process.returncode})")
             self.say("supervisor", f"{state.spec.name} stopped (code {process.returncode})")
         for watcher in self._watchers:
             watcher.cancel()
