@@ -214,3 +214,38 @@ async def test_the_trimmer_runs_periodically_until_stopped(redis_client):
 def test_the_trimmer_refuses_nonsense_settings(redis_client) -> None:
     with pytest.raises(ValueError, match="positive"):
         StreamTrimmer(redis_client, CollectorRegistry(), high_water_bytes=0)
+
+
+async def test_a_writer_report_of_pass_bytes_starts_a_pass_before_the_interval(redis_client):
+    trim = StreamTrimmer(
+        redis_client,
+        CollectorRegistry(),
+        policies={STREAM: POLICY},
+        high_water_bytes=ROOMY,
+        interval_s=3600,
+        pass_bytes=1_000,
+    )
+
+    async def trimmed_to_maxlen() -> bool:
+        return int(await redis_client.xlen(STREAM)) == POLICY.maxlen
+
+    await add(redis_client, 30)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(trim.run(stopping))
+    try:
+        await wait_until(trimmed_to_maxlen)  # the first pass
+        await add(redis_client, 30, start_ms=5000)
+        trim.note_written(999)
+        await asyncio.sleep(0.2)
+        assert await redis_client.xlen(STREAM) == 40  # under pass_bytes: waits for the interval
+        trim.note_written(1)
+        await wait_until(trimmed_to_maxlen)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 5)
+
+
+def test_the_observed_maxlen_keeps_the_byte_budget_for_large_entries() -> None:
+    policy = TrimPolicy.for_budget(60 * 1024 * 1024, 2_000)
+    assert policy.maxlen_for(180_000) == 349  # ~60 MiB of 2,000-event entries
+    assert policy.maxlen_for(10**9) == 100  # the floor

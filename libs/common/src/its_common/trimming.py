@@ -16,14 +16,15 @@ policy table (:data:`its_common.streams.DEFAULT_TRIM`):
   it as a ``trimmed_unread`` gap window (:mod:`its_common.consumer`) for the loader to backfill.
 - A stream without consumer groups (nobody reads it through a group) is trimmed by the policy.
 
-The MAXLEN cut is found inside Redis (a Lua script walks the oldest ids in chunks and trims with
-an exact ``MINID``), so no entry payload crosses the network and the check and the trim are atomic.
+The MAXLEN cut is found inside Redis (a Lua script), so no entry payload crosses the network and
+the check and the trim are atomic: when no entry is at or after the safe point (every group caught
+up), or the stream has no group, it is a plain exact ``XTRIM MAXLEN``; otherwise the script walks
+the oldest entries below the safe point in small chunks and trims with an exact ``MINID``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,10 @@ log = logging.getLogger("its.trimming")
 # Redis runs with maxmemory 200 MB (noeviction; the memory alert fires at 180 MB). The stream
 # budgets of DEFAULT_TRIM add up to ~130 MiB; above this mark unread entries are trimmed anyway.
 DEFAULT_HIGH_WATER_BYTES: Final = 160 * MIB
-SCAN_CHUNK: Final = 500
+# A writer that reports what it writes (note_written) starts a pass after this many bytes, so
+# memory grows past the policies by at most this much plus one pass, whatever the write rate.
+DEFAULT_PASS_BYTES: Final = 16 * MIB
+SCAN_CHUNK: Final = 100  # entries per XRANGE of the MAXLEN walk (its reply is buffered)
 
 StreamId = tuple[int, int]
 
@@ -59,6 +63,12 @@ end
 if maxlen < 0 then return removed end
 local excess = redis.call('XLEN', key) - maxlen
 if excess <= 0 then return removed end
+if bound ~= '+' and #redis.call('XRANGE', key, string.sub(bound, 2), '+', 'COUNT', 1) == 0 then
+  bound = '+'  -- nothing at or after the bound: every entry was read
+end
+if bound == '+' then
+  return removed + redis.call('XTRIM', key, 'MAXLEN', maxlen)
+end
 local seen, last, start = 0, false, '-'
 while seen < excess do
   local want = math.min(chunk, excess - seen)
@@ -153,6 +163,7 @@ class StreamTrimmer:
         policies: Mapping[str, TrimPolicy] | None = None,
         high_water_bytes: int = DEFAULT_HIGH_WATER_BYTES,
         interval_s: float = 1.0,
+        pass_bytes: int = DEFAULT_PASS_BYTES,
         backoff: Backoff | None = None,
     ) -> None:
         if high_water_bytes <= 0 or interval_s <= 0:
@@ -163,6 +174,9 @@ class StreamTrimmer:
         )
         self.high_water_bytes = high_water_bytes
         self.interval_s = interval_s
+        self.pass_bytes = pass_bytes
+        self._written = 0
+        self._wake = asyncio.Event()
         self.backoff = backoff or Backoff(0.5, 10.0)
         self.metrics = TrimMetrics(registry)
         self._script = redis.register_script(_TRIM_SCRIPT)
@@ -170,6 +184,7 @@ class StreamTrimmer:
     async def run(self, stopping: asyncio.Event) -> None:
         """Trim until ``stopping`` is set; Redis errors are retried with backoff, never fatal."""
         while not stopping.is_set():
+            self._wake.clear()
             try:
                 await self.trim_once()
             except (RedisError, OSError) as exc:
@@ -178,8 +193,23 @@ class StreamTrimmer:
                 await self.backoff.sleep(stopping)
                 continue
             self.backoff.reset()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=self.interval_s)
+            await self._until_next_pass(stopping)
+
+    def note_written(self, nbytes: int) -> None:
+        """A writer added ``nbytes`` to the streams: after ``pass_bytes``, trim without waiting."""
+        self._written += nbytes
+        if self._written >= self.pass_bytes:
+            self._written = 0
+            self._wake.set()
+
+    async def _until_next_pass(self, stopping: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.interval_s, return_when="FIRST_COMPLETED")
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     async def trim_once(self) -> dict[str, TrimResult]:
         """One pass over every stream; returns what was removed, per stream."""
