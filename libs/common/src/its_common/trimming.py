@@ -166,8 +166,8 @@ class StreamTrimmer:
         pass_bytes: int = DEFAULT_PASS_BYTES,
         backoff: Backoff | None = None,
     ) -> None:
-        if high_water_bytes <= 0 or interval_s <= 0:
-            raise ValueError("high_water_bytes and interval_s must be positive")
+        if high_water_bytes <= 0 or interval_s <= 0 or pass_bytes <= 0:
+            raise ValueError("high_water_bytes, interval_s and pass_bytes must be positive")
         self.redis = redis
         self.policies: Mapping[str, TrimPolicy] = (
             policies if policies is not None else {str(s): p for s, p in DEFAULT_TRIM.items()}
