@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from its_common import trimming
 from its_common.consumer import ConsumerConfig, Delivery, EntryHandler, StreamConsumer
 from its_common.gaps import decode_gap
 from its_common.streams import Stream, TrimPolicy, ensure_group, now_ms
@@ -249,3 +250,12 @@ def test_the_observed_maxlen_keeps_the_byte_budget_for_large_entries() -> None:
     policy = TrimPolicy.for_budget(60 * 1024 * 1024, 2_000)
     assert policy.maxlen_for(180_000) == 349  # ~60 MiB of 2,000-event entries
     assert policy.maxlen_for(10**9) == 100  # the floor
+
+
+async def test_a_long_walk_below_the_read_point_runs_in_slices(redis_client, monkeypatch):
+    monkeypatch.setattr(trimming, "WALK_LIMIT", 7)  # one script call walks at most 7 entries
+    await ensure_group(redis_client, STREAM, "loader")
+    written = await add(redis_client, 30)
+    await read(redis_client, "loader", 25)
+    assert await trimmer(redis_client).trim_once() == {STREAM: TrimResult(read=20)}
+    assert await ids(redis_client) == written[20:]

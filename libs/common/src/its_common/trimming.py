@@ -45,17 +45,19 @@ DEFAULT_HIGH_WATER_BYTES: Final = 160 * MIB
 # A writer that reports what it writes (note_written) starts a pass after this many bytes, so
 # memory grows past the policies by at most this much plus one pass, whatever the write rate.
 DEFAULT_PASS_BYTES: Final = 16 * MIB
+WALK_LIMIT: Final = 10_000  # entries one script call walks (bounds how long Redis is blocked)
 SCAN_CHUNK: Final = 100  # entries per XRANGE of the MAXLEN walk (its reply is buffered)
 
 StreamId = tuple[int, int]
 
 # KEYS[1] the stream. ARGV: [1] MINID of the age bound ('' for none), [2] the XRANGE end bound
-# entries must stay under ('+' for none, '(<id>' exclusive), [3] MAXLEN (-1 for none), [4] chunk.
-# Drops entries below the age MINID, then the oldest entries beyond MAXLEN, never one at or above
-# the end bound. Returns the number of entries removed.
+# entries must stay under ('+' for none, '(<id>' exclusive), [3] MAXLEN (-1 for none), [4] chunk,
+# [5] walk limit. Drops entries below the age MINID, then the oldest entries beyond MAXLEN (at most
+# the walk limit of them when it has to walk), never one at or above the end bound. Returns the
+# number of entries removed.
 _TRIM_SCRIPT: Final = """
 local key, age_minid, bound = KEYS[1], ARGV[1], ARGV[2]
-local maxlen, chunk = tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxlen, chunk, limit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local removed = 0
 if age_minid ~= '' then
   removed = redis.call('XTRIM', key, 'MINID', age_minid)
@@ -69,6 +71,7 @@ end
 if bound == '+' then
   return removed + redis.call('XTRIM', key, 'MAXLEN', maxlen)
 end
+excess = math.min(excess, limit)
 local seen, last, start = 0, false, '-'
 while seen < excess do
   local want = math.min(chunk, excess - seen)
@@ -269,8 +272,14 @@ class StreamTrimmer:
             f"({format_id(bound)}" if bound is not None else "+",
             maxlen,
             SCAN_CHUNK,
+            WALK_LIMIT,
         ]
-        return int(await self._script(keys=[stream], args=args))
+        removed = 0
+        while True:  # in slices of WALK_LIMIT, so other clients are served in between
+            step = int(await self._script(keys=[stream], args=args))
+            removed += step
+            if step < WALK_LIMIT:
+                return removed
 
     def _count(self, stream: str, outcome: str, removed: int) -> None:
         if removed:
