@@ -20,7 +20,7 @@ from typing import Any, Final, Literal
 import msgspec
 import redis.asyncio as aioredis
 
-from its_common.streams import DEFAULT_TRIM, EntryFormatError, Stream, now_ms
+from its_common.streams import EntryFormatError, Stream, now_ms
 
 ALERT_ENTRY_VERSION: Final = b"1"
 Severity = Literal["info", "warning", "critical"]
@@ -79,7 +79,7 @@ def decode_alert_event(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Ale
 
 
 async def publish_alert_event(redis: aioredis.Redis, event: AlertEvent) -> str:
-    policy = DEFAULT_TRIM[Stream.ALERT_EVENTS]
     fields: dict[Any, Any] = encode_alert_event(event)
-    entry_id = await redis.xadd(Stream.ALERT_EVENTS, fields, maxlen=policy.maxlen, approximate=True)
+    # No MAXLEN: groups read this stream; its_common.trimming bounds it.
+    entry_id = await redis.xadd(Stream.ALERT_EVENTS, fields)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -63,14 +63,19 @@ STREAM_FOR_EVENT: Final[dict[str, Stream]] = {
 
 
 MIN_MAXLEN: Final = 1_000
+# Floor of the MAXLEN derived from observed entry sizes: low enough that the byte budget holds for
+# the largest entries (2,000 events, ~180 KB: 60 MiB holds ~350), high enough to keep a history.
+MIN_OBSERVED_MAXLEN: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
 class TrimPolicy:
-    """Approximate MAXLEN for every XADD plus an optional age bound applied by :func:`trim`.
+    """What may be trimmed from a stream: entries beyond ``maxlen`` and older than ``max_age_s``.
 
     Sized from the Redis memory budget: ``maxlen = budget_bytes / average_entry_bytes``. Redis runs
-    with ``noeviction``, so trimming is what keeps memory bounded, never eviction.
+    with ``noeviction``, so trimming is what keeps memory bounded, never eviction. Streams that
+    consumer groups read are trimmed by :class:`its_common.trimming.StreamTrimmer`, which applies
+    the policy only below what every group has read (unless memory is over its high-water mark).
     """
 
     maxlen: int
@@ -87,10 +92,11 @@ class TrimPolicy:
         return cls(maxlen=maxlen, max_age_s=max_age_s, budget_bytes=budget_bytes)
 
     def maxlen_for(self, observed_entry_bytes: float) -> int:
-        """MAXLEN for the entry size a writer actually observes (batches vary in size)."""
+        """MAXLEN for the entry size actually observed (batches vary in size): the budget in bytes
+        holds, whatever the entry size (down to :data:`MIN_OBSERVED_MAXLEN` entries)."""
         if self.budget_bytes is None or observed_entry_bytes <= 0:
             return self.maxlen
-        return max(MIN_MAXLEN, int(self.budget_bytes / observed_entry_bytes))
+        return max(MIN_OBSERVED_MAXLEN, int(self.budget_bytes / observed_entry_bytes))
 
 
 MIB: Final = 1024 * 1024
@@ -199,7 +205,12 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
 async def add(
     client: aioredis.Redis | Any, stream: str, fields: dict[bytes, bytes], policy: TrimPolicy
 ) -> Any:
-    """XADD with approximate MAXLEN (works on a client or a pipeline)."""
+    """XADD with approximate MAXLEN (works on a client or a pipeline).
+
+    For streams nobody reads through a consumer group (tools, tests): a blind MAXLEN trims entries
+    a lagging group has not read. Services XADD without it and leave trimming to
+    :mod:`its_common.trimming`.
+    """
     payload: dict[Any, Any] = fields
     return await _maybe_await(client.xadd(stream, payload, maxlen=policy.maxlen, approximate=True))
 
@@ -214,7 +225,9 @@ async def trim_by_age(client: aioredis.Redis, stream: str, policy: TrimPolicy) -
     """Drop entries older than the policy's age bound; returns the count removed.
 
     Exact MINID trimming: the approximate form only drops whole radix-tree nodes, which on a
-    quiet stream can mean nothing at all. Run it periodically, not per write.
+    quiet stream can mean nothing at all. Blind to consumer groups: services rely on
+    :class:`its_common.trimming.StreamTrimmer`, which applies the age bound below every group's
+    read point every second (the router runs it).
     """
     if policy.max_age_s is None:
         return 0

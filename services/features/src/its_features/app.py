@@ -36,7 +36,6 @@ from its_common.featureset import (
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
 from its_common.streams import (
-    DEFAULT_TRIM,
     EntryFormatError,
     RawEntries,
     Stream,
@@ -175,7 +174,6 @@ class FeaturesProcessor:
         self.metrics = metrics
         self.cache_ttl_s = cache_ttl_s
         self.clock = clock
-        self.policy = DEFAULT_TRIM[Stream.FEATURES]
         # Trace context per pending minute: the traceparent of the newest entry that carried a
         # bar of that minute (the minute's span continues that trace).
         self.minute_traceparents: dict[int, str] = {}
@@ -284,7 +282,7 @@ class FeaturesProcessor:
                 )
                 pipe.set(cache_key(symbol), encode_cached(cached), ex=self.cache_ttl_s)
             payload: dict[Any, Any] = encode_feature_set(fs, traceparent)
-            pipe.xadd(Stream.FEATURES, payload, maxlen=self.policy.maxlen, approximate=True)
+            pipe.xadd(Stream.FEATURES, payload)  # read by groups: the router's trimmer bounds it
         await pipe.execute()
 
 

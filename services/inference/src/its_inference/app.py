@@ -30,7 +30,6 @@ from its_common.featureset import FeatureSet, decode_feature_set
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
 from its_common.streams import (
-    DEFAULT_TRIM,
     EntryFormatError,
     RawEntries,
     Stream,
@@ -139,7 +138,6 @@ class InferenceProcessor:
         self.clock = clock
         self.staged: Bundle | None = None
         self._announced: str | None = None
-        self.policy_stream = DEFAULT_TRIM[Stream.DECISIONS]
         self._show_model()
 
     def _show_model(self) -> None:
@@ -281,9 +279,7 @@ class InferenceProcessor:
             pipe = self.redis.pipeline(transaction=False)
             for decision, _, span in traced:
                 payload: dict[Any, Any] = encode_decision(decision, traceparent_of(span))
-                pipe.xadd(
-                    Stream.DECISIONS, payload, maxlen=self.policy_stream.maxlen, approximate=True
-                )
+                pipe.xadd(Stream.DECISIONS, payload)  # the router's trimmer bounds it
             await pipe.execute()
         except BaseException as exc:
             for _, _, span in traced:

@@ -17,7 +17,7 @@ from its_common.db.schema import wait_for_schema
 from its_common.gaps import GapWindow, encode_gap
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
-from its_common.streams import DEFAULT_TRIM, Stream
+from its_common.streams import Stream
 from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
 from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
@@ -100,11 +100,10 @@ async def publish_startup_gaps(
             await backoff.sleep(stopping)
             if stopping.is_set():
                 return 0
-    policy = DEFAULT_TRIM[Stream.GAPS]
     for symbol, start_ms, end_ms in windows:
         window = GapWindow((symbol,), start_ms, end_ms, reason="startup", source="loader")
         payload: dict[Any, Any] = encode_gap(window)
-        await redis.xadd(Stream.GAPS, payload, maxlen=policy.maxlen, approximate=True)
+        await redis.xadd(Stream.GAPS, payload)  # read by groups: the router's trimmer bounds it
     log.info("start-up backfill: %d gap windows published", len(windows))
     return len(windows)
 

@@ -1,4 +1,4 @@
-"""Wiring: read source (WebSocket or REST fallback) -> bounded queue -> stream writer."""
+"""Wiring: read source (WebSocket or REST fallback) -> bounded queue -> stream writer; trimmer."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import logging
 
 from its_common.clock import read_feed_clock
 from its_common.runtime import ServiceContext
-from its_common.streams import now_ms
+from its_common.streams import MIB, now_ms
 from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
+from its_common.trimming import StreamTrimmer
 from its_router.batching import Frame
 from its_router.config import RouterSettings
 from its_router.feed import FeedClient
@@ -34,6 +35,15 @@ async def main(
     api_key = settings.polygon_api_key.get_secret_value() if settings.polygon_api_key else ""
     symbols = await read_symbols(redis, settings.symbols_key, list(settings.symbols))
 
+    # The one trimmer of every stream (its_common.trimming): writers XADD without MAXLEN, so
+    # nothing a consumer group has not read is trimmed while Redis' memory is under the mark.
+    # The writer reports what it writes, so a pass also starts every pass_bytes written.
+    trimmer = StreamTrimmer(
+        redis,
+        ctx.registry,
+        high_water_bytes=settings.trim_high_water_mib * MIB,
+        interval_s=settings.trim_interval_s,
+    )
     source: FeedClient | RestPoller
     writer = writer_cls(
         redis,
@@ -42,6 +52,7 @@ async def main(
         hold_max_events=settings.hold_max_events,
         symbols=lambda: list(source.symbols),
         publish_gap=status.publish_gap,
+        on_written=trimmer.note_written,
     )
     if settings.use_polygon_ws:
         source = FeedClient(
@@ -74,11 +85,15 @@ async def main(
         finally:
             writer_stop.set()  # the writer drains what was read, flushes, then ends
 
-    # Crash-only: if either task ends while the service should run (the writer dying, say), the
-    # service exits non-zero instead of reading a feed that nothing writes.
+    # Crash-only: if any task ends while the service should run (the writer dying, say), the
+    # service exits non-zero instead of reading a feed that nothing writes (or nothing trims).
     await run_essential(
         ctx.stopping,
-        {"source": read_source(), "writer": writer.run(queue, writer_stop)},
+        {
+            "source": read_source(),
+            "writer": writer.run(queue, writer_stop),
+            "trimmer": trimmer.run(ctx.stopping),
+        },
         tick=counters,
     )
 

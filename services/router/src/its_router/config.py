@@ -60,6 +60,14 @@ class RouterSettings(BaseServiceSettings):
     symbols_poll_s: float = Field(default=2.0, gt=0)
     rest_poll_interval_s: float = Field(default=15.0, gt=0)
     rest_requests_per_minute: int = Field(default=300, ge=1)
+    trim_interval_s: float = Field(
+        default=1.0, gt=0, description="period of the lag-aware stream trimmer (every stream)"
+    )
+    trim_high_water_mib: int = Field(
+        default=160,
+        ge=1,
+        description="Redis used_memory (MiB) above which entries are trimmed even unread",
+    )
 
     @field_validator("channels", mode="before")
     @classmethod

@@ -29,7 +29,6 @@ from its_common.streams import (
     DEFAULT_TRIM,
     STREAM_FOR_EVENT,
     Stream,
-    TrimPolicy,
     encode_entry_raw,
     latest_trade_key,
     now_ms,
@@ -56,6 +55,7 @@ class StreamWriter:
         symbols: Callable[[], list[str]] = list,
         publish_gap: Callable[[GapWindow], Any] | None = None,
         backoff: Backoff | None = None,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -65,6 +65,7 @@ class StreamWriter:
         self.symbols = symbols
         self.publish_gap = publish_gap
         self.backoff = backoff or Backoff(0.2, 5.0)
+        self.on_written = on_written  # bytes of stream entries written (the trimmer's nudge)
         self.held: deque[Batch] = deque()
         self.held_events = 0
         self.pending_gaps: list[GapWindow] = []
@@ -75,7 +76,6 @@ class StreamWriter:
         self.written_event_ms: int | None = None
         self.retry_at = 0.0
         self.redis_ok = True
-        self.entry_bytes: dict[Stream, float] = {}
         self.written_events = 0
 
     # -- the loop ---------------------------------------------------------------------------
@@ -240,18 +240,19 @@ class StreamWriter:
                 if batch.min_event_ms is not None:
                     span.set_attribute("its.min_event_ms", batch.min_event_ms)
             received = batch.first_received_ms
+            written_bytes = 0
             async with self.redis.pipeline(transaction=False) as pipe:
                 for (source, tag), group in batch.groups.items():
                     stream = STREAM_FOR_EVENT[tag]
-                    policy = DEFAULT_TRIM[stream]
                     for data, count in group.entries(self.max_events_per_entry):
                         fields: dict[Any, Any] = encode_entry_raw(
                             tag, data, count, received, traceparent, source
                         )
-                        self._observe_size(stream, fields)
-                        pipe.xadd(
-                            stream, fields, maxlen=self._maxlen(stream, policy), approximate=True
-                        )
+                        # No MAXLEN: consumer groups read these streams and a blind MAXLEN
+                        # trims what a lagging group has not read. The trimmer bounds them
+                        # (its_common.trimming, run by the router's app).
+                        pipe.xadd(stream, fields)
+                        written_bytes += len(data)
                 for symbol, trade in batch.latest_trades.items():
                     pipe.hset(latest_trade_key(symbol), mapping=_trade_mapping(trade, received))
                 clock = batch.max_event_ms
@@ -276,16 +277,10 @@ class StreamWriter:
                 await pipe.execute()
             if clock is not None:
                 self.written_event_ms = clock
+            if self.on_written is not None:
+                self.on_written(written_bytes)
         stored = now_ms()
         self._account(batch, stored)
-
-    def _observe_size(self, stream: Stream, fields: dict[Any, Any]) -> None:
-        size = sum(len(k) + len(v) for k, v in fields.items()) + 64
-        previous = self.entry_bytes.get(stream)
-        self.entry_bytes[stream] = size if previous is None else 0.9 * previous + 0.1 * size
-
-    def _maxlen(self, stream: Stream, policy: TrimPolicy) -> int:
-        return policy.maxlen_for(self.entry_bytes.get(stream, 0.0))
 
     def _account(self, batch: Batch, stored_ms: int) -> None:
         metrics = self.metrics

@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from its_common.gaps import GapWindow, encode_gap
-from its_common.streams import DEFAULT_TRIM, Stream, now_ms
+from its_common.streams import Stream, now_ms
 
 TRIMMED_REASON = "trimmed_unread"
 
@@ -53,7 +53,6 @@ async def publish_gap(
     window = GapWindow(
         symbols, start_ms, max(start_ms, end_ms), reason=TRIMMED_REASON, source=source
     )
-    policy = DEFAULT_TRIM[Stream.GAPS]
     payload: dict[Any, Any] = encode_gap(window)
-    await redis.xadd(Stream.GAPS, payload, maxlen=policy.maxlen, approximate=True)
+    await redis.xadd(Stream.GAPS, payload)  # read by groups: its_common.trimming bounds it
     return window
