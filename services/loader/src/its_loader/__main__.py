@@ -39,6 +39,7 @@ from its_loader.audit import (
 )
 from its_loader.backfill import BackfillError, PolygonRest, backfill_range
 from its_loader.config import LoaderSettings
+from its_loader.finality import final_until_ms
 from its_loader.store import prepare_session
 
 
@@ -115,7 +116,8 @@ class ProgressBar:
 
 
 async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> int:
-    symbols = _symbols(args.symbol, [] if args.symbol else (await _live_view(settings))[1])
+    market_now, live_symbols = await _live_view(settings)
+    symbols = _symbols(args.symbol, live_symbols)
     if args.last < args.first:
         print("--to is before --from", file=sys.stderr)
         return 2
@@ -126,7 +128,15 @@ async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> in
     ):
         await prepare_session(conn)
         try:
-            rows = await backfill_range(rest, conn, symbols, args.first, args.last, progress)
+            rows = await backfill_range(
+                rest,
+                conn,
+                symbols,
+                args.first,
+                args.last,
+                final_until_ms(int(market_now.timestamp() * 1000)),
+                progress,
+            )
         except BackfillError as exc:
             print(f"backfill failed: {exc}", file=sys.stderr)
             return 1

@@ -118,7 +118,7 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
     handlers: dict[str, Handler[Any]] = {
         "bars": BarsHandler(),
         "trades": TradesHandler(),
-        "gaps": GapsHandler(rest, metrics),
+        "gaps": GapsHandler(rest, MarketClock(redis), metrics),
     }
     databases = {kind: Database(settings) for kind in settings.stream_kinds()}
     consumers = {

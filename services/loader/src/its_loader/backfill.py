@@ -4,10 +4,15 @@
   pages follow ``next_url`` (which carries no API key: it is added again);
 * HTTP 429 and 5xx are retried with exponential backoff (``Retry-After`` when the server sends
   it), up to ``rest_max_retries`` times; 401/403/404 fail at once;
-* only finished minutes are stored (``t + 60 s <= fetch time``): a REST row is authoritative and a
-  WebSocket bar can never replace it, so a still-forming minute must not be written;
-* windows come from gap entries (router), from the start-up check (last stored bar to now, within
-  the exchange calendar's regular sessions) and from ``its-loader backfill``.
+* only **final** minutes are stored as ``polygon_rest`` (closed on the market clock plus the
+  settle delay, :mod:`its_loader.finality`): a REST row is authoritative and a WebSocket bar can
+  never replace it. Bars of minutes not final yet (the minute in progress, a minute just closed)
+  are stored as ``polygon_rest_provisional``, which WebSocket bars and later REST reads replace.
+  "Now" is always the market clock (the feed's time), never the machine's: a replayed day's
+  REST answers end at the simulator's clock, long before the wall clock;
+* windows come from gap entries (router), from the start-up check (last non-provisional bar to
+  now, within the exchange calendar's regular sessions) and from ``its-loader backfill``; gap
+  windows also backfill trades (:mod:`its_loader.trades_backfill`).
 """
 
 from __future__ import annotations
@@ -26,11 +31,19 @@ from yarl import URL
 
 from its_common import calendar
 from its_common.backoff import Backoff
+from its_common.clock import MarketClock
 from its_common.gaps import GapWindow, decode_gap
 from its_common.streams import Stream, now_ms
 from its_loader.consumer import PoisonError
+from its_loader.finality import final_until_ms, is_final
 from its_loader.metrics import LoaderMetrics
-from its_loader.store import SOURCE_REST, BarRow, bar_payload_rows, store_bars
+from its_loader.store import (
+    SOURCE_REST,
+    SOURCE_REST_PROVISIONAL,
+    BarRow,
+    bar_payload_rows,
+    store_bars,
+)
 
 log = logging.getLogger("its.loader.backfill")
 MINUTE_MS = 60_000
@@ -154,13 +167,15 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def rest_rows(symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int) -> list[BarRow]:
-    """REST bars as rows; minutes not finished at fetch time are left out."""
+def rest_rows(
+    symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int, final_until: int
+) -> list[BarRow]:
+    """REST bars as rows: ``polygon_rest`` for final minutes (``finality.is_final`` against
+    ``final_until``, from the market clock), ``polygon_rest_provisional`` for the others."""
     rows = []
     for bar in bars:
         t = int(bar["t"])
-        if t + MINUTE_MS > fetched_ms:
-            continue
+        source = SOURCE_REST if is_final(t, final_until) else SOURCE_REST_PROVISIONAL
         vw = bar.get("vw")
         n = bar.get("n")
         rows.append(
@@ -174,7 +189,7 @@ def rest_rows(symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int) -> l
                 volume=float(bar["v"]),
                 vwap=float(vw) if vw is not None else None,
                 trade_count=int(n) if n is not None else None,
-                source=SOURCE_REST,
+                source=source,
                 received_ms=fetched_ms,
             )
         )
@@ -194,21 +209,29 @@ async def backfill_window(
     symbol: str,
     start_ms: int,
     end_ms: int,
+    final_until: int,
     metrics: LoaderMetrics | None = None,
 ) -> int:
-    """Fetch one symbol's window from REST and upsert it; returns rows inserted or changed."""
+    """Fetch one symbol's window from REST and upsert it; returns rows inserted or changed.
+
+    ``final_until`` (``finality.final_until_ms`` of the market clock's now) decides which bars
+    are final; the others are stored provisional."""
     fetched = now_ms()
     bars = await rest.minute_bars(symbol, start_ms, end_ms)
-    rows = rest_rows(symbol, bars, fetched)
+    rows = rest_rows(symbol, bars, fetched, final_until)
     stored = await store_rest_rows(conn, rows)
+    provisional = sum(1 for row in rows if row.source == SOURCE_REST_PROVISIONAL)
     if metrics is not None:
         metrics.backfill_rows.inc(stored)
+        metrics.backfill_provisional.inc(provisional)
     log.info(
-        "backfilled %s %s..%s: %d REST bars, %d rows written",
+        "backfilled %s %s..%s: %d REST bars (%d provisional: not final before %s), %d rows written",
         symbol,
         _iso(start_ms),
         _iso(end_ms),
         len(rows),
+        provisional,
+        _iso(final_until),
         stored,
     )
     return stored
@@ -240,11 +263,15 @@ async def startup_windows(
     initial_sessions: int,
     now: datetime | None = None,
 ) -> list[tuple[str, int, int]]:
-    """Per symbol: from the last stored bar (or the last ``initial_sessions`` sessions) to now."""
+    """Per symbol: from the last stored bar that is not provisional (a provisional one is read
+    again) or the last ``initial_sessions`` sessions, to now (the market clock)."""
     now = now or datetime.now(UTC)
     windows: list[tuple[str, int, int]] = []
     for symbol in symbols:
-        cur = await conn.execute("SELECT max(ts) FROM market_data WHERE symbol = %s", (symbol,))
+        cur = await conn.execute(
+            "SELECT max(ts) FROM market_data WHERE symbol = %s AND source <> %s",
+            (symbol, SOURCE_REST_PROVISIONAL),
+        )
         row = await cur.fetchone()
         last = row[0] if row else None
         if last is not None:
@@ -272,8 +299,11 @@ class GapsHandler:
     stream: str = Stream.GAPS.value
     table = "market_data"
 
-    def __init__(self, rest: PolygonRest, metrics: LoaderMetrics | None = None) -> None:
+    def __init__(
+        self, rest: PolygonRest, clock: MarketClock, metrics: LoaderMetrics | None = None
+    ) -> None:
         self.rest = rest
+        self.clock = clock
         self.metrics = metrics
 
     def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> GapWindow:
@@ -291,10 +321,18 @@ class GapsHandler:
     async def write(self, conn: psycopg.AsyncConnection[Any], items: Sequence[GapWindow]) -> int:
         total = 0
         for window in items:
+            # Finality is judged per window, on the market clock read just before its REST reads.
+            final_until = final_until_ms(await self.clock.now_ms())
             for symbol in window.symbols:
                 try:
                     total += await backfill_window(
-                        self.rest, conn, symbol, window.start_ms, window.end_ms, self.metrics
+                        self.rest,
+                        conn,
+                        symbol,
+                        window.start_ms,
+                        window.end_ms,
+                        final_until,
+                        self.metrics,
                     )
                 except BackfillError:
                     if self.metrics is not None:
@@ -325,9 +363,11 @@ async def backfill_range(
     symbols: Sequence[str],
     first: date,
     last: date,
+    final_until: int,
     progress: ProgressFn | None = None,
 ) -> int:
-    """The ``its-loader backfill`` command's work: every session, every symbol."""
+    """The ``its-loader backfill`` command's work: every session, every symbol (minutes not
+    final before ``final_until`` are stored provisional)."""
     windows = day_windows(first, last)
     steps = len(windows) * len(symbols)
     done = 0
@@ -335,7 +375,7 @@ async def backfill_range(
     started = time.monotonic()
     for day, lo, hi in windows:
         for symbol in symbols:
-            total += await backfill_window(rest, conn, symbol, lo, hi)
+            total += await backfill_window(rest, conn, symbol, lo, hi, final_until)
             done += 1
             if progress is not None:
                 progress(done, steps, f"{symbol} {day.isoformat()}")
