@@ -20,7 +20,7 @@ from its_common.runtime import ServiceContext
 from its_common.streams import DEFAULT_TRIM, Stream
 from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
-from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
+from its_loader.backfill import PolygonRest, RestConfig, startup_windows
 from its_loader.config import LoaderSettings
 from its_loader.consumer import (
     ConsumerSettings,
@@ -29,6 +29,7 @@ from its_loader.consumer import (
     loader_consumer,
 )
 from its_loader.database import TRANSIENT_ERRORS, Database
+from its_loader.gap_handler import GapsHandler
 from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.lag import lag_loop
 from its_loader.metrics import LoaderMetrics
@@ -118,7 +119,7 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
     handlers: dict[str, Handler[Any]] = {
         "bars": BarsHandler(),
         "trades": TradesHandler(),
-        "gaps": GapsHandler(rest, MarketClock(redis), metrics),
+        "gaps": GapsHandler(rest, MarketClock(redis), metrics, trades=settings.backfill_trades),
     }
     databases = {kind: Database(settings) for kind in settings.stream_kinds()}
     consumers = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -31,11 +31,8 @@ from yarl import URL
 
 from its_common import calendar
 from its_common.backoff import Backoff
-from its_common.clock import MarketClock
-from its_common.gaps import GapWindow, decode_gap
-from its_common.streams import Stream, now_ms
-from its_loader.consumer import PoisonError
-from its_loader.finality import final_until_ms, is_final
+from its_common.streams import now_ms
+from its_loader.finality import is_final
 from its_loader.metrics import LoaderMetrics
 from its_loader.store import (
     SOURCE_REST,
@@ -47,6 +44,7 @@ from its_loader.store import (
 
 log = logging.getLogger("its.loader.backfill")
 MINUTE_MS = 60_000
+TRADES_MAX_LIMIT = 50_000  # Polygon's largest /v3/trades page
 
 
 class BackfillError(RuntimeError):
@@ -115,6 +113,41 @@ class PolygonRest:
             seen.add(next_url)
             url = URL(next_url)
         return results
+
+    def trades_url(self, symbol: str, start_ns: int, end_ns: int) -> URL:
+        base = URL(self.config.base_url.rstrip("/"))
+        return (base / f"v3/trades/{symbol}").with_query(
+            {
+                "timestamp.gte": str(start_ns),
+                "timestamp.lt": str(end_ns),
+                "order": "asc",
+                "sort": "timestamp",
+                "limit": str(min(self.config.page_limit, TRADES_MAX_LIMIT)),
+            }
+        )
+
+    async def trade_pages(
+        self, symbol: str, start_ns: int, end_ns: int
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """``symbol``'s REST trades with ``start_ns <= sip_timestamp < end_ns``, oldest first, one
+        page at a time (a session of a busy ticker is over a million trades: never all at once).
+        Pages follow ``next_url`` (the cursor carries the query; the API key is added again)."""
+        if end_ns <= start_ns:
+            return
+        url: URL | None = self.trades_url(symbol, start_ns, end_ns)
+        seen: set[str] = set()
+        while url is not None:
+            body = await self._get(url)
+            yield [
+                trade
+                for trade in body.get("results") or []
+                if start_ns <= int(trade["sip_timestamp"]) < end_ns
+            ]
+            next_url = body.get("next_url")
+            if not next_url or next_url in seen:
+                break
+            seen.add(next_url)
+            url = URL(next_url)
 
     async def _get(self, url: URL) -> dict[str, Any]:
         authed = url.update_query(apiKey=self.config.api_key)
@@ -291,59 +324,6 @@ async def startup_windows(
         for _, lo, hi in session_windows(start, now):
             windows.append((symbol, lo, hi))
     return windows
-
-
-class GapsHandler:
-    """Entries of ``its:stream:gaps``: each window is backfilled from REST, then acked."""
-
-    stream: str = Stream.GAPS.value
-    table = "market_data"
-
-    def __init__(
-        self, rest: PolygonRest, clock: MarketClock, metrics: LoaderMetrics | None = None
-    ) -> None:
-        self.rest = rest
-        self.clock = clock
-        self.metrics = metrics
-
-    def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> GapWindow:
-        try:
-            window = decode_gap(fields)
-        except Exception as exc:
-            raise PoisonError("bad_gap_entry", f"entry {entry_id}: {exc}") from exc
-        if window.end_ms < window.start_ms:
-            raise PoisonError("bad_gap_entry", f"entry {entry_id}: window ends before start")
-        return window
-
-    def prepare(self, items: Sequence[GapWindow]) -> Sequence[GapWindow]:
-        return items
-
-    async def write(self, conn: psycopg.AsyncConnection[Any], items: Sequence[GapWindow]) -> int:
-        total = 0
-        for window in items:
-            # Finality is judged per window, on the market clock read just before its REST reads.
-            final_until = final_until_ms(await self.clock.now_ms())
-            for symbol in window.symbols:
-                try:
-                    total += await backfill_window(
-                        self.rest,
-                        conn,
-                        symbol,
-                        window.start_ms,
-                        window.end_ms,
-                        final_until,
-                        self.metrics,
-                    )
-                except BackfillError:
-                    if self.metrics is not None:
-                        self.metrics.gap_windows.labels("failed").inc()
-                    raise
-            if self.metrics is not None:
-                self.metrics.gap_windows.labels("filled").inc()
-        return total
-
-    def event_count(self, item: GapWindow) -> int:
-        return 1
 
 
 def _ms(ts: datetime) -> int:

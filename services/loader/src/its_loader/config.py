@@ -58,6 +58,10 @@ class LoaderSettings(BaseServiceSettings):
         ge=0,
         description="sessions to backfill at start when a symbol has no stored bar",
     )
+    backfill_trades: bool = Field(
+        True,
+        description="gap windows backfill trades from /v3/trades too (not only minute bars)",
+    )
     rest_page_limit: int = Field(50_000, ge=1, le=50_000)
     rest_max_retries: int = Field(8, ge=0)
     rest_backoff_s: float = Field(1.0, gt=0, description="first 429/5xx backoff")

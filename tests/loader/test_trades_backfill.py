@@ -1,0 +1,100 @@
+"""Gap windows backfill trades too: ``/v3/trades`` pages, 429s, final minutes only, each once.
+
+Defect reproduced (zero-loss issue): "every gap window is backfilled: bars from aggregates,
+trades from /v3/trades with pagination" - gap windows filled minute bars only, so trades lost
+with a reconnect or trimmed before the loader read them were never recovered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
+from its_common.events import Trade
+from its_common.gaps import GapWindow, encode_gap
+from its_common.streams import Stream
+
+from .conftest import add_trades, make_settings, query, scalar, wait_until
+from .polygon_rest import synthetic_trade
+from .test_backfill_audit import MINUTES
+
+FIRST, IN_PROGRESS = 10, 13  # minutes 10..12 final on the market clock, 13 in progress
+NOW_MS = MINUTES[IN_PROGRESS] + 70_000  # 13 has closed, but not settled
+PER_MINUTE = 25
+
+
+def rest_trades() -> list[dict[str, Any]]:
+    """Trades of minutes FIRST..IN_PROGRESS; some share a millisecond (different ids)."""
+    out = []
+    i = 0
+    for minute in range(FIRST, IN_PROGRESS + 1):
+        for k in range(PER_MINUTE):
+            i += 1
+            sip_ns = (MINUTES[minute] + k * 2_000 + (k % 2)) * 1_000_000 + 123_456 * (k % 5)
+            out.append(synthetic_trade("NVDA", sip_ns, i))
+    return out
+
+
+def as_ws(item: dict[str, Any]) -> Trade:
+    """What the WebSocket carried for the same trade (``t`` = SIP time in ms)."""
+    return Trade(
+        symbol="NVDA", exchange=item["exchange"], trade_id=item["id"], tape=item["tape"],
+        price=item["price"], size=item["size"], timestamp=item["sip_timestamp"] // 1_000_000,
+        sequence=item["sequence_number"], conditions=tuple(item.get("conditions", ())),
+    )  # fmt: skip
+
+
+def key(item: dict[str, Any]) -> tuple[int, int, str]:
+    return (item["sip_timestamp"] // 1_000_000, item["exchange"], item["id"])
+
+
+async def test_gap_window_stores_every_final_rest_trade_exactly_once(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    trades = rest_trades()
+    rest_server.add_trades("NVDA", trades)
+    rest_server.page_size = 7  # many pages
+    rest_server.rate_limited = 2  # and 429s on the way
+    # Stored already from the WebSocket: every third trade (holes in between), including some of
+    # the minute in progress.
+    ws = [as_ws(t) for t in trades[::3]]
+    await add_trades(redis_client, ws)
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(NOW_MS))
+    loader = start_loader(
+        make_settings(redis_server.url, db_url, rest_server.url, streams="trades,gaps")
+    )
+    await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM trades") == len(ws))
+
+    window = GapWindow(("NVDA",), MINUTES[FIRST], NOW_MS, reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+
+    final = [t for t in trades if t["sip_timestamp"] < MINUTES[IN_PROGRESS] * 1_000_000]
+    in_progress_ws = [t for t in trades[::3] if t not in final]
+    rows = query(
+        db_url,
+        "SELECT (extract(epoch FROM ts) * 1000)::bigint, exchange, trade_id, tape, price, size, "
+        "conditions, sequence FROM trades WHERE symbol = 'NVDA'",
+    )
+    stored_keys = [(r[0], r[1], r[2]) for r in rows]
+    assert len(stored_keys) == len(set(stored_keys))  # each once
+    # Every final REST trade, and of the minute in progress only what the WebSocket brought.
+    assert set(stored_keys) == {key(t) for t in final} | {key(t) for t in in_progress_ws}
+    by_key = {(r[0], r[1], r[2]): r[3:] for r in rows}
+    for item in final:
+        tape, price, size, conditions, sequence = by_key[key(item)]
+        assert (tape, price, size, sequence) == (
+            item["tape"], item["price"], item["size"], item["sequence_number"],
+        )  # fmt: skip
+        assert (conditions or []) == item.get("conditions", [])
+    new = len(final) - len([t for t in trades[::3] if t in final])
+    assert loader.metric("its_loader_backfill_trades_total") == new
+    assert rest_server.unauthorized == 0  # the API key went back onto every next_url
+    trade_requests = [r for r in rest_server.requests if r.startswith("/v3/trades")]
+    assert sum("cursor=" in r for r in trade_requests) >= len(final) // 7
+
+    # The same window again (a redelivery): nothing new.
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 2)
+    assert scalar(db_url, "SELECT count(*) FROM trades") == len(stored_keys)
+    await loader.stop()
