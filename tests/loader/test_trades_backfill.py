@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade
 from its_common.gaps import GapWindow, encode_gap
@@ -97,4 +99,53 @@ async def test_gap_window_stores_every_final_rest_trade_exactly_once(
     await redis_client.xadd(Stream.GAPS, encode_gap(window))
     await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 2)
     assert scalar(db_url, "SELECT count(*) FROM trades") == len(stored_keys)
+    await loader.stop()
+
+
+async def test_a_window_reaching_now_waits_for_its_minutes_to_be_final_then_gets_every_trade(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    """A reconnect's window ends near "now": the handler waits on the market clock until its last
+    minute is final instead of leaving that minute's trades out."""
+    trades = rest_trades()
+    rest_server.add_trades("NVDA", trades)
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(NOW_MS))
+    settings = make_settings(
+        redis_server.url, db_url, rest_server.url, streams="trades,gaps", settle_wait_s=60
+    )
+    loader = start_loader(settings)
+    window = GapWindow(("NVDA",), MINUTES[FIRST], NOW_MS, reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+
+    async def taken() -> bool:
+        try:
+            return int((await redis_client.xpending(Stream.GAPS, "loader"))["pending"]) == 1
+        except ResponseError:  # NOGROUP: the consumer has not created its group yet
+            return False
+
+    await wait_until(taken)
+    assert rest_server.requests == []  # waiting for the market clock, not reading REST yet
+    # The feed moves on: the window's last minute (14, NOW_MS is in it) is final at 16:00 + 60 s.
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(MINUTES[16] + 1_000))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    assert scalar(db_url, "SELECT count(*) FROM trades") == len(trades)
+    assert loader.metric("its_loader_gap_windows_total", outcome="unsettled") == 0
+    await loader.stop()
+
+
+async def test_a_window_that_does_not_settle_in_time_is_filled_as_far_as_it_is_final(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    trades = rest_trades()
+    rest_server.add_trades("NVDA", trades)
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(NOW_MS))  # a still feed
+    loader = start_loader(
+        make_settings(redis_server.url, db_url, rest_server.url, streams="gaps", settle_wait_s=0.3)
+    )
+    window = GapWindow(("NVDA",), MINUTES[FIRST], NOW_MS, reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    assert loader.metric("its_loader_gap_windows_total", outcome="unsettled") == 1
+    final = [t for t in trades if t["sip_timestamp"] < MINUTES[IN_PROGRESS] * 1_000_000]
+    assert scalar(db_url, "SELECT count(*) FROM trades") == len(final)
     await loader.stop()

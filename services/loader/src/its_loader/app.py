@@ -119,7 +119,14 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
     handlers: dict[str, Handler[Any]] = {
         "bars": BarsHandler(),
         "trades": TradesHandler(),
-        "gaps": GapsHandler(rest, MarketClock(redis), metrics, trades=settings.backfill_trades),
+        "gaps": GapsHandler(
+            rest,
+            MarketClock(redis),
+            metrics,
+            trades=settings.backfill_trades,
+            settle_wait_s=settings.settle_wait_s,
+            stopping=ctx.stopping,
+        ),
     }
     databases = {kind: Database(settings) for kind in settings.stream_kinds()}
     consumers = {

@@ -4,7 +4,16 @@ A window (router reconnects and dropped batches, the consumers' ``trimmed_unread
 start-up check) is filled for each of its symbols with minute bars from the aggregates endpoint
 (:func:`its_loader.backfill.backfill_window`) and, unless ``trades=False``, with trades from
 ``/v3/trades`` (:func:`its_loader.trades_backfill.backfill_trades_window`). Finality is judged on
-the market clock, read once per window before its REST reads (:mod:`its_loader.finality`).
+the market clock (:mod:`its_loader.finality`).
+
+A window usually ends near "now" (a reconnect's window closes at the first event after it), so
+its last minutes are not final yet when the entry arrives, and their trades, which are fetched
+for final minutes only, would never be read. So the handler first waits, on the market clock,
+until the window's last minute is final (polling it every ``poll_s``), for at most
+``settle_wait_s`` of wall time (a stalled feed never settles anything) or until the service
+stops. What is still not final then is filled as far as the rule allows (bars provisional, no
+trades), logged as a warning and counted as ``its_loader_gap_windows_total{outcome=
+"unsettled"}``; the gap audit repairs those minutes later.
 A REST failure (after the client's retries) raises: the entry is not acked and is retried, then
 dead-lettered by the consumer framework's rules, and ``its_loader_gap_windows_total{outcome=
 "failed"}`` counts it.
@@ -12,7 +21,12 @@ dead-lettered by the consumer framework's rules, and ``its_loader_gap_windows_to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -22,9 +36,11 @@ from its_common.gaps import GapWindow, decode_gap
 from its_common.streams import Stream
 from its_loader.backfill import BackfillError, PolygonRest, backfill_window
 from its_loader.consumer import PoisonError
-from its_loader.finality import final_until_ms
+from its_loader.finality import MINUTE_MS, final_until_ms
 from its_loader.metrics import LoaderMetrics
 from its_loader.trades_backfill import backfill_trades_window
+
+log = logging.getLogger("its.loader.backfill")
 
 
 class GapsHandler:
@@ -39,11 +55,17 @@ class GapsHandler:
         clock: MarketClock,
         metrics: LoaderMetrics | None = None,
         trades: bool = True,
+        settle_wait_s: float = 150.0,
+        stopping: asyncio.Event | None = None,
+        poll_s: float = 1.0,
     ) -> None:
         self.rest = rest
         self.clock = clock
         self.metrics = metrics
         self.trades = trades
+        self.settle_wait_s = settle_wait_s
+        self.stopping = stopping
+        self.poll_s = poll_s
 
     def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> GapWindow:
         try:
@@ -60,7 +82,7 @@ class GapsHandler:
     async def write(self, conn: psycopg.AsyncConnection[Any], items: Sequence[GapWindow]) -> int:
         total = 0
         for window in items:
-            final_until = final_until_ms(await self.clock.now_ms())
+            final_until = await self._settled(window)
             try:
                 for symbol in window.symbols:
                     total += await self._fill(conn, window, symbol, final_until)
@@ -71,6 +93,37 @@ class GapsHandler:
             if self.metrics is not None:
                 self.metrics.gap_windows.labels("filled").inc()
         return total
+
+    async def _settled(self, window: GapWindow) -> int:
+        """Wait until the window's last minute is final on the market clock (bounded: see the
+        module docstring); returns ``final_until`` as it then is."""
+        needed = -(-window.end_ms // MINUTE_MS) * MINUTE_MS  # the end of the window's last minute
+        deadline = time.monotonic() + self.settle_wait_s
+        while True:
+            final_until = final_until_ms(await self.clock.now_ms())
+            remaining = deadline - time.monotonic()
+            stopping = self.stopping is not None and self.stopping.is_set()
+            if final_until >= needed:
+                return final_until
+            if remaining <= 0 or stopping:
+                break
+            if self.stopping is None:
+                await asyncio.sleep(min(self.poll_s, remaining))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), min(self.poll_s, remaining))
+        log.warning(
+            "gap window %s (%s) not final after %.0fs on the market clock: %s..%s filled as far "
+            "as it is final (bars provisional, no trades); the gap audit repairs the rest",
+            ",".join(window.symbols),
+            window.reason,
+            self.settle_wait_s,
+            _iso(max(final_until, window.start_ms)),
+            _iso(window.end_ms),
+        )
+        if self.metrics is not None:
+            self.metrics.gap_windows.labels("unsettled").inc()
+        return final_until
 
     async def _fill(
         self, conn: psycopg.AsyncConnection[Any], window: GapWindow, symbol: str, final_until: int
@@ -86,3 +139,7 @@ class GapsHandler:
 
     def event_count(self, item: GapWindow) -> int:
         return 1
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
