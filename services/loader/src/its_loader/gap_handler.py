@@ -13,7 +13,9 @@ until the window's last minute is final (polling it every ``poll_s``), for at mo
 ``settle_wait_s`` of wall time (a stalled feed never settles anything) or until the service
 stops. What is still not final then is filled as far as the rule allows (bars provisional, no
 trades), logged as a warning and counted as ``its_loader_gap_windows_total{outcome=
-"unsettled"}``; the gap audit repairs those minutes later.
+"unsettled"}``; the gap audit repairs those minutes later. When the wait ended because the
+service stops, the part not final yet is published again as a gap window (same symbols and
+reason, ``source=loader``) before the entry is acked, so the next loader reads it once final.
 A REST failure (after the client's retries) raises: the entry is not acked and is retried, then
 dead-lettered by the consumer framework's rules, and ``its_loader_gap_windows_total{outcome=
 "failed"}`` counts it.
@@ -32,8 +34,8 @@ from typing import Any
 import psycopg
 
 from its_common.clock import MarketClock
-from its_common.gaps import GapWindow, decode_gap
-from its_common.streams import Stream
+from its_common.gaps import GapWindow, decode_gap, encode_gap
+from its_common.streams import DEFAULT_TRIM, Stream
 from its_loader.backfill import BackfillError, PolygonRest, backfill_window
 from its_loader.consumer import PoisonError
 from its_loader.finality import MINUTE_MS, final_until_ms
@@ -59,8 +61,11 @@ class GapsHandler:
         stopping: asyncio.Event | None = None,
         poll_s: float = 1.0,
     ) -> None:
+        if clock.redis is None:
+            raise ValueError("the gaps handler needs a market clock on Redis")
         self.rest = rest
         self.clock = clock
+        self.redis = clock.redis
         self.metrics = metrics
         self.trades = trades
         self.settle_wait_s = settle_wait_s
@@ -123,7 +128,22 @@ class GapsHandler:
         )
         if self.metrics is not None:
             self.metrics.gap_windows.labels("unsettled").inc()
+        if self.stopping is not None and self.stopping.is_set():
+            await self._publish_again(window, final_until)
         return final_until
+
+    async def _publish_again(self, window: GapWindow, final_until: int) -> None:
+        tail = GapWindow(
+            window.symbols,
+            max(window.start_ms, final_until),
+            window.end_ms,
+            reason=window.reason,
+            source="loader",
+        )
+        policy = DEFAULT_TRIM[Stream.GAPS]
+        fields: dict[Any, Any] = encode_gap(tail)
+        await self.redis.xadd(Stream.GAPS, fields, maxlen=policy.maxlen, approximate=True)
+        log.info("stopping: the part of the window not final yet is published again: %s", tail)
 
     async def _fill(
         self, conn: psycopg.AsyncConnection[Any], window: GapWindow, symbol: str, final_until: int
