@@ -91,6 +91,7 @@ async def test_gap_window_stores_every_final_rest_trade_exactly_once(
         assert (conditions or []) == item.get("conditions", [])
     new = len(final) - len([t for t in trades[::3] if t in final])
     assert loader.metric("its_loader_backfill_trades_total") == new
+    assert loader.metric("its_loader_rows_total", table="trades") == len(ws) + new
     assert rest_server.unauthorized == 0  # the API key went back onto every next_url
     trade_requests = [r for r in rest_server.requests if r.startswith("/v3/trades")]
     assert sum("cursor=" in r for r in trade_requests) >= len(final) // 7

@@ -152,9 +152,12 @@ class GapsHandler:
             self.rest, conn, symbol, window.start_ms, window.end_ms, final_until, self.metrics
         )
         if self.trades:
-            rows += await backfill_trades_window(
+            trades = await backfill_trades_window(
                 self.rest, conn, symbol, window.start_ms, window.end_ms, final_until, self.metrics
             )
+            # The consumer counts what write() returns under this handler's table (market_data).
+            if self.metrics is not None:
+                self.metrics.rows.labels("trades").inc(trades)
         return rows
 
     def event_count(self, item: GapWindow) -> int:
