@@ -43,7 +43,6 @@ from its_loader.store import (
 )
 
 log = logging.getLogger("its.loader.backfill")
-MINUTE_MS = 60_000
 TRADES_MAX_LIMIT = 50_000  # Polygon's largest /v3/trades page
 
 
