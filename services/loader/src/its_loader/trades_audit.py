@@ -129,7 +129,7 @@ async def stored_minute_stats(
     return {int(row[0]): (int(row[1]), float(row[2])) for row in await cur.fetchall()}
 
 
-def _runs(minutes: Sequence[int]) -> list[tuple[int, int]]:
+def minute_runs(minutes: Sequence[int]) -> list[tuple[int, int]]:
     """Consecutive minutes as ``[start, end)`` windows."""
     windows: list[tuple[int, int]] = []
     for minute in sorted(minutes):
@@ -165,7 +165,7 @@ async def audit_trades_day(
         result = compare_trades(symbol, minutes, stored, rest_stats)
         if repair:
             missing = {f.minute_ms: f for f in result.findings if f.kind == "missing"}
-            for start, end in _runs(list(missing)):
+            for start, end in minute_runs(list(missing)):
                 rows = await backfill_trades_window(rest, conn, symbol, start, end, final_until)
                 result.repaired += rows
                 for minute in range(start, end, MINUTE_MS):
