@@ -7,6 +7,7 @@ with a reconnect or trimmed before the loader read them were never recovered.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -15,10 +16,11 @@ from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade
 from its_common.gaps import GapWindow, decode_gap, encode_gap
 from its_common.streams import Stream
+from its_loader.__main__ import main as cli_main
 
 from .conftest import add_trades, make_settings, query, scalar, wait_until
 from .polygon_rest import synthetic_trade
-from .test_backfill_audit import MINUTES
+from .test_backfill_audit import DAY, MINUTES, cli_env
 
 FIRST, IN_PROGRESS = 10, 13  # minutes 10..12 final on the market clock, 13 in progress
 NOW_MS = MINUTES[IN_PROGRESS] + 70_000  # 13 has closed, but not settled
@@ -187,3 +189,19 @@ async def test_a_window_waiting_when_the_loader_stops_is_published_again_for_its
     assert stream_id(groups[0]["last-delivered-id"]) < stream_id(entries[-1][0])  # unread
     final = [t for t in trades if t["sip_timestamp"] < MINUTES[IN_PROGRESS] * 1_000_000]
     assert scalar(db_url, "SELECT count(*) FROM trades") == len(final)
+
+
+async def test_cli_backfill_with_trades_stores_the_final_minutes_trades(
+    redis_server, redis_client, db_url, rest_server, monkeypatch
+):
+    trades = rest_trades()
+    rest_server.add_trades("NVDA", trades)
+    rest_server.page_size = 20
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(NOW_MS))
+    cli_env(monkeypatch, redis_server.url, db_url, rest_server.url)
+    argv = ["backfill", "--symbol", "NVDA", "--from", DAY.isoformat(), "--to", DAY.isoformat()]
+    assert await asyncio.to_thread(cli_main, [*argv, "--no-progress", "--trades"]) == 0
+    final = [t for t in trades if t["sip_timestamp"] < MINUTES[IN_PROGRESS] * 1_000_000]
+    assert scalar(db_url, "SELECT count(*) FROM trades") == len(final)
+    assert await asyncio.to_thread(cli_main, [*argv, "--no-progress", "--trades"]) == 0
+    assert scalar(db_url, "SELECT count(*) FROM trades") == len(final)  # each once

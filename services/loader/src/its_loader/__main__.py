@@ -1,7 +1,7 @@
 """``its-loader``: the loader service, ``backfill`` and ``audit``.
 
 its-loader                                   run the service (same as ``its-loader run``)
-its-loader backfill --symbol NVDA --from 2026-11-20 --to 2026-11-24
+its-loader backfill --symbol NVDA --from 2026-11-20 --to 2026-11-24 [--trades]
 its-loader audit --date 2026-11-24 [--repair] [--no-event] [--json] [--trades]
 """
 
@@ -37,9 +37,10 @@ from its_loader.audit import (
     publish_audit_event,
     write_audit,
 )
-from its_loader.backfill import BackfillError, PolygonRest, backfill_range
+from its_loader.backfill import backfill_range
 from its_loader.config import LoaderSettings
 from its_loader.finality import final_until_ms
+from its_loader.rest import BackfillError, PolygonRest
 from its_loader.store import prepare_session
 from its_loader.trades_audit import audit_trades_day, format_trades_report, trades_as_dict
 
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--from", dest="first", type=_date, required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", type=_date, required=True, help="YYYY-MM-DD")
     backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    backfill.add_argument(
+        "--trades", action="store_true", help="also backfill trades from /v3/trades"
+    )
 
     audit = sub.add_parser("audit", help="audit one trading day's minute bars against REST")
     audit.add_argument(
@@ -142,6 +146,7 @@ async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> in
                 args.last,
                 final_until_ms(int(market_now.timestamp() * 1000)),
                 progress,
+                trades=args.trades,
             )
         except BackfillError as exc:
             print(f"backfill failed: {exc}", file=sys.stderr)

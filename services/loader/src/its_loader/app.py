@@ -20,7 +20,7 @@ from its_common.runtime import ServiceContext
 from its_common.streams import DEFAULT_TRIM, Stream
 from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
-from its_loader.backfill import PolygonRest, RestConfig, startup_windows
+from its_loader.backfill import startup_windows
 from its_loader.config import LoaderSettings
 from its_loader.consumer import (
     ConsumerSettings,
@@ -33,6 +33,7 @@ from its_loader.gap_handler import GapsHandler
 from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.lag import lag_loop
 from its_loader.metrics import LoaderMetrics
+from its_loader.rest import PolygonRest, RestConfig
 
 log = logging.getLogger("its.loader")
 STARTUP_LOCK_KEY = "its:loader:startup-backfill"

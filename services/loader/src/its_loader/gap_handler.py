@@ -36,10 +36,11 @@ import psycopg
 from its_common.clock import MarketClock
 from its_common.gaps import GapWindow, decode_gap, encode_gap
 from its_common.streams import DEFAULT_TRIM, Stream
-from its_loader.backfill import BackfillError, PolygonRest, backfill_window
+from its_loader.backfill import backfill_window
 from its_loader.consumer import PoisonError
 from its_loader.finality import MINUTE_MS, final_until_ms
 from its_loader.metrics import LoaderMetrics
+from its_loader.rest import BackfillError, PolygonRest
 from its_loader.trades_backfill import backfill_trades_window
 
 log = logging.getLogger("its.loader.backfill")

@@ -28,8 +28,8 @@ import psycopg
 
 from its_common import calendar
 from its_common.streams import now_ms
-from its_loader.backfill import PolygonRest
 from its_loader.finality import MINUTE_MS, final_until_ms, is_final
+from its_loader.rest import PolygonRest
 from its_loader.trades_backfill import NS_PER_MS, backfill_trades_window
 
 MinuteStats = dict[int, tuple[int, float]]  # minute start ms -> (trades, volume)

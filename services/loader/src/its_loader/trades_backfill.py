@@ -28,8 +28,8 @@ import psycopg
 
 from its_common.events import Trade
 from its_common.streams import now_ms
-from its_loader.backfill import BackfillError, PolygonRest
 from its_loader.metrics import LoaderMetrics
+from its_loader.rest import BackfillError, PolygonRest
 from its_loader.store import store_trades, trade_payload
 
 log = logging.getLogger("its.loader.backfill")
