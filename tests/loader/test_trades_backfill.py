@@ -189,6 +189,24 @@ async def test_a_window_waiting_when_the_loader_stops_is_published_again_for_its
     assert stream_id(groups[0]["last-delivered-id"]) < stream_id(entries[-1][0])  # unread
     final = [t for t in trades if t["sip_timestamp"] < MINUTES[IN_PROGRESS] * 1_000_000]
     assert scalar(db_url, "SELECT count(*) FROM trades") == len(final)
+    await redis_client.delete(Stream.GAPS)  # the window left for the next loader: not for others
+
+
+async def test_a_window_ahead_of_the_market_clock_does_not_wait(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    """A window in the clock's future (wall-clock bounds during a replay) is not "now": waiting
+    would not settle it, so it is filled as far as it is final at once."""
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(NOW_MS))
+    loader = start_loader(
+        make_settings(redis_server.url, db_url, rest_server.url, streams="gaps", settle_wait_s=600)
+    )
+    day_ms = 86_400_000
+    window = GapWindow(("NVDA",), NOW_MS + day_ms, NOW_MS + day_ms + 60_000, "trimmed_unread")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    assert loader.metric("its_loader_gap_windows_total", outcome="unsettled") == 1
+    await loader.stop()
 
 
 async def test_cli_backfill_with_trades_stores_the_final_minutes_trades(

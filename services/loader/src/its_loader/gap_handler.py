@@ -11,9 +11,12 @@ its last minutes are not final yet when the entry arrives, and their trades, whi
 for final minutes only, would never be read. So the handler first waits, on the market clock,
 until the window's last minute is final (polling it every ``poll_s``), for at most
 ``settle_wait_s`` of wall time (a stalled feed never settles anything) or until the service
-stops. What is still not final then is filled as far as the rule allows (bars provisional, no
-trades), logged as a warning and counted as ``its_loader_gap_windows_total{outcome=
-"unsettled"}``; the gap audit repairs those minutes later. When the wait ended because the
+stops. Only a window that reaches "now" waits: one ending more than :data:`WAIT_HORIZON_MS`
+ahead of what is final is in the market clock's future (a window in wall-clock time during a
+replay, a window left from a later replayed day) and waiting would not settle it. What is
+still not final then is filled as far as the rule allows (bars provisional, no trades), logged
+as a warning and counted as ``its_loader_gap_windows_total{outcome="unsettled"}``; the gap audit
+repairs those minutes later. When the wait ended because the
 service stops, the part not final yet is published again as a gap window (same symbols and
 reason, ``source=loader``) before the entry is acked, so the next loader reads it once final.
 A REST failure (after the client's retries) raises: the entry is not acked and is retried, then
@@ -44,6 +47,9 @@ from its_loader.rest import BackfillError, PolygonRest
 from its_loader.trades_backfill import backfill_trades_window
 
 log = logging.getLogger("its.loader.backfill")
+# The longest a window reaching "now" is ahead of the final minutes: the minute in progress, the
+# settle delay, and a minute of slack.
+WAIT_HORIZON_MS = 4 * MINUTE_MS
 
 
 class GapsHandler:
@@ -111,7 +117,7 @@ class GapsHandler:
             stopping = self.stopping is not None and self.stopping.is_set()
             if final_until >= needed:
                 return final_until
-            if remaining <= 0 or stopping:
+            if remaining <= 0 or stopping or needed - final_until > WAIT_HORIZON_MS:
                 break
             if self.stopping is None:
                 await asyncio.sleep(min(self.poll_s, remaining))
@@ -119,11 +125,11 @@ class GapsHandler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), min(self.poll_s, remaining))
         log.warning(
-            "gap window %s (%s) not final after %.0fs on the market clock: %s..%s filled as far "
+            "gap window %s (%s) not final on the market clock (%s): %s..%s filled as far "
             "as it is final (bars provisional, no trades); the gap audit repairs the rest",
             ",".join(window.symbols),
             window.reason,
-            self.settle_wait_s,
+            "ahead of it" if needed - final_until > WAIT_HORIZON_MS else "waited",
             _iso(max(final_until, window.start_ms)),
             _iso(window.end_ms),
         )
