@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from redis import Redis
 
 from its_common.db.migrate import apply_migrations
+from its_common.gaps import GapWindow, encode_gap
 from its_common.localstack.servers import free_port
+from its_common.streams import Stream
 from tests.router.harness import (
     BIN,
     SIM_KEY,
@@ -123,8 +126,42 @@ def test_no_missing_minutes_and_every_trade_once(
             + after_repair["symbols"]["MSFT"]["repaired"]
             == 3
         )
-        final = audit(env)
+        final = audit(env, "--trades")
         assert final["ok"] is True and final["missing"] == 0 and final["mismatch"] == 0
         for symbol in ("NVDA", "MSFT"):
             stats = final["symbols"][symbol]
             assert stats["stored"] + stats["empty"] == stats["session_minutes"] == 390
+        # Trades per minute agree with the simulator's /v3/trades (mapping: SIP ns -> ms).
+        assert final["trades"]["ok"] is True and final["trades"]["extra"] == 0
+        assert final["trades"]["symbols"]["NVDA"]["rest_trades"] == expected["NVDA"]
+
+        # Trades lost after the fact: a gap window refills NVDA's (REST /v3/trades, pages), the
+        # trades audit's repair MSFT's; every trade ends stored exactly once.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "DELETE FROM trades WHERE symbol = 'NVDA' AND ts >= %s AND ts < %s",
+                ("2025-11-03 15:00+00", "2025-11-03 15:30+00"),
+            )
+            conn.execute(
+                "DELETE FROM trades WHERE symbol = 'MSFT' AND ts >= %s AND ts < %s",
+                ("2025-11-03 17:00+00", "2025-11-03 17:20+00"),
+            )
+            holes = audit(env, "--trades", "--no-event", "--no-write")["trades"]
+            assert holes["symbols"]["NVDA"]["missing"] > 0
+            assert holes["symbols"]["MSFT"]["missing"] > 0
+            window = GapWindow(("NVDA",), 1_762_182_000_000, 1_762_183_800_000, "reconnect")
+            client = Redis.from_url(redis_server.url)
+            try:
+                client.xadd(Stream.GAPS, encode_gap(window))  # type: ignore[arg-type]
+            finally:
+                client.close()
+
+            def nvda_refilled() -> bool:
+                return day_trades().get("NVDA") == expected["NVDA"]
+
+            wait_until(nvda_refilled, 60, "the gap window's trades")
+            repaired = audit(env, "--trades", "--repair", "--no-event", "--no-write")["trades"]
+            assert repaired["symbols"]["NVDA"]["missing"] == 0
+            assert repaired["symbols"]["MSFT"]["repaired"] > 0
+            assert day_trades() == expected
+            assert audit(env, "--trades", "--no-event", "--no-write")["trades"]["ok"] is True

@@ -66,6 +66,7 @@ def make_settings(redis_url: str, db_url: str, rest_url: str = "http://127.0.0.1
         "db_retry_max_s": 0.5,
         "rest_backoff_s": 0.05,
         "rest_backoff_max_s": 0.2,
+        "settle_wait_s": 0.5,  # windows reaching "now" on a still clock: don't wait long
     }
     overrides.update(kw)
     return load_settings(LoaderSettings, **overrides)

@@ -16,7 +16,8 @@ from its_common.gaps import GapWindow, encode_gap
 from its_common.streams import Stream
 from its_loader.__main__ import main as cli_main
 from its_loader.audit import audit_day
-from its_loader.backfill import PolygonRest, RestConfig, startup_windows
+from its_loader.backfill import startup_windows
+from its_loader.rest import PolygonRest, RestConfig
 from its_loader.store import prepare_session
 
 from .conftest import add_bars, make_settings, query, scalar, wait_until

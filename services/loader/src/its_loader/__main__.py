@@ -1,8 +1,8 @@
 """``its-loader``: the loader service, ``backfill`` and ``audit``.
 
 its-loader                                   run the service (same as ``its-loader run``)
-its-loader backfill --symbol NVDA --from 2026-11-20 --to 2026-11-24
-its-loader audit --date 2026-11-24 [--repair] [--no-event] [--json]
+its-loader backfill --symbol NVDA --from 2026-11-20 --to 2026-11-24 [--trades]
+its-loader audit --date 2026-11-24 [--repair] [--no-event] [--json] [--trades]
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ from its_loader.audit import (
     publish_audit_event,
     write_audit,
 )
-from its_loader.backfill import BackfillError, PolygonRest, backfill_range
+from its_loader.backfill import backfill_range
 from its_loader.config import LoaderSettings
+from its_loader.finality import final_until_ms
+from its_loader.rest import BackfillError, PolygonRest
 from its_loader.store import prepare_session
+from its_loader.trades_audit import audit_trades_day, format_trades_report, trades_as_dict
 
 
 def _date(value: str) -> date:
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--from", dest="first", type=_date, required=True, help="YYYY-MM-DD")
     backfill.add_argument("--to", dest="last", type=_date, required=True, help="YYYY-MM-DD")
     backfill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    backfill.add_argument(
+        "--trades", action="store_true", help="also backfill trades from /v3/trades"
+    )
 
     audit = sub.add_parser("audit", help="audit one trading day's minute bars against REST")
     audit.add_argument(
@@ -75,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-event", action="store_true", help="do not publish the event")
     audit.add_argument("--no-write", action="store_true", help="do not write gap_audit rows")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.add_argument(
+        "--trades",
+        action="store_true",
+        help="also audit trades per minute (count, volume) against REST /v3/trades",
+    )
     audit.add_argument(
         "--fail-on-gaps", action="store_true", help="exit 1 when missing or mismatched minutes"
     )
@@ -115,7 +126,8 @@ class ProgressBar:
 
 
 async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> int:
-    symbols = _symbols(args.symbol, [] if args.symbol else (await _live_view(settings))[1])
+    market_now, live_symbols = await _live_view(settings)
+    symbols = _symbols(args.symbol, live_symbols)
     if args.last < args.first:
         print("--to is before --from", file=sys.stderr)
         return 2
@@ -126,7 +138,16 @@ async def run_backfill(settings: LoaderSettings, args: argparse.Namespace) -> in
     ):
         await prepare_session(conn)
         try:
-            rows = await backfill_range(rest, conn, symbols, args.first, args.last, progress)
+            rows = await backfill_range(
+                rest,
+                conn,
+                symbols,
+                args.first,
+                args.last,
+                final_until_ms(int(market_now.timestamp() * 1000)),
+                progress,
+                trades=args.trades,
+            )
         except BackfillError as exc:
             print(f"backfill failed: {exc}", file=sys.stderr)
             return 1
@@ -154,6 +175,13 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
                 repair=args.repair,
                 market_now=market_now,
             )
+            trades = (
+                await audit_trades_day(
+                    conn, rest, day, symbols, repair=args.repair, market_now=market_now
+                )
+                if args.trades
+                else None
+            )
         except BackfillError as exc:
             print(f"audit failed: {exc}", file=sys.stderr)
             return 1
@@ -166,10 +194,16 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
     if args.json:
-        print(json.dumps(as_dict(report), indent=2, default=str))
+        data = as_dict(report)
+        if trades is not None:
+            data["trades"] = trades_as_dict(trades)
+        print(json.dumps(data, indent=2, default=str))
     else:
         print(format_report(report))
-    return 1 if args.fail_on_gaps and not report.ok else 0
+        if trades is not None:
+            print(format_trades_report(trades))
+    ok = report.ok and (trades is None or trades.ok)
+    return 1 if args.fail_on_gaps and not ok else 0
 
 
 async def _live_view(settings: LoaderSettings) -> tuple[datetime, list[str]]:

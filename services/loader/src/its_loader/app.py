@@ -20,7 +20,7 @@ from its_common.runtime import ServiceContext
 from its_common.streams import Stream
 from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
-from its_loader.backfill import GapsHandler, PolygonRest, RestConfig, startup_windows
+from its_loader.backfill import startup_windows
 from its_loader.config import LoaderSettings
 from its_loader.consumer import (
     ConsumerSettings,
@@ -29,9 +29,11 @@ from its_loader.consumer import (
     loader_consumer,
 )
 from its_loader.database import TRANSIENT_ERRORS, Database
+from its_loader.gap_handler import GapsHandler
 from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.lag import lag_loop
 from its_loader.metrics import LoaderMetrics
+from its_loader.rest import PolygonRest, RestConfig
 
 log = logging.getLogger("its.loader")
 STARTUP_LOCK_KEY = "its:loader:startup-backfill"
@@ -117,7 +119,14 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
     handlers: dict[str, Handler[Any]] = {
         "bars": BarsHandler(),
         "trades": TradesHandler(),
-        "gaps": GapsHandler(rest, metrics),
+        "gaps": GapsHandler(
+            rest,
+            MarketClock(redis),
+            metrics,
+            trades=settings.backfill_trades,
+            settle_wait_s=settings.settle_wait_s,
+            stopping=ctx.stopping,
+        ),
     }
     databases = {kind: Database(settings) for kind in settings.stream_kinds()}
     consumers = {

@@ -4,14 +4,16 @@ For each symbol and regular-session minute of the day (``its_common.calendar``):
 
 * ``missing``: REST has a bar, the database does not;
 * ``mismatch``: both have it but OHLC differ by more than the relative price tolerance or the
-  volume by more than the volume tolerance;
+  volume by more than the volume tolerance, or the stored row is still provisional (a REST bar
+  read before its minute was final; ``detail.provisional``);
 * ``extra``: the database has a bar REST does not have.
 
 A minute with no trades (REST has no bar either) is not a gap; it is counted as ``empty``.
 Findings replace the day's earlier ``gap_audit`` rows for the symbol; a summary is published on
 ``its:stream:alert-events`` (``type=gap_audit``) for the alerter's nightly report. With
 ``repair=True`` the REST bars of missing and mismatched minutes are upserted first, and the
-findings say so (``detail.repaired``).
+findings say so (``detail.repaired``). Only minutes final on the market clock are audited, and
+only final REST bars are ever stored (:mod:`its_loader.finality`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import redis.asyncio as aioredis
 from its_common import calendar
 from its_common.alert_events import AlertEvent, publish_alert_event
 from its_common.streams import now_ms
-from its_loader.backfill import PolygonRest, rest_rows, store_rest_rows
-from its_loader.store import BarRow
+from its_loader.backfill import rest_rows, store_rest_rows
+from its_loader.finality import SETTLE_MS, final_until_ms, is_final
+from its_loader.rest import PolygonRest
+from its_loader.store import SOURCE_REST, SOURCE_REST_PROVISIONAL, BarRow
 
 PRICE_FIELDS = ("open", "high", "low", "close")
 
@@ -133,8 +137,10 @@ def compare(
     rest: dict[int, BarRow],
     price_tolerance: float,
     volume_tolerance: float,
+    provisional: frozenset[int] = frozenset(),
 ) -> SymbolAudit:
-    """Pure comparison of one symbol's day (minute starts in ms)."""
+    """Pure comparison of one symbol's day (minute starts in ms); ``provisional``: minutes whose
+    stored row is provisional (a mismatch even with equal values: it is not final)."""
     result = SymbolAudit(symbol, len(minutes), stored=len(stored), rest=len(rest))
     for minute in minutes:
         db_bar = stored.get(minute)
@@ -147,7 +153,11 @@ def compare(
             result.findings.append(Finding(minute, "extra", {"stored": _values(db_bar)}))
         else:
             diffs = _diffs(db_bar, rest_bar, price_tolerance, volume_tolerance)
-            if diffs:
+            if minute in provisional:
+                result.findings.append(
+                    Finding(minute, "mismatch", {"fields": diffs, "provisional": True})
+                )
+            elif diffs:
                 result.findings.append(Finding(minute, "mismatch", {"fields": diffs}))
     return result
 
@@ -182,17 +192,21 @@ def _diffs(
 
 async def stored_bars(
     conn: psycopg.AsyncConnection[Any], symbol: str, start: datetime, end: datetime
-) -> dict[int, tuple[float, ...]]:
+) -> tuple[dict[int, tuple[float, ...]], frozenset[int]]:
+    """The stored bars (minute start -> OHLCV) and the minutes whose row is provisional."""
     cur = await conn.execute(
-        """SELECT (extract(epoch FROM ts) * 1000)::bigint, open, high, low, close, volume
+        """SELECT (extract(epoch FROM ts) * 1000)::bigint, open, high, low, close, volume, source
            FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s""",
         (symbol, start, end),
     )
-    return {int(row[0]): tuple(row[1:]) for row in await cur.fetchall()}
+    rows = await cur.fetchall()
+    bars = {int(row[0]): tuple(row[1:6]) for row in rows}
+    provisional = frozenset(int(row[0]) for row in rows if row[6] == SOURCE_REST_PROVISIONAL)
+    return bars, provisional
 
 
-# A minute is audited once it has closed and its final bar has had time to arrive and be stored.
-AUDIT_SETTLE_MS = 60_000
+# A minute is audited once it is final: closed, and its final bar has had time to arrive.
+AUDIT_SETTLE_MS = SETTLE_MS
 
 
 async def audit_day(
@@ -205,22 +219,27 @@ async def audit_day(
     repair: bool = False,
     market_now: datetime | None = None,
 ) -> AuditReport:
-    """Audit ``day``'s minutes that have closed by ``market_now`` (the market clock; all of a
-    past session): the minute in progress, and those after it, are not missing yet."""
+    """Audit ``day``'s minutes that are final by ``market_now`` (the market clock, default the
+    wall clock; all of a past session): the minute in progress, and those after it, are not
+    missing yet, and REST's bars of them are not final (never stored, never compared)."""
     session = calendar.session(day)
     if session is None:
         return AuditReport(day, trading_day=False)
     report = AuditReport(day, True, session.open, session.close)
-    closed_by = _ms(market_now) - AUDIT_SETTLE_MS if market_now is not None else None
-    minutes = [
-        _ms(m) for m in session.minute_starts() if closed_by is None or _ms(m) + 60_000 <= closed_by
-    ]
+    final_until = final_until_ms(_ms(market_now) if market_now is not None else now_ms())
+    minutes = [_ms(m) for m in session.minute_starts() if is_final(_ms(m), final_until)]
     for symbol in symbols:
         fetched = now_ms()
         bars = await rest.minute_bars(symbol, _ms(session.open), _ms(session.close))
-        rows = {row.ts_ms: row for row in rest_rows(symbol, bars, fetched)}
-        stored = await stored_bars(conn, symbol, session.open, session.close)
-        result = compare(symbol, minutes, stored, rows, price_tolerance, volume_tolerance)
+        rows = {
+            row.ts_ms: row
+            for row in rest_rows(symbol, bars, fetched, final_until)
+            if row.source == SOURCE_REST
+        }
+        stored, provisional = await stored_bars(conn, symbol, session.open, session.close)
+        result = compare(
+            symbol, minutes, stored, rows, price_tolerance, volume_tolerance, provisional
+        )
         if repair:
             fix = [rows[f.minute_ms] for f in result.findings if f.kind in ("missing", "mismatch")]
             if fix:

@@ -1,166 +1,53 @@
 """REST backfill: Polygon minute aggregates into ``market_data`` with ``source = 'polygon_rest'``.
 
-* ``GET /v2/aggs/ticker/{T}/range/1/minute/{from_ms}/{to_ms}?adjusted=true&sort=asc&limit=N``;
-  pages follow ``next_url`` (which carries no API key: it is added again);
-* HTTP 429 and 5xx are retried with exponential backoff (``Retry-After`` when the server sends
-  it), up to ``rest_max_retries`` times; 401/403/404 fail at once;
-* only finished minutes are stored (``t + 60 s <= fetch time``): a REST row is authoritative and a
-  WebSocket bar can never replace it, so a still-forming minute must not be written;
-* windows come from gap entries (router), from the start-up check (last stored bar to now, within
-  the exchange calendar's regular sessions) and from ``its-loader backfill``.
+* REST pages, 429/5xx retries: :mod:`its_loader.rest`;
+* only **final** minutes are stored as ``polygon_rest`` (closed on the market clock plus the
+  settle delay, :mod:`its_loader.finality`): a REST row is authoritative and a WebSocket bar can
+  never replace it. Bars of minutes not final yet (the minute in progress, a minute just closed)
+  are stored as ``polygon_rest_provisional``, which WebSocket bars and later REST reads replace.
+  "Now" is always the market clock (the feed's time), never the machine's: a replayed day's
+  REST answers end at the simulator's clock, long before the wall clock;
+* windows come from gap entries (router), from the start-up check (last non-provisional bar to
+  now, within the exchange calendar's regular sessions) and from ``its-loader backfill``; gap
+  windows (and ``backfill --trades``) also backfill trades (:mod:`its_loader.trades_backfill`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import psycopg
-from yarl import URL
 
 from its_common import calendar
-from its_common.backoff import Backoff
-from its_common.gaps import GapWindow, decode_gap
-from its_common.streams import Stream, now_ms
-from its_loader.consumer import PoisonError
+from its_common.streams import now_ms
+from its_loader.finality import is_final
 from its_loader.metrics import LoaderMetrics
-from its_loader.store import SOURCE_REST, BarRow, bar_payload_rows, store_bars
+from its_loader.rest import PolygonRest
+from its_loader.store import (
+    SOURCE_REST,
+    SOURCE_REST_PROVISIONAL,
+    BarRow,
+    bar_payload_rows,
+    store_bars,
+)
+from its_loader.trades_backfill import backfill_trades_window
 
 log = logging.getLogger("its.loader.backfill")
-MINUTE_MS = 60_000
 
 
-class BackfillError(RuntimeError):
-    """REST history could not be fetched (after retries) or was refused."""
-
-
-@dataclass(frozen=True)
-class RestConfig:
-    base_url: str
-    api_key: str
-    page_limit: int = 50_000
-    max_retries: int = 8
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
-    timeout_s: float = 30.0
-
-
-class PolygonRest:
-    """A small Polygon REST client for minute aggregates."""
-
-    def __init__(self, config: RestConfig, metrics: LoaderMetrics | None = None) -> None:
-        self.config = config
-        self.metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> PolygonRest:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout)
-        return self._session
-
-    def aggs_url(self, symbol: str, from_ms: int, to_ms: int) -> URL:
-        base = URL(self.config.base_url.rstrip("/"))
-        path = f"v2/aggs/ticker/{symbol}/range/1/minute/{from_ms}/{to_ms}"
-        return (base / path).with_query(
-            adjusted="true", sort="asc", limit=str(self.config.page_limit)
-        )
-
-    async def minute_bars(self, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
-        """Every REST minute bar of ``symbol`` starting in ``[start_ms, end_ms)``, all pages."""
-        if end_ms <= start_ms:
-            return []
-        url: URL | None = self.aggs_url(symbol, start_ms, end_ms - 1)
-        seen: set[str] = set()
-        results: list[dict[str, Any]] = []
-        while url is not None:
-            body = await self._get(url)
-            for bar in body.get("results") or []:
-                t = int(bar["t"])
-                if start_ms <= t < end_ms:
-                    results.append(bar)
-            next_url = body.get("next_url")
-            if not next_url or next_url in seen:
-                break
-            seen.add(next_url)
-            url = URL(next_url)
-        return results
-
-    async def _get(self, url: URL) -> dict[str, Any]:
-        authed = url.update_query(apiKey=self.config.api_key)
-        backoff = Backoff(self.config.backoff_s, self.config.backoff_max_s)
-        attempt = 0
-        while True:
-            attempt += 1
-            status = 0
-            retry_after: float | None = None
-            try:
-                async with self._client().get(authed) as response:
-                    status = response.status
-                    self._count(str(status))
-                    if status == 200:
-                        body: dict[str, Any] = await response.json(content_type=None)
-                        if body.get("status") == "ERROR":
-                            raise BackfillError(f"REST error for {url.path}: {body.get('error')}")
-                        return body
-                    text = await response.text()
-                    if status in (429, 500, 502, 503, 504):
-                        retry_after = _retry_after(response.headers.get("Retry-After"))
-                    else:
-                        raise BackfillError(f"REST {status} for {url.path}: {text[:200]}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._count("error")
-                if attempt > self.config.max_retries:
-                    raise BackfillError(f"REST unreachable for {url.path}: {exc}") from exc
-                delay = backoff.next_delay()
-                log.warning("REST request failed (%s); retry %d in %.1fs", exc, attempt, delay)
-            else:
-                if attempt > self.config.max_retries:
-                    raise BackfillError(f"REST {status} for {url.path} after {attempt} tries")
-                delay = backoff.next_delay()
-                if retry_after is not None:
-                    delay = max(delay, retry_after)
-                log.warning("REST %d for %s; retry %d in %.1fs", status, url.path, attempt, delay)
-            await asyncio.sleep(delay)
-
-    def _count(self, status: str) -> None:
-        if self.metrics is not None:
-            self.metrics.rest_requests.labels(status).inc()
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def rest_rows(symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int) -> list[BarRow]:
-    """REST bars as rows; minutes not finished at fetch time are left out."""
+def rest_rows(
+    symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int, final_until: int
+) -> list[BarRow]:
+    """REST bars as rows: ``polygon_rest`` for final minutes (``finality.is_final`` against
+    ``final_until``, from the market clock), ``polygon_rest_provisional`` for the others."""
     rows = []
     for bar in bars:
         t = int(bar["t"])
-        if t + MINUTE_MS > fetched_ms:
-            continue
+        source = SOURCE_REST if is_final(t, final_until) else SOURCE_REST_PROVISIONAL
         vw = bar.get("vw")
         n = bar.get("n")
         rows.append(
@@ -174,7 +61,7 @@ def rest_rows(symbol: str, bars: Sequence[dict[str, Any]], fetched_ms: int) -> l
                 volume=float(bar["v"]),
                 vwap=float(vw) if vw is not None else None,
                 trade_count=int(n) if n is not None else None,
-                source=SOURCE_REST,
+                source=source,
                 received_ms=fetched_ms,
             )
         )
@@ -194,21 +81,29 @@ async def backfill_window(
     symbol: str,
     start_ms: int,
     end_ms: int,
+    final_until: int,
     metrics: LoaderMetrics | None = None,
 ) -> int:
-    """Fetch one symbol's window from REST and upsert it; returns rows inserted or changed."""
+    """Fetch one symbol's window from REST and upsert it; returns rows inserted or changed.
+
+    ``final_until`` (``finality.final_until_ms`` of the market clock's now) decides which bars
+    are final; the others are stored provisional."""
     fetched = now_ms()
     bars = await rest.minute_bars(symbol, start_ms, end_ms)
-    rows = rest_rows(symbol, bars, fetched)
+    rows = rest_rows(symbol, bars, fetched, final_until)
     stored = await store_rest_rows(conn, rows)
+    provisional = sum(1 for row in rows if row.source == SOURCE_REST_PROVISIONAL)
     if metrics is not None:
         metrics.backfill_rows.inc(stored)
+        metrics.backfill_provisional.inc(provisional)
     log.info(
-        "backfilled %s %s..%s: %d REST bars, %d rows written",
+        "backfilled %s %s..%s: %d REST bars (%d provisional: not final before %s), %d rows written",
         symbol,
         _iso(start_ms),
         _iso(end_ms),
         len(rows),
+        provisional,
+        _iso(final_until),
         stored,
     )
     return stored
@@ -240,11 +135,15 @@ async def startup_windows(
     initial_sessions: int,
     now: datetime | None = None,
 ) -> list[tuple[str, int, int]]:
-    """Per symbol: from the last stored bar (or the last ``initial_sessions`` sessions) to now."""
+    """Per symbol: from the last stored bar that is not provisional (a provisional one is read
+    again) or the last ``initial_sessions`` sessions, to now (the market clock)."""
     now = now or datetime.now(UTC)
     windows: list[tuple[str, int, int]] = []
     for symbol in symbols:
-        cur = await conn.execute("SELECT max(ts) FROM market_data WHERE symbol = %s", (symbol,))
+        cur = await conn.execute(
+            "SELECT max(ts) FROM market_data WHERE symbol = %s AND source <> %s",
+            (symbol, SOURCE_REST_PROVISIONAL),
+        )
         row = await cur.fetchone()
         last = row[0] if row else None
         if last is not None:
@@ -266,48 +165,6 @@ async def startup_windows(
     return windows
 
 
-class GapsHandler:
-    """Entries of ``its:stream:gaps``: each window is backfilled from REST, then acked."""
-
-    stream: str = Stream.GAPS.value
-    table = "market_data"
-
-    def __init__(self, rest: PolygonRest, metrics: LoaderMetrics | None = None) -> None:
-        self.rest = rest
-        self.metrics = metrics
-
-    def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> GapWindow:
-        try:
-            window = decode_gap(fields)
-        except Exception as exc:
-            raise PoisonError("bad_gap_entry", f"entry {entry_id}: {exc}") from exc
-        if window.end_ms < window.start_ms:
-            raise PoisonError("bad_gap_entry", f"entry {entry_id}: window ends before start")
-        return window
-
-    def prepare(self, items: Sequence[GapWindow]) -> Sequence[GapWindow]:
-        return items
-
-    async def write(self, conn: psycopg.AsyncConnection[Any], items: Sequence[GapWindow]) -> int:
-        total = 0
-        for window in items:
-            for symbol in window.symbols:
-                try:
-                    total += await backfill_window(
-                        self.rest, conn, symbol, window.start_ms, window.end_ms, self.metrics
-                    )
-                except BackfillError:
-                    if self.metrics is not None:
-                        self.metrics.gap_windows.labels("failed").inc()
-                    raise
-            if self.metrics is not None:
-                self.metrics.gap_windows.labels("filled").inc()
-        return total
-
-    def event_count(self, item: GapWindow) -> int:
-        return 1
-
-
 def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
@@ -325,9 +182,13 @@ async def backfill_range(
     symbols: Sequence[str],
     first: date,
     last: date,
+    final_until: int,
     progress: ProgressFn | None = None,
+    trades: bool = False,
 ) -> int:
-    """The ``its-loader backfill`` command's work: every session, every symbol."""
+    """The ``its-loader backfill`` command's work: every session, every symbol (minutes not
+    final before ``final_until`` are stored provisional); with ``trades`` the sessions' trades
+    of final minutes too. Returns rows written (bars, plus new trades)."""
     windows = day_windows(first, last)
     steps = len(windows) * len(symbols)
     done = 0
@@ -335,7 +196,9 @@ async def backfill_range(
     started = time.monotonic()
     for day, lo, hi in windows:
         for symbol in symbols:
-            total += await backfill_window(rest, conn, symbol, lo, hi)
+            total += await backfill_window(rest, conn, symbol, lo, hi, final_until)
+            if trades:
+                total += await backfill_trades_window(rest, conn, symbol, lo, hi, final_until)
             done += 1
             if progress is not None:
                 progress(done, steps, f"{symbol} {day.isoformat()}")

@@ -58,6 +58,16 @@ class LoaderSettings(BaseServiceSettings):
         ge=0,
         description="sessions to backfill at start when a symbol has no stored bar",
     )
+    backfill_trades: bool = Field(
+        True,
+        description="gap windows backfill trades from /v3/trades too (not only minute bars)",
+    )
+    settle_wait_s: float = Field(
+        150.0,
+        ge=0,
+        description="how long (wall clock) a gap window waits for its last minute to be final "
+        "on the market clock before it is filled as far as it is final",
+    )
     rest_page_limit: int = Field(50_000, ge=1, le=50_000)
     rest_max_retries: int = Field(8, ge=0)
     rest_backoff_s: float = Field(1.0, gt=0, description="first 429/5xx backoff")

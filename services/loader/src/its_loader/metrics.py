@@ -54,6 +54,16 @@ class LoaderMetrics:
         self.backfill_rows = Counter(
             "its_loader_backfill_rows", "Bars stored by REST backfill", registry=registry
         )
+        self.backfill_provisional = Counter(
+            "its_loader_backfill_provisional_rows",
+            "REST bars of minutes not final on the market clock, stored provisional",
+            registry=registry,
+        )
+        self.backfill_trades = Counter(
+            "its_loader_backfill_trades",
+            "Trades stored by REST backfill (new rows; already stored ones not counted)",
+            registry=registry,
+        )
         self.gap_windows = Counter(
             "its_loader_gap_windows",
             "Gap windows handled, by outcome",

@@ -6,12 +6,18 @@ real table. The caller acks the stream entries only after this returns (the comm
 
 Dedupe rules for ``market_data`` (primary key ``(symbol, ts)``):
 
-* a bar from REST (``source = 'polygon_rest'``) is authoritative: it replaces whatever is stored;
-* a WebSocket bar (``polygon_ws``) never replaces a REST row; it replaces an older WebSocket
+* a bar from REST (``source = 'polygon_rest'``) of a *final* minute (closed on the market clock
+  plus the settle delay, see :mod:`its_loader.finality`) is authoritative: it replaces whatever
+  is stored;
+* a REST bar of a minute not final yet is stored as ``polygon_rest_provisional``: it fills a
+  hole and nothing more. It replaces only an older provisional row (a later REST read); any
+  WebSocket bar and any final REST bar replace it; it never replaces either;
+* a WebSocket bar (``polygon_ws``) never replaces a final REST row; it replaces an older WebSocket
   version of the same minute, "older" meaning an earlier receive time (``received_at``, the
   entry's ``rt``), so a re-sent (corrected) bar wins even if a crashed consumer's older entry is
   loaded after it;
-* within one batch the newest version of a minute wins (receive time, then stream order);
+* within one batch the newest version of a minute wins (final REST first, provisional REST last,
+  then receive time, then stream order);
 * an identical re-delivery changes nothing; a real change bumps ``revision``.
 
 ``trades`` (primary key ``(symbol, ts, exchange, trade_id)``): duplicates are ignored.
@@ -34,6 +40,7 @@ from its_common.events import MinuteAgg, Trade
 
 SOURCE_WS: Final = "polygon_ws"
 SOURCE_REST: Final = "polygon_rest"
+SOURCE_REST_PROVISIONAL: Final = "polygon_rest_provisional"
 
 COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER: Final = struct.pack(">h", -1)
@@ -60,14 +67,20 @@ INSERT INTO market_data AS m
 SELECT DISTINCT ON (symbol, ts)
     symbol, ts, open, high, low, close, volume, vwap, trade_count, source, 1, received_at, now()
 FROM stage_bars
-ORDER BY symbol, ts, (source = '{SOURCE_REST}') DESC, received_at DESC, seq DESC
+ORDER BY symbol, ts, (source = '{SOURCE_REST}') DESC, (source = '{SOURCE_REST_PROVISIONAL}'),
+         received_at DESC, seq DESC
 ON CONFLICT (symbol, ts) DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, trade_count = EXCLUDED.trade_count,
     source = EXCLUDED.source, revision = m.revision + 1,
     received_at = EXCLUDED.received_at, updated_at = now()
 WHERE (EXCLUDED.source = '{SOURCE_REST}'
-       OR (m.source <> '{SOURCE_REST}' AND EXCLUDED.received_at >= m.received_at))
+       OR (m.source = '{SOURCE_REST_PROVISIONAL}'
+           AND (EXCLUDED.source <> '{SOURCE_REST_PROVISIONAL}'
+                OR EXCLUDED.received_at >= m.received_at))
+       OR (m.source NOT IN ('{SOURCE_REST}', '{SOURCE_REST_PROVISIONAL}')
+           AND EXCLUDED.source <> '{SOURCE_REST_PROVISIONAL}'
+           AND EXCLUDED.received_at >= m.received_at))
   AND (m.open, m.high, m.low, m.close, m.volume, m.vwap, m.trade_count, m.source)
       IS DISTINCT FROM
       (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
