@@ -53,8 +53,9 @@ def cli_env(monkeypatch, redis_url: str, db_url: str, rest_url: str) -> None:
 
 
 async def test_backfill_cli_follows_pages_and_survives_429(
-    redis_server, db_url, rest_server, monkeypatch, capfd
+    redis_server, redis_client, db_url, rest_server, monkeypatch, capfd
 ):
+    # redis_client: a clean Redis, no feed clock left by another test (finality is judged by it)
     fill_rest(rest_server)
     rest_server.page_size = 100
     rest_server.rate_limited = 2

@@ -7,8 +7,9 @@ from typing import Any
 
 import psycopg
 
+from its_common.db.sources import SOURCE_REST
 from its_common.streams import Stream, ensure_group
-from its_loader.store import SOURCE_REST, BarRow, bar_payload_rows, prepare_session, store_bars
+from its_loader.store import BarRow, bar_payload_rows, prepare_session, store_bars
 
 from .conftest import (
     T0,

@@ -22,6 +22,7 @@ from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.db.schema import wait_for_schema
+from its_common.db.sources import SOURCE_REST_PROVISIONAL
 from its_common.events import MinuteAgg
 from its_common.features import FEATURE_SPEC_HASH, Bar
 from its_common.features.spec import BAR_MS
@@ -298,15 +299,17 @@ async def stored_bars(
     for symbol in symbols:
         cur = await conn.execute(
             "SELECT (extract(epoch FROM ts) * 1000)::bigint, open, high, low, close, volume, vwap"
-            " FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s ORDER BY ts",
-            (symbol, start, end),
+            " FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s AND source <> %s"
+            " ORDER BY ts",
+            (symbol, start, end, SOURCE_REST_PROVISIONAL),
         )
         bars[symbol] = [
             Bar(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in await cur.fetchall()
         ]
         cur = await conn.execute(
-            "SELECT close FROM market_data WHERE symbol = %s AND ts < %s ORDER BY ts DESC LIMIT 1",
-            (symbol, start),
+            "SELECT close FROM market_data WHERE symbol = %s AND ts < %s AND source <> %s"
+            " ORDER BY ts DESC LIMIT 1",
+            (symbol, start, SOURCE_REST_PROVISIONAL),
         )
         row = await cur.fetchone()
         last_close[symbol] = None if row is None else float(row[0])

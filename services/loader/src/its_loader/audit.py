@@ -30,11 +30,12 @@ import redis.asyncio as aioredis
 
 from its_common import calendar
 from its_common.alert_events import AlertEvent, publish_alert_event
+from its_common.db.sources import SOURCE_REST, SOURCE_REST_PROVISIONAL
 from its_common.streams import now_ms
 from its_loader.backfill import rest_rows, store_rest_rows
 from its_loader.finality import SETTLE_MS, final_until_ms, is_final
 from its_loader.rest import PolygonRest
-from its_loader.store import SOURCE_REST, SOURCE_REST_PROVISIONAL, BarRow
+from its_loader.store import BarRow
 
 PRICE_FIELDS = ("open", "high", "low", "close")
 

@@ -23,13 +23,12 @@ from typing import Any
 import psycopg
 
 from its_common import calendar
+from its_common.db.sources import SOURCE_REST, SOURCE_REST_PROVISIONAL
 from its_common.streams import now_ms
 from its_loader.finality import is_final
 from its_loader.metrics import LoaderMetrics
 from its_loader.rest import PolygonRest
 from its_loader.store import (
-    SOURCE_REST,
-    SOURCE_REST_PROVISIONAL,
     BarRow,
     bar_payload_rows,
     store_bars,

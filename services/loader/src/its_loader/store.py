@@ -36,11 +36,8 @@ from typing import Final
 
 import psycopg
 
+from its_common.db.sources import SOURCE_REST, SOURCE_REST_PROVISIONAL, SOURCE_WS
 from its_common.events import MinuteAgg, Trade
-
-SOURCE_WS: Final = "polygon_ws"
-SOURCE_REST: Final = "polygon_rest"
-SOURCE_REST_PROVISIONAL: Final = "polygon_rest_provisional"
 
 COPY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER: Final = struct.pack(">h", -1)

@@ -15,6 +15,7 @@ import psycopg
 from numpy.typing import NDArray
 
 from its_common.calendar import NEW_YORK, Session, sessions_between
+from its_common.db.sources import SOURCE_REST_PROVISIONAL
 from its_common.features import N_FEATURES, BarArrays, batch_features
 
 F64 = NDArray[np.float64]
@@ -98,20 +99,22 @@ def read_file(path: Path, symbols: Sequence[str], first: date, last: date) -> di
 def read_database(
     conn_kwargs: dict[str, Any], symbols: Sequence[str], first: date, last: date
 ) -> dict[str, SymbolBars]:
-    """Bars from ``market_data`` (newest revision per minute: the table keeps one row per key)."""
+    """Bars from ``market_data`` (newest revision per minute: the table keeps one row per key;
+    provisional REST bars, possibly partial, are left out)."""
     start, end = _utc_bounds(first, last)
     out: dict[str, SymbolBars] = {}
     with psycopg.connect(**conn_kwargs) as conn:
         for symbol in symbols:
             rows = conn.execute(
                 "SELECT (extract(epoch FROM ts) * 1000)::bigint, open, high, low, close, volume,"
-                " vwap FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s ORDER BY ts",
-                (symbol, start, end),
+                " vwap FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s"
+                " AND source <> %s ORDER BY ts",
+                (symbol, start, end, SOURCE_REST_PROVISIONAL),
             ).fetchall()
             before = conn.execute(
-                "SELECT close FROM market_data WHERE symbol = %s AND ts < %s"
+                "SELECT close FROM market_data WHERE symbol = %s AND ts < %s AND source <> %s"
                 " ORDER BY ts DESC LIMIT 1",
-                (symbol, start),
+                (symbol, start, SOURCE_REST_PROVISIONAL),
             ).fetchone()
             arr = np.array(
                 [[r[0], r[1], r[2], r[3], r[4], r[5], np.nan if r[6] is None else r[6]]
