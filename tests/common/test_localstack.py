@@ -294,3 +294,43 @@ def test_console_counts_what_neither_stdout_nor_the_log_file_could_take(tmp_path
         console.record("stopping")
     assert isinstance(console.broken, BrokenPipeError)
     assert console.dropped == 2 and console.record_errors == 2
+
+
+def _its_local(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "its_common.localstack.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_tools_find_the_running_stack_with_env_and_exec(tmp_path: Path) -> None:
+    """`its-local env` / `its-local exec CMD` give command-line tools the running stack's
+    settings; without a running stack they say how to start one."""
+    var_dir = tmp_path / "var"
+    absent = _its_local("env", "--var-dir", str(var_dir))
+    assert absent.returncode == 2 and "start it with `make run`" in absent.stderr
+
+    redis_port, pg_port = free_port(), free_port()
+    seen: list[str] = []
+    process = _run_stack(var_dir, redis_port, pg_port)
+    lines = _reader(process)
+    try:
+        _wait_line(lines, "ITS is running locally", seen, 90)
+        exports = _its_local("env", "--var-dir", str(var_dir))
+        assert exports.returncode == 0, exports.stderr
+        assert f"export REDIS_URL=redis://127.0.0.1:{redis_port}" in exports.stdout
+        assert f"127.0.0.1:{pg_port}/its" in exports.stdout
+        probe = "import os, redis; print(redis.Redis.from_url(os.environ['REDIS_URL']).ping())"
+        ran = _its_local("exec", "--var-dir", str(var_dir), "--", sys.executable, "-c", probe)
+        assert ran.returncode == 0 and ran.stdout.strip() == "True", ran.stderr
+        missing = _its_local("exec", "--var-dir", str(var_dir), "no-such-its-tool")
+        assert missing.returncode == 127 and "cannot run 'no-such-its-tool'" in missing.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    assert process.returncode == 0
+    stopped = _its_local("env", "--var-dir", str(var_dir))
+    assert stopped.returncode == 2  # the file goes with the stack

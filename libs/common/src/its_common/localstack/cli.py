@@ -21,6 +21,14 @@ import psycopg
 from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import PostgresServer, RedisServer, ServerError
 from its_common.localstack.services import LocalService, local_services
+from its_common.localstack.stackenv import (
+    NoStackError,
+    exec_with,
+    read_stack_env,
+    remove_stack_env,
+    shell_exports,
+    write_stack_env,
+)
 from its_common.localstack.supervisor import ProcessSpec, Supervisor, http_ok
 
 
@@ -82,6 +90,7 @@ async def run(args: argparse.Namespace) -> int:
             supervisor.report("stopping (Ctrl-C)")
     finally:  # whatever happened above, nothing we started is left running
         stop_wait.cancel()
+        remove_stack_env(var_dir)
         await supervisor.stop()
     kept = f"{var_dir} (PostgreSQL: {postgres.pgdata})" if postgres.relocated else str(var_dir)
     console = supervisor.console
@@ -145,6 +154,18 @@ async def _start_all(
             )
         )
     _print_summary(supervisor, redis_server, postgres, services, var_dir)
+    write_stack_env(var_dir, _tool_env(common_env, services))
+
+
+def _tool_env(common: dict[str, str], services: list[LocalService]) -> dict[str, str]:
+    """What the command-line tools need to reach this stack (its-local env / exec)."""
+    env = {"REDIS_URL": common["REDIS_URL"], "DATABASE_URL": common["DATABASE_URL"]}
+    router = next((s for s in services if s.name == "router"), None)
+    if router is not None:
+        for key in ("ITS_POLYGON_REST_URL", "POLYGON_API_KEY"):
+            if key in router.env:  # the simulator's local key only: a real one is never written
+                env[key] = router.env[key]
+    return env
 
 
 def _installed(services: list[LocalService]) -> list[LocalService]:
@@ -185,6 +206,7 @@ def _print_summary(
         else "  dashboard    not installed yet"
     )
     lines.append(f"  data and logs under {var_dir}")
+    lines.append('  CLI tools    its-local exec its-loader audit   (or: eval "$(its-local env)")')
     for line in lines:
         supervisor.announce("its-local", line)
 
@@ -203,13 +225,47 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument(
         "--only-infra", action="store_true", help="Redis and PostgreSQL only, no services"
     )
+    env_parser = sub.add_parser(
+        "env", help='print the running stack\'s settings as shell exports (eval "$(its-local env)")'
+    )
+    exec_parser = sub.add_parser(
+        "exec", help="run a command against the running stack, e.g. its-local exec its-loader audit"
+    )
+    exec_parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
+    for tool in (env_parser, exec_parser):
+        tool.add_argument("--var-dir", default=os.environ.get("ITS_VAR_DIR", "var"))
     args = parser.parse_args(argv)
     args.var_dir = Path(args.var_dir).resolve()
+    if args.command in ("env", "exec"):
+        return _tool(args)
     try:
         return asyncio.run(run(args))
     except ServerError as exc:
         print(f"its-local: {exc}", file=sys.stderr)
         return 1
+
+
+def _tool(args: argparse.Namespace) -> int:
+    try:
+        env = read_stack_env(args.var_dir)
+    except NoStackError as exc:
+        print(f"its-local: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "env":
+        sys.stdout.write(shell_exports(env))
+        return 0
+    command = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        print(
+            "its-local exec: give a command, e.g. its-local exec its-loader audit", file=sys.stderr
+        )
+        return 2
+    try:
+        exec_with(env, command)
+    except OSError as exc:
+        print(f"its-local exec: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+        return 127
+    return 0  # not reached: exec replaced this process
 
 
 if __name__ == "__main__":
