@@ -4,10 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 SERVICE_DIRS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard services/*/pyproject.toml)))
-# Libraries besides its-common (its-model, its-simmarket...): installed before the services.
-LIB_DIRS := $(filter-out libs/common,$(sort $(patsubst %/pyproject.toml,%,$(wildcard libs/*/pyproject.toml))))
-PYPROJECTS := libs/common/pyproject.toml $(addsuffix /pyproject.toml,$(LIB_DIRS) $(SERVICE_DIRS)) requirements-dev.txt
-EDITABLES := -e 'libs/common[local]' $(foreach l,$(LIB_DIRS),-e $(l)) $(foreach s,$(SERVICE_DIRS),-e $(s))
+PYPROJECTS := libs/common/pyproject.toml $(addsuffix /pyproject.toml,$(SERVICE_DIRS)) requirements-dev.txt
+EDITABLES := -e 'libs/common[local,model,simmarket]' $(foreach s,$(SERVICE_DIRS),-e $(s))
 
 .PHONY: venv run test lint typecheck pytest bench clean distclean
 
@@ -31,7 +29,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 typecheck: venv
-	$(BIN)/mypy -p its_common $(foreach l,$(LIB_DIRS),-p its_$(notdir $(l))) $(foreach s,$(SERVICE_DIRS),-p its_$(notdir $(s)))
+	$(BIN)/mypy -p its_common $(foreach s,$(SERVICE_DIRS),-p its_$(notdir $(s)))
 	$(BIN)/mypy tests
 
 pytest: venv

@@ -11,7 +11,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from its_common.events import Event, Status, decode_frame
-from its_simmarket.config import SimConfig
+from its_common.simmarket.config import SimConfig
 
 KEY = "test-key"
 DAY = "2025-11-03"  # a Monday; 2025-11-27 is Thanksgiving, 2025-11-28 closes at 13:00

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 
 from its_common.events import MinuteAgg, Quote, SecondAgg, Status, Trade, decode_frame
+from its_common.simmarket.sessions import trading_day
+from its_common.simmarket.wire import WireQuote, WireTrade
 from its_marketsim.app import Simulator
-from its_simmarket.sessions import trading_day
-from its_simmarket.wire import WireQuote, WireTrade
 from tests.marketsim.support import config, open_client, recv_frame
 
 DAY_OPEN_MS = 1762180200000  # 2025-11-03 09:30 New York

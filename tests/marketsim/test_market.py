@@ -8,11 +8,11 @@ from datetime import date
 import numpy as np
 
 from its_common.events import MinuteAgg, Trade, decode_frame
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import aggregate
+from its_common.simmarket.market import MarketGenerator
+from its_common.simmarket.sessions import trading_day
 from its_marketsim.app import Simulator
-from its_simmarket.config import SimConfig
-from its_simmarket.daydata import aggregate
-from its_simmarket.market import MarketGenerator
-from its_simmarket.sessions import trading_day
 from tests.marketsim.support import config, open_client, recv_frame
 
 MONDAY = date(2025, 11, 3)
@@ -169,7 +169,7 @@ async def test_minute_bars_equal_the_aggregation_of_their_trades() -> None:
 
 
 async def test_stream_skips_the_holiday_and_respects_the_early_close() -> None:
-    from its_simmarket.sessions import ny_date
+    from its_common.simmarket.sessions import ny_date
 
     cfg = config(start="2025-11-26", symbols=("NVDA",), trades_per_day={"NVDA": 5_000})
     async with Simulator(cfg) as sim:

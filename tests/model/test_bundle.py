@@ -1,5 +1,6 @@
-"""its-model without stable-baselines3: bundle refusals (each with a message saying why), the
-runtime files' integrity, the seams (inference imports no trainer, features or sb3 code)."""
+"""The model runtime (its_common.model) without stable-baselines3: bundle refusals (each with a
+message saying why), the runtime files' integrity, the seams (inference imports no trainer,
+features or sb3 code)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from its_common.features import FEATURE_SPEC_HASH
-from its_model.bundle import BundleError, load_bundle
-from its_model.locate import find_bundle
-from its_model.observation import OBS_SIZE, build_observation
-from its_model.portfolio import EnvConfig, Portfolio
-from its_model.runner import PolicyRunner
+from its_common.model.bundle import BundleError, load_bundle
+from its_common.model.locate import find_bundle
+from its_common.model.observation import OBS_SIZE, build_observation
+from its_common.model.portfolio import EnvConfig, Portfolio
+from its_common.model.runner import PolicyRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo"
@@ -134,26 +136,26 @@ def test_inference_imports_no_trainer_features_or_sb3_code():
 
 
 def test_declared_dependencies_keep_the_inference_image_light():
-    def deps(path: str) -> set[str]:
-        project = tomllib.loads((ROOT / path / "pyproject.toml").read_text())["project"]
-        names = set()
-        for spec in project["dependencies"]:
+    def names(specs: list[str]) -> set[str]:
+        out = set()
+        for spec in specs:
             name = spec.split(";")[0].split("[")[0]
             for sep in "=<>!~ ":
                 name = name.split(sep)[0]
-            names.add(name.lower())
-        return names
+            out.add(name.lower())
+        return out
+
+    def project(path: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = tomllib.loads((ROOT / path / "pyproject.toml").read_text())[
+            "project"
+        ]
+        return loaded
 
     heavy = {"its-trainer", "its-features", "sb3-contrib", "stable-baselines3", "gymnasium",
              "pandas", "pyarrow", "matplotlib"}  # fmt: skip
-    assert deps("libs/model") == {"its-common", "numpy", "torch"}
-    assert not deps("services/inference") & heavy
-    assert "its-model" in deps("services/inference")
-    torch_pin = [
-        s
-        for s in tomllib.loads((ROOT / "libs/model/pyproject.toml").read_text())["project"][
-            "dependencies"
-        ]
-        if s.startswith("torch")
-    ]
-    assert torch_pin == ["torch==2.13.0"]
+    model_extra = project("libs/common")["optional-dependencies"]["model"]
+    assert names(model_extra) == {"numpy", "torch"}
+    inference = project("services/inference")["dependencies"]
+    assert not names(inference) & heavy
+    assert "its-common[model]" in inference
+    assert [s for s in model_extra if s.startswith("torch")] == ["torch==2.13.0"]

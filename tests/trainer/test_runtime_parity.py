@@ -1,7 +1,8 @@
-"""The runtime actor (its-model, plain torch) reproduces sb3-contrib's RecurrentActorCriticPolicy:
-the same action probabilities from the same observations, LSTM state and episode starts, and
-the same normalized observations; for the committed demo bundle, a freshly trained one, other
-network shapes, and a format-1 bundle converted by ``its-trainer export``."""
+"""The runtime actor (its_common.model, plain torch) reproduces sb3-contrib's policy
+(RecurrentActorCriticPolicy): the same action probabilities from the same observations, LSTM
+state and episode starts, and the same normalized observations; for the committed demo bundle, a
+freshly trained one, other network shapes, and a format-1 bundle converted by ``its-trainer
+export``."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from its_model.bundle import BundleError, load_bundle
-from its_model.normalize import ObsNormalizer
-from its_model.policy import RecurrentActor
+from its_common.model.bundle import BundleError, load_bundle
+from its_common.model.normalize import ObsNormalizer
+from its_common.model.policy import RecurrentActor
 from its_trainer.__main__ import main
 from its_trainer.bundle import load_sb3, runtime_of
 from its_trainer.data import build_pair, frame_to_bars

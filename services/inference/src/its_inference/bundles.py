@@ -1,14 +1,14 @@
-"""The bundle to serve: found by :func:`its_model.locate.find_bundle`, loaded with every
+"""The bundle to serve: found by :func:`its_common.model.locate.find_bundle`, loaded with every
 compatibility check (feature spec hash, observation size, action map, network) by
-:func:`its_model.bundle.load_bundle`: one implementation, shared with the trainer."""
+:func:`its_common.model.bundle.load_bundle`: one implementation, shared with the trainer."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from its_model.bundle import Bundle, BundleError, load_bundle
-from its_model.locate import find_bundle
+from its_common.model.bundle import Bundle, BundleError, load_bundle
+from its_common.model.locate import find_bundle
 
 log = logging.getLogger("its.inference.bundles")
 

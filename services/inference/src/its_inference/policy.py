@@ -1,10 +1,10 @@
 """The policy driven live, exactly as the backtest drives it: observations built by
-:func:`its_model.observation.build_observation`, normalized with the bundle's frozen statistics,
-the LSTM state kept across bars, ``episode_start`` at each session's first minute, the
-deterministic action (:class:`its_model.runner.PolicyRunner`).
+:func:`its_common.model.observation.build_observation`, normalized with the bundle's frozen
+statistics, the LSTM state kept across bars, ``episode_start`` at each session's first minute, the
+deterministic action (:class:`its_common.model.runner.PolicyRunner`).
 
 Observation positions: the policy saw its own positions in training, so live inference keeps a
-**shadow portfolio** (:class:`its_model.portfolio.Portfolio`, the accounting the training
+**shadow portfolio** (:class:`its_common.model.portfolio.Portfolio`, the accounting the training
 environment itself uses). The decision of minute t is applied when minute t+1 arrives: orders
 sized at t's close fill at t+1's open with the bundle's costs, and at the session's last minute
 everything is closed, exactly as in training and backtests (the capital carries over to the next
@@ -26,10 +26,10 @@ from its_common.actions import ACTION_NAMES, Action
 from its_common.features import FEATURE_SPEC_HASH
 from its_common.features.spec import BAR_MS
 from its_common.featureset import FeatureSet, SymbolVector
-from its_model.bundle import Bundle
-from its_model.observation import build_observation
-from its_model.portfolio import Portfolio
-from its_model.runner import PolicyRunner
+from its_common.model.bundle import Bundle
+from its_common.model.observation import build_observation
+from its_common.model.portfolio import Portfolio
+from its_common.model.runner import PolicyRunner
 
 log = logging.getLogger("its.inference.policy")
 

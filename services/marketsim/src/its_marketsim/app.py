@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from its_common.simmarket import sessions
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import MarketSource
+from its_common.simmarket.market import MarketGenerator
 from its_marketsim.admin import AdminApi
 from its_marketsim.clock import SimClock, parse_start
 from its_marketsim.faults import FaultState
@@ -18,10 +22,6 @@ from its_marketsim.replay import ReplaySource
 from its_marketsim.rest import RestApi
 from its_marketsim.stream import Stream
 from its_marketsim.wsserver import MarketWebSocketServer
-from its_simmarket import sessions
-from its_simmarket.config import SimConfig
-from its_simmarket.daydata import MarketSource
-from its_simmarket.market import MarketGenerator
 
 if TYPE_CHECKING:
     from its_common.runtime import ServiceContext

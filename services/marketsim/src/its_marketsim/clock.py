@@ -12,8 +12,8 @@ import math
 import time
 from datetime import datetime
 
-from its_simmarket import sessions
-from its_simmarket.daydata import MarketSource
+from its_common.simmarket import sessions
+from its_common.simmarket.daydata import MarketSource
 
 
 class SimClock:

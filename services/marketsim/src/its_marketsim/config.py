@@ -1,9 +1,9 @@
 """Settings of the simulator: environment variables ``ITS_MARKETSIM_*`` (and the CLI flags).
 
-:class:`its_simmarket.config.SimConfig` is the plain, validated configuration the core modules
-take (tests build it directly); :class:`MarketSimSettings` reads it from the environment through
-the shared ``its_common.settings`` base and converts it with :meth:`MarketSimSettings.to_config`.
-"""
+:class:`its_common.simmarket.config.SimConfig` is the plain, validated configuration the core
+modules take (tests build it directly); :class:`MarketSimSettings` reads it from the environment
+through the shared ``its_common.settings`` base and converts it with
+:meth:`MarketSimSettings.to_config`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from its_common.settings import BaseServiceSettings
-from its_simmarket.config import DEV_API_KEY, SimConfig
+from its_common.simmarket.config import DEV_API_KEY, SimConfig
 
 
 def parse_mapping(value: str | dict[str, Any] | None) -> dict[str, float]:

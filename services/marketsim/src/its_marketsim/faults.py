@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import msgspec
 
-from its_simmarket.wire import encoder
+from its_common.simmarket.wire import encoder
 
 MALFORMED_KINDS: Final = (
     "invalid_json",

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from its_simmarket import sessions
-from its_simmarket.config import SimConfig, default_tape
-from its_simmarket.daydata import DayData, TradeColumns
+from its_common.simmarket import sessions
+from its_common.simmarket.config import SimConfig, default_tape
+from its_common.simmarket.daydata import DayData, TradeColumns
 
 REQUIRED = ("ticker", "sip_timestamp", "price", "size")
 

@@ -23,10 +23,9 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 from aiohttp import web
 
-from its_marketsim.clock import SimClock
-from its_simmarket import sessions
-from its_simmarket.config import SimConfig
-from its_simmarket.daydata import (
+from its_common.simmarket import sessions
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import (
     Bars,
     DayData,
     MarketSource,
@@ -35,6 +34,7 @@ from its_simmarket.daydata import (
     concat_bars,
     merge_bars,
 )
+from its_marketsim.clock import SimClock
 
 MAX_LIMIT: Final = 50_000
 AGGS_DEFAULT_LIMIT: Final = 5_000

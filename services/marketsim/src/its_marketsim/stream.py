@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import EVENT_TYPES, DayData, MarketSource
 from its_marketsim.clock import SimClock
 from its_marketsim.faults import FaultState
-from its_simmarket.config import SimConfig
-from its_simmarket.daydata import EVENT_TYPES, DayData, MarketSource
 
 log = logging.getLogger("its.marketsim.stream")
 PACED_TICK_S = 0.02

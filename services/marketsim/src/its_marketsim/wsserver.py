@@ -19,9 +19,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from its_common.events import Status, encode_frame
+from its_common.simmarket.config import SimConfig
 from its_marketsim.faults import FaultState
 from its_marketsim.stream import Stream, Subscriptions
-from its_simmarket.config import SimConfig
 
 log = logging.getLogger("its.marketsim.ws")
 EVENT_PREFIXES = ("T", "Q", "A", "AM")

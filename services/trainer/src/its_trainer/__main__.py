@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("bundle", type=Path, help="bundle directory")
 
-    sim = sub.add_parser("sim-bars", help="write simulator minute bars to a file (its-simmarket)")
+    sim = sub.add_parser(
+        "sim-bars", help="write simulator minute bars to a file (synthetic market)"
+    )
     sim.add_argument("--from", dest="first", type=_date, required=True)
     sim.add_argument("--to", dest="last", type=_date, required=True)
     sim.add_argument("--out", type=Path, required=True, help=".parquet or .csv")
@@ -197,7 +199,7 @@ def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
 
 
 def run_backtest_cmd(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from its_model.bundle import load_bundle
+    from its_common.model.bundle import load_bundle
     from its_trainer.backtest import run_backtest, write_report
     from its_trainer.data import PairData
 
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(settings.effective_service_name(), settings.log_level)
-    from its_model.bundle import BundleError
+    from its_common.model.bundle import BundleError
     from its_trainer.data import DataError
 
     commands = {

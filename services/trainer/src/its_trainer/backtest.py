@@ -40,6 +40,8 @@ from numpy.typing import NDArray
 from its_common import calendar
 from its_common.actions import ACTION_NAMES, Leg, joint_action, legs, order_quantity
 from its_common.features.spec import BAR_MS
+from its_common.model.bundle import Bundle
+from its_common.model.runner import PolicyRunner
 from its_common.risk import (
     HALT_REASONS,
     Exposure,
@@ -51,8 +53,6 @@ from its_common.risk import (
     check_portfolio,
     in_closing_window,
 )
-from its_model.bundle import Bundle
-from its_model.runner import PolicyRunner
 from its_trainer.data import PairData
 from its_trainer.env import EnvConfig, TwoTickerEnv
 

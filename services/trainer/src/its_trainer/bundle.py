@@ -1,4 +1,4 @@
-"""Bundles on the trainer's side. Loading and every check are :mod:`its_model.bundle`'s (one
+"""Bundles on the trainer's side. Loading and every check are :mod:`its_common.model.bundle`'s (one
 implementation, shared with inference); this module adds the trainer's own stable-baselines3
 files (``policy.zip``, ``vecnormalize.pkl``) and their conversion into the runtime files
 (:func:`runtime_of`, :func:`export_bundle`: format 1 -> format 2)."""
@@ -18,7 +18,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 
-from its_model.bundle import (
+from its_common.model.bundle import (
     BUNDLE_FORMAT,
     META_FILE,
     Bundle,
@@ -27,8 +27,8 @@ from its_model.bundle import (
     read_meta,
     write_runtime,
 )
-from its_model.normalize import ObsNormalizer
-from its_model.policy import ACTIVATIONS, PolicyShape
+from its_common.model.normalize import ObsNormalizer
+from its_common.model.policy import ACTIVATIONS, PolicyShape
 
 __all__ = [
     "POLICY_FILE",

@@ -3,7 +3,7 @@
 Episode: one trading session of :class:`~its_trainer.data.PairData` (rows ``lo .. hi-1``).
 At row t the agent sees the observation built from bar t (known at t's close) and chooses one of
 the nine joint actions (:mod:`its_common.actions`). The accounting is the shadow portfolio's
-(:class:`its_model.portfolio.Portfolio`, shared with the backtest and live inference): orders
+(:class:`its_common.model.portfolio.Portfolio`, shared with the backtest and live inference): orders
 are sized at t's close and fill at bar t+1's **open** (never on the bar the decision saw), with
 slippage and commission; sells before buys; a buy the cash cannot pay for is cut to what it can.
 After the fill the portfolio is marked at t+1's close. The last row of the session closes every
@@ -15,8 +15,8 @@ gross_exposure_{t+1}``, where equity is marked at closes net of every commission
 paid, and gross exposure is the sum of |position value| / equity after the step
 (``risk_penalty`` defaults to 0).
 
-Observation (26, float32): :func:`its_model.observation.build_observation` (the first symbol's
-12 features, its position, the second symbol's 12 features, its position; a position is the
+Observation (26, float32): :func:`its_common.model.observation.build_observation` (the first
+symbol's 12 features, its position, the second symbol's 12 features, its position; a position is the
 signed value of the shares held divided by equity, at t's close).
 """
 
@@ -29,8 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_common.actions import N_ACTIONS
-from its_model.observation import OBS_SIZE, build_observation, observation_layout
-from its_model.portfolio import EnvConfig, Portfolio
+from its_common.model.observation import OBS_SIZE, build_observation, observation_layout
+from its_common.model.portfolio import EnvConfig, Portfolio
 from its_trainer.data import PairData
 
 __all__ = ["OBS_SIZE", "EnvConfig", "TwoTickerEnv", "observation_layout"]

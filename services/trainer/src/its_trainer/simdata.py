@@ -1,4 +1,4 @@
-"""Minute bars from ITS's synthetic market (the its-simmarket library, which the market simulator
+"""Minute bars from ITS's synthetic market (its_common.simmarket, which the market simulator
 serves): demo and test data.
 
 The bars are exactly what the simulator's REST API serves for the same seed and days (the
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from its_common.calendar import sessions_between
-from its_simmarket.config import SimConfig
-from its_simmarket.daydata import aggregate
-from its_simmarket.market import MarketGenerator
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import aggregate
+from its_common.simmarket.market import MarketGenerator
 
 
 def simulator_bars(

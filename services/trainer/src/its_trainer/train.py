@@ -1,5 +1,5 @@
 """RecurrentPPO (MlpLstmPolicy) with VecNormalize over vectorized two-ticker environments, and the
-model bundle it writes: format 2 (:mod:`its_model.bundle`), the runtime files (actor weights,
+model bundle it writes: format 2 (:mod:`its_common.model.bundle`), the runtime files (actor weights,
 normalization statistics) plus the trainer's own stable-baselines3 files, and bundle.json."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 from its_common.actions import action_map
 from its_common.features import FEATURE_NAMES, FEATURE_SPEC, FEATURE_SPEC_HASH
-from its_model.bundle import BUNDLE_FORMAT, META_FILE
+from its_common.model.bundle import BUNDLE_FORMAT, META_FILE
 from its_trainer import __version__
 from its_trainer.bundle import POLICY_FILE, VECNORM_FILE, Sb3Files, add_runtime
 from its_trainer.data import PairData
@@ -41,7 +41,6 @@ LIBRARIES = (
     "stable-baselines3",
     "sb3-contrib",
     "its-common",
-    "its-model",
     "its-trainer",
 )
 

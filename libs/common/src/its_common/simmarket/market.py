@@ -33,9 +33,9 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from its_simmarket import sessions
-from its_simmarket.config import SimConfig
-from its_simmarket.daydata import I64, DayData, QuoteColumns, TradeColumns
+from its_common.simmarket import sessions
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import I64, DayData, QuoteColumns, TradeColumns
 
 TICK: Final = 0.01
 SECONDS_PER_YEAR: Final = 252 * 23_400

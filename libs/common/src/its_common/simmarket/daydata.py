@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from its_common.events import MinuteAgg, SecondAgg
-from its_simmarket.wire import WireQuote, WireTrade
+from its_common.simmarket.wire import WireQuote, WireTrade
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from its_model.bundle import Bundle
+from its_common.model.bundle import Bundle
 
 
 @dataclass(frozen=True)

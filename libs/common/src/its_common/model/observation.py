@@ -28,7 +28,7 @@ def build_observation(
     first: ArrayLike, second: ArrayLike, positions: Sequence[float]
 ) -> NDArray[np.float32]:
     """``first``/``second``: the symbols' feature vectors (FEATURE_NAMES order); ``positions``:
-    see :meth:`its_model.portfolio.Portfolio.positions`. Values are stored as float32."""
+    see :meth:`its_common.model.portfolio.Portfolio.positions`. Values are stored as float32."""
     obs = np.empty(OBS_SIZE, dtype=np.float32)
     obs[:N_FEATURES] = first
     obs[N_FEATURES] = positions[0]

@@ -1,7 +1,7 @@
 """Model bundles: a directory with ``bundle.json`` and the files it names.
 
 Format 2 (what this code serves) holds the **runtime files** every consumer loads without
-stable-baselines3: ``actor.pt`` (the :class:`~its_model.policy.RecurrentActor`'s state_dict,
+stable-baselines3: ``actor.pt`` (the :class:`~its_common.model.policy.RecurrentActor`'s state_dict,
 saved with ``torch.save`` and loaded with ``weights_only=True``) and ``normalization.json`` (the
 frozen VecNormalize statistics); bundle.json carries the network's shape (``network``) and the
 SHA-256 of both files. The trainer's own stable-baselines3 files (``policy.zip``,
@@ -28,10 +28,10 @@ from numpy.typing import NDArray
 
 from its_common.actions import N_ACTIONS, action_map
 from its_common.features import FEATURE_SPEC_HASH
-from its_model.normalize import ObsNormalizer
-from its_model.observation import OBS_SIZE
-from its_model.policy import PolicyShape, RecurrentActor
-from its_model.portfolio import EnvConfig
+from its_common.model.normalize import ObsNormalizer
+from its_common.model.observation import OBS_SIZE
+from its_common.model.policy import PolicyShape, RecurrentActor
+from its_common.model.portfolio import EnvConfig
 
 BUNDLE_FORMAT: Final = 2
 META_FILE: Final = "bundle.json"

@@ -1,11 +1,12 @@
 """Finding the bundle to serve: a bundle directory itself, the newest bundle of a directory of
-bundles, or a pinned one (loading and its checks are :func:`its_model.bundle.load_bundle`'s)."""
+bundles, or a pinned one (loading and its checks are
+:func:`its_common.model.bundle.load_bundle`'s)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from its_model.bundle import META_FILE, BundleError, read_meta
+from its_common.model.bundle import META_FILE, BundleError, read_meta
 
 
 def _candidates(root: Path) -> list[Path]:
