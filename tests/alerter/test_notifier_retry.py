@@ -1,8 +1,8 @@
-"""The Slack notifier's wait between tries: a numeric Retry-After, else the shared Backoff."""
+"""The wait between HTTP retries (Slack, REST clients): a numeric Retry-After, else the Backoff."""
 
 from __future__ import annotations
 
-from its_alerter.notifiers import _retry_after
+from its_common.backoff import retry_after_s as _retry_after
 
 
 def test_retry_after_seconds_are_used_and_an_http_date_falls_back_to_backoff() -> None:

@@ -25,6 +25,7 @@ from its_common.consumer import (
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream, connect, ensure_group
+from tests.conditions import wait_until
 
 STREAM = "its:stream:test-consumer"
 GROUP = "g"
@@ -120,19 +121,6 @@ async def running(redis_client: aioredis.Redis) -> AsyncIterator[Callable[..., R
     for item in started:
         if not item.task.done():
             await item.stop()
-
-
-async def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
 
 
 async def add(redis: aioredis.Redis, *values: str, entry_id: str = "*") -> list[str]:

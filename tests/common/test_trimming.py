@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from its_common.consumer import ConsumerConfig, Delivery, EntryHandler, StreamCo
 from its_common.gaps import decode_gap
 from its_common.streams import Stream, TrimPolicy, ensure_group, now_ms
 from its_common.trimming import StreamTrimmer, TrimResult, format_id, parse_id
+from tests.conditions import wait_until
 
 STREAM = "its:stream:test-trim"
 POLICY = TrimPolicy(maxlen=10)
@@ -61,19 +61,6 @@ async def read(redis: Any, group: str, count: int, ack: bool = True) -> list[str
     if ack and got:
         await redis.xack(STREAM, group, *got)
     return got
-
-
-async def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
 
 
 def test_stream_ids_round_trip() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -147,21 +146,6 @@ async def add_bars(redis, bars: list[MinuteAgg], received_ms: int | None = None)
 async def add_trades(redis, trades: list[Trade]) -> str:
     entry_id = await redis.xadd(Stream.TRADES, encode_entry("T", trades))
     return str(entry_id.decode())
-
-
-async def wait_until(
-    predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
 
 
 def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

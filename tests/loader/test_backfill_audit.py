@@ -19,8 +19,9 @@ from its_loader.audit import audit_day
 from its_loader.backfill import startup_windows
 from its_loader.rest import PolygonRest, RestConfig
 from its_loader.store import prepare_session
+from tests.conditions import wait_until
 
-from .conftest import add_bars, make_settings, query, scalar, wait_until
+from .conftest import add_bars, make_settings, query, scalar
 from .polygon_rest import API_KEY, PolygonRestServer, synthetic_bar
 
 DAY = date(2026, 11, 20)  # a Friday, regular session 14:30-21:00 UTC

@@ -10,6 +10,7 @@ import psycopg
 from its_common.db.sources import SOURCE_REST
 from its_common.streams import Stream, ensure_group
 from its_loader.store import BarRow, bar_payload_rows, prepare_session, store_bars
+from tests.conditions import wait_until
 
 from .conftest import (
     T0,
@@ -20,7 +21,6 @@ from .conftest import (
     query,
     scalar,
     trade,
-    wait_until,
 )
 
 

@@ -15,8 +15,9 @@ import psycopg
 from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import PostgresServer
 from its_common.streams import Stream, ensure_group
+from tests.conditions import wait_until
 
-from .conftest import add_bars, add_trades, bar, make_settings, scalar, trade, wait_until
+from .conftest import add_bars, add_trades, bar, make_settings, scalar, trade
 
 REPO = Path(__file__).resolve().parents[2]
 TRADE_ENTRIES = 1500

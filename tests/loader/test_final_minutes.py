@@ -19,8 +19,9 @@ from its_common.gaps import GapWindow, encode_gap
 from its_common.streams import Stream
 from its_loader.__main__ import main as cli_main
 from its_loader.backfill import startup_windows
+from tests.conditions import wait_until
 
-from .conftest import add_bars, make_settings, query, scalar, wait_until
+from .conftest import add_bars, make_settings, query, scalar
 from .polygon_rest import PolygonRestServer, synthetic_bar
 from .test_backfill_audit import DAY, MINUTES, as_ws, cli_env
 

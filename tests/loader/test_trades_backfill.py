@@ -17,8 +17,9 @@ from its_common.events import Trade
 from its_common.gaps import GapWindow, decode_gap, encode_gap
 from its_common.streams import Stream
 from its_loader.__main__ import main as cli_main
+from tests.conditions import wait_until
 
-from .conftest import add_trades, make_settings, query, scalar, wait_until
+from .conftest import add_trades, make_settings, query, scalar
 from .polygon_rest import synthetic_trade
 from .test_backfill_audit import DAY, MINUTES, cli_env
 

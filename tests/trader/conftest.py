@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -118,21 +116,6 @@ def decision(
 async def publish(redis: Any, d: Decision) -> str:
     entry_id = await redis.xadd(Stream.DECISIONS, encode_decision(d))
     return str(entry_id.decode())
-
-
-async def wait_until(
-    predicate: Callable[[], Any], timeout_s: float = 15.0, interval_s: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
 
 
 def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

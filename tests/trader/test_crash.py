@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from its_common.localstack.servers import free_port
+from tests.conditions import wait_until
 
-from .conftest import Feed, decision, publish, query, scalar, wait_until
+from .conftest import Feed, decision, publish, query, scalar
 
 REPO = Path(__file__).resolve().parents[2]
 

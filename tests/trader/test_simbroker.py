@@ -12,8 +12,9 @@ from its_common.streams import Stream, encode_entry, now_ms
 from its_trader.broker import OrderRequest
 from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
 from its_validator.check import broker_prices, compare, feed_prices
+from tests.conditions import wait_until
 
-from .conftest import Feed, make_settings, query, wait_until
+from .conftest import Feed, make_settings, query
 
 
 def broker(redis_client: Any, db_url: str, **kw: Any) -> SimBroker:

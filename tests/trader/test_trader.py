@@ -10,8 +10,9 @@ from its_common.risk import RiskReason
 from its_common.streams import Stream
 from its_trader import control
 from its_trader.engine import Trader
+from tests.conditions import wait_until
 
-from .conftest import CLOSED_MS, OPEN_MS, Feed, decision, make_settings, query, scalar, wait_until
+from .conftest import CLOSED_MS, OPEN_MS, Feed, decision, make_settings, query, scalar
 
 
 async def fills_of(trader: Trader, db_url: str, count: int) -> None:

@@ -39,3 +39,14 @@ class Backoff:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=delay)
         return delay
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a numeric HTTP ``Retry-After``; None when absent or an HTTP date (the caller
+    then waits its Backoff's delay)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

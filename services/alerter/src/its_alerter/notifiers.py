@@ -17,7 +17,7 @@ import aiosmtplib
 
 from its_alerter.config import AlerterSettings
 from its_alerter.model import SEVERITY_RANK, Notification
-from its_common.backoff import Backoff
+from its_common.backoff import Backoff, retry_after_s
 from its_common.redaction import redact
 
 log = logging.getLogger("its.alerter.notify")
@@ -88,16 +88,6 @@ def slack_payload(notification: Notification) -> dict[str, object]:
 SLACK_MAX_WAIT_S: Final = 10.0  # longest wait between two tries, even if Retry-After asks more
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a numeric ``Retry-After``; None when absent or an HTTP date (not used)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 class SlackNotifier:
     """POST JSON to an incoming webhook; 429 and 5xx are retried (Retry-After, else Backoff)."""
 
@@ -128,7 +118,7 @@ class SlackNotifier:
                         return
                     retryable = response.status == 429 or response.status >= 500
                     problem = f"webhook answered {response.status}: {body}"
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    retry_after = retry_after_s(response.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # aiohttp errors can carry the URL (the secret): only the type goes out.
                 retryable, problem = True, f"webhook unreachable ({type(exc).__name__})"

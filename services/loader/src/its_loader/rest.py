@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from its_common.backoff import Backoff
+from its_common.backoff import Backoff, retry_after_s
 from its_loader.metrics import LoaderMetrics
 
 log = logging.getLogger("its.loader.backfill")
@@ -146,7 +146,7 @@ class PolygonRest:
                         return body
                     text = await response.text()
                     if status in (429, 500, 502, 503, 504):
-                        retry_after = _retry_after(response.headers.get("Retry-After"))
+                        retry_after = retry_after_s(response.headers.get("Retry-After"))
                     else:
                         raise BackfillError(f"REST {status} for {url.path}: {text[:200]}")
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -167,12 +167,3 @@ class PolygonRest:
     def _count(self, status: str) -> None:
         if self.metrics is not None:
             self.metrics.rest_requests.labels(status).inc()
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from its_common.backoff import Backoff
+from its_common.backoff import Backoff, retry_after_s
 from its_common.events import MinuteAgg, Trade, encode_frame
 from its_common.streams import now_ms
 from its_router.batching import Frame
@@ -164,8 +164,7 @@ class RestPoller:
         async with session.get(url, params=params) as response:
             if response.status == 429:
                 self.metrics.rest_requests.labels("rate_limited").inc()
-                retry = response.headers.get("Retry-After")
-                raise RateLimitedError(float(retry) if retry and retry.isdigit() else None)
+                raise RateLimitedError(retry_after_s(response.headers.get("Retry-After")))
             body: dict[str, Any] = await response.json(content_type=None)
             if response.status != 200:
                 self.metrics.rest_requests.labels("error").inc()
