@@ -14,18 +14,15 @@ router writes its first event (the stored value is overwritten, not maxed across
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
 
+from its_common.streams import now_ms
+
 FEED_CLOCK_KEY: Final = "its:clock:feed"
 ClockMode = Literal["feed", "wall"]
-
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def to_datetime(ms: int) -> datetime:
@@ -34,7 +31,7 @@ def to_datetime(ms: int) -> datetime:
 
 def feed_clock_mapping(event_ms: int, written_ms: int | None = None) -> dict[Any, Any]:
     """The hash fields the router writes (in the same pipeline as the events)."""
-    return {"event_ms": str(event_ms), "wall_ms": str(written_ms or wall_ms())}
+    return {"event_ms": str(event_ms), "wall_ms": str(written_ms or now_ms())}
 
 
 async def read_feed_clock(redis: aioredis.Redis) -> int | None:
@@ -50,7 +47,6 @@ class MarketClock:
     def __init__(self, redis: aioredis.Redis | None, mode: ClockMode = "feed") -> None:
         self.redis = redis
         self.mode = mode
-        self.last_source: Literal["feed", "wall"] = "wall"
 
     async def feed_ms(self) -> int | None:
         """The feed's time, None when there is none (or the clock is not in feed mode)."""
@@ -60,11 +56,7 @@ class MarketClock:
 
     async def now_ms(self) -> int:
         feed = await self.feed_ms()
-        if feed is not None:
-            self.last_source = "feed"
-            return feed
-        self.last_source = "wall"
-        return wall_ms()
+        return feed if feed is not None else now_ms()
 
     async def now(self) -> datetime:
         return to_datetime(await self.now_ms())
