@@ -19,9 +19,10 @@ $(VENV)/.installed: $(PYPROJECTS)
 
 ## Start the whole system locally: Redis, PostgreSQL, migrations, simulator and every service.
 ## BROKER=sim (default: the built-in paper broker), ib-sim (the local IB Gateway simulator) or ib.
+## BASE_PORT=N moves every port of the local stack (default 18080: dashboard on 18089).
 BROKER ?= sim
 run: venv
-	BROKER=$(BROKER) $(BIN)/its-local run
+	BROKER=$(BROKER) $(BIN)/its-local run $(if $(BASE_PORT),--base-port $(BASE_PORT))
 
 lint: venv
 	$(BIN)/ruff check .

@@ -7,8 +7,10 @@ import contextlib
 import io
 import os
 import queue
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -334,3 +336,91 @@ def test_tools_find_the_running_stack_with_env_and_exec(tmp_path: Path) -> None:
     assert process.returncode == 0
     stopped = _its_local("env", "--var-dir", str(var_dir))
     assert stopped.returncode == 2  # the file goes with the stack
+
+
+def test_one_base_port_moves_every_port_of_the_stack() -> None:
+    from its_common.localstack.services import PORT_OFFSETS, Ports, local_services
+
+    default = {s.name: s.http_port for s in local_services(False, "ib-sim")}
+    assert default["marketsim"] == 18080 and default["dashboard"] == 18089
+    assert Ports()["redis"] == 16379 and Ports()["postgres"] == 15432  # the defaults are kept
+    ports = Ports(21000)
+    services = {s.name: s for s in local_services(False, "ib-sim", ports)}
+    for name, service in services.items():
+        assert service.http_port == 21000 + PORT_OFFSETS[name]
+    every_port_named = " ".join(
+        f"{value} {' '.join(s.urls.values())}" for s in services.values() for value in s.env.values()
+    )
+    for old in (18765, 18766, 14002, 18081, 18089):
+        assert str(old) not in every_port_named, old  # nothing left on a default port
+    assert services["router"].env["ITS_POLYGON_WS_URL"] == "ws://127.0.0.1:21685/stocks"
+    assert services["trader"].env["ITS_IB_PORT"] == services["ibsim"].env["ITS_IBSIM_PORT"]
+    assert "router=http://127.0.0.1:21001/metrics" in services["collector"].env[
+        "ITS_COLLECTOR_TARGETS"
+    ]
+    assert services["dashboard"].urls["dashboard"] == "http://127.0.0.1:21009/"
+    assert len(set(ports.all().values())) == len(PORT_OFFSETS)  # no two services share a port
+
+
+def _free_base() -> int:
+    """A base port whose Redis and PostgreSQL ports are free now."""
+    for _ in range(50):
+        base = free_port() % 30000 + 10000
+        if _port_is_free(base - 1701) and _port_is_free(base - 2648):
+            return base
+    raise AssertionError("no free base port found")
+
+
+def test_the_stack_listens_where_the_base_port_says_and_a_busy_port_names_the_fix(
+    work_dir: Path,
+) -> None:
+    var_dir = work_dir / "stack-var-base"
+    base = _free_base()
+    seen: list[str] = []
+    process = subprocess.Popen(
+        [sys.executable, "-m", "its_common.localstack.cli", "run", "--var-dir", str(var_dir),
+         "--base-port", str(base), "--only-infra"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    lines = _reader(process)
+    try:
+        _wait_line(lines, "ITS is running locally", seen, 90)
+        assert redis.Redis(port=base - 1701).ping()
+        with psycopg.connect(f"postgresql://its@127.0.0.1:{base - 2648}/its") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert any(f"redis://127.0.0.1:{base - 1701}/0" in line for line in seen)
+        env = _its_local("env", "--var-dir", str(var_dir))
+        assert f"127.0.0.1:{base - 2648}/its" in env.stdout
+        # a second stack on the same ports: refused, with the exact command that works
+        busy = _its_local("run", "--var-dir", str(work_dir / "second"), "--base-port",
+                          str(base), "--only-infra")  # fmt: skip
+        assert busy.returncode == 1
+        assert f"redis ({base - 1701})" in busy.stderr
+        match = re.search(r"make run BASE_PORT=(\d+)", busy.stderr)
+        assert match is not None, busy.stderr
+        suggested = int(match.group(1))
+        assert f"its-local run --base-port {suggested}" in busy.stderr
+        assert _port_is_free(suggested - 1701) and _port_is_free(suggested - 2648)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    assert process.returncode == 0
+
+
+def test_the_local_dashboard_token_is_generated_once_private_and_never_printed(
+    tmp_path: Path,
+) -> None:
+    from its_common.localstack.token import dashboard_token
+
+    env, hint = dashboard_token(tmp_path, environ={})
+    path = Path(env["ITS_DASHBOARD_TOKEN_FILE"])
+    token = path.read_text().strip()
+    assert len(token) >= 24 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert str(path.name) in hint and token not in hint
+    path.chmod(0o644)
+    again, _ = dashboard_token(tmp_path, environ={})
+    assert again == env and path.read_text().strip() == token  # reused across runs
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    own, hint = dashboard_token(tmp_path, environ={"ITS_DASHBOARD_TOKEN": "mine"})
+    assert own == {} and "ITS_DASHBOARD_TOKEN" in hint  # the user's own token wins

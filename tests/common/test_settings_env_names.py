@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from its_common.localstack.services import local_services
+from its_common.localstack.cli import marketsim_env
+from its_common.localstack.services import Ports, local_services
+from its_common.localstack.token import dashboard_token
 from its_common.settings import BaseServiceSettings, SettingsError, load_settings
 from its_trader.config import TraderSettings
 
@@ -127,9 +129,16 @@ def test_the_router_keeps_its_names_and_claims_its_own_prefix(
 
 @pytest.mark.parametrize("broker", ["sim", "ib-sim", "ib"])
 def test_the_local_stack_environment_is_accepted_by_every_service(
-    monkeypatch: pytest.MonkeyPatch, broker: str
+    monkeypatch: pytest.MonkeyPatch, broker: str, tmp_path: Path
 ) -> None:
-    services = local_services(polygon_key_set=False, broker=broker)
+    token_env, _ = dashboard_token(tmp_path, environ={})
+    services = local_services(
+        polygon_key_set=False,
+        broker=broker,
+        ports=Ports(20000),
+        dashboard_env=token_env,
+        marketsim_env=marketsim_env(tmp_path),
+    )
     # make run gives every process the union of the environments plus its own.
     for service in services:
         for name, value in service.env.items():

@@ -53,6 +53,8 @@ class Stack:
     metrics: RouterMetrics
     log_file: Path
     process: subprocess.Popen[bytes]
+    redis_url: str = ""
+    metrics_url: str = ""
 
     async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as session, session.get(self.url + path, **kw) as r:
@@ -89,6 +91,54 @@ class Stack:
             await asyncio.sleep(0.1)
 
 
+async def start_dashboard(
+    redis_url: str, db_url: str, metrics_url: str, token: str | None, log_file: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """An ``its-dashboard`` process (``token`` None: no kill-switch token), ready over HTTP."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ITS_", "OTEL_"))}
+    env.update(
+        REDIS_URL=redis_url, DATABASE_URL=db_url, ITS_HTTP_HOST="127.0.0.1",
+        ITS_HTTP_PORT=str(port), ITS_DASHBOARD_REFRESH_S="0.5",
+        ITS_DASHBOARD_ROUTER_METRICS_URL=metrics_url, ITS_SYMBOLS=",".join(SYMBOLS),
+        ITS_HEARTBEAT_INTERVAL_S="1", ITS_ENVIRONMENT="test", ITS_LOG_LEVEL="INFO",
+    )  # fmt: skip
+    if token is not None:
+        env["ITS_DASHBOARD_TOKEN"] = token
+    exe = shutil.which("its-dashboard", path=str(Path(sys.executable).parent))
+    assert exe is not None, "its-dashboard is not installed in the venv"
+    with log_file.open("wb") as out:
+        # starting a process does not block; the caller's wait is over HTTP below
+        process = subprocess.Popen([exe], env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                assert process.poll() is None, log_file.read_text()
+                try:
+                    async with session.get(url + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, log_file.read_text()
+                await asyncio.sleep(0.2)
+    except BaseException:
+        stop_dashboard(process)
+        raise
+    return process, url
+
+
+def stop_dashboard(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="package")
 async def stack(redis_server, postgres_server, tmp_path_factory) -> AsyncIterator[Stack]:
     name = f"dash_{uuid.uuid4().hex[:10]}"
@@ -111,42 +161,14 @@ async def stack(redis_server, postgres_server, tmp_path_factory) -> AsyncIterato
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     metrics_url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ITS_", "OTEL_"))}
-    env.update(
-        REDIS_URL=redis_url, DATABASE_URL=db_url, ITS_HTTP_HOST="127.0.0.1",
-        ITS_HTTP_PORT=str(port), ITS_DASHBOARD_TOKEN=TOKEN, ITS_DASHBOARD_REFRESH_S="0.5",
-        ITS_DASHBOARD_ROUTER_METRICS_URL=metrics_url, ITS_SYMBOLS=",".join(SYMBOLS),
-        ITS_HEARTBEAT_INTERVAL_S="1", ITS_ENVIRONMENT="test", ITS_LOG_LEVEL="INFO",
-    )  # fmt: skip
     log_file = tmp_path_factory.mktemp("dashboard") / "dashboard.log"
-    exe = shutil.which("its-dashboard", path=str(Path(sys.executable).parent))
-    assert exe is not None, "its-dashboard is not installed in the venv"
-    with log_file.open("wb") as out:
-        # starting a process does not block; the fixture waits for it over HTTP below
-        process = subprocess.Popen([exe], env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    process, url = await start_dashboard(redis_url, db_url, metrics_url, TOKEN, log_file)
     redis = aioredis.Redis.from_url(redis_url)
-    stack = Stack(f"http://127.0.0.1:{port}", db_url, redis, metrics, log_file, process)
+    stack = Stack(url, db_url, redis, metrics, log_file, process, redis_url, metrics_url)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log_file.read_text()
-            try:
-                status, _ = await stack.get("/readyz")
-                if status == 200:
-                    break
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, log_file.read_text()
-            await asyncio.sleep(0.2)
         yield stack
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_dashboard(process)
         await redis.aclose()
         await runner.cleanup()
         with psycopg.connect(postgres_server.admin_url, autocommit=True) as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -10,7 +11,8 @@ import aiohttp
 import psycopg
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from its_dashboard.scrape import parse, quantile
+from its_dashboard.market import replay_state
+from its_dashboard.scrape import parse, quantile, quantiles_ms
 
 from .conftest import TOKEN, Stack, seed
 
@@ -154,3 +156,29 @@ def test_histogram_quantiles_match_the_buckets():
     assert p95 is not None and abs(p95 - 0.1) < 1e-9
     assert p99 is not None and 0.15 < p99 < 0.25
     assert quantile(0.5, []) is None
+
+
+def test_a_quantile_in_the_overflow_bucket_is_above_the_top_bound_not_the_bound():
+    registry = CollectorRegistry()
+    hist = Histogram("router_exchange_to_stored_seconds", "x", registry=registry,
+                     buckets=(0.1, 1.0, 5.0))  # fmt: skip
+    for value in [0.05] * 60 + [9.0] * 40:
+        hist.observe(value)
+    buckets = parse(generate_latest(registry).decode(), 0.0).buckets[
+        "router_exchange_to_stored_seconds"
+    ]
+    assert quantile(0.95, buckets) == math.inf
+    shown = quantiles_ms(buckets)
+    assert shown["p50_ms"] is not None and shown["p50_ms"] <= 100
+    assert shown["p95_ms"] is None and shown["p95_above_ms"] == 5000
+    assert shown["p99_ms"] is None and shown["p99_above_ms"] == 5000
+
+
+def test_a_replay_is_told_from_a_live_or_delayed_or_quiet_feed():
+    wall = 1_795_400_000_000  # Sun 2026-11-22
+    friday = 1_795_197_900_000  # Fri 2026-11-20 13:05 New York
+    state = replay_state(friday, wall - 1_000, wall)
+    assert state is not None and state["label"] == "replaying Fri 2026-11-20, 13:05 ET"
+    assert state["session"] == "2026-11-20" and state["market_open"] is True
+    assert replay_state(wall - 15 * 60_000, wall - 1_000, wall) is None  # 15-min delayed data
+    assert replay_state(friday, friday + 2_000, wall) is None  # no events since Friday

@@ -40,6 +40,14 @@ async def read_feed_clock(redis: aioredis.Redis) -> int | None:
     return int(raw) if raw else None
 
 
+async def read_feed_clock_written(redis: aioredis.Redis) -> tuple[int, int] | None:
+    """``(event_ms, wall_ms)``: the feed's newest event time and when it was written."""
+    raw = await redis.hmget(FEED_CLOCK_KEY, ["event_ms", "wall_ms"])
+    if not raw[0] or not raw[1]:
+        return None
+    return int(raw[0]), int(raw[1])
+
+
 class MarketClock:
     """``await clock.now_ms()``: the feed's clock (mode ``feed``), the wall clock otherwise
     (also without Redis: a process that has no feed has no feed time)."""

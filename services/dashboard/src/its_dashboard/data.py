@@ -297,16 +297,21 @@ class Sources:
         }
 
     async def orders(self) -> list[dict[str, Any]]:
+        """Newest first; ``market_ts`` is the order's time on the market clock (the decision's
+        bar, else its first fill) so orders and fills read on one clock in a replay, where the
+        wall clock (``created_at``) is hours or days ahead of the market."""
         rows = await self.query(
-            "SELECT created_at, client_order_id, symbol, side, quantity, status, filled_quantity,"
-            " reason FROM orders ORDER BY created_at DESC LIMIT %s",
+            "SELECT o.created_at, coalesce(o.decision_ts, (SELECT min(f.ts) FROM fills f"
+            " WHERE f.client_order_id = o.client_order_id)), o.client_order_id, o.symbol,"
+            " o.side, o.quantity, o.status, o.filled_quantity, o.reason FROM orders o"
+            " ORDER BY o.created_at DESC LIMIT %s",
             (self.settings.table_rows,),
         )
         if not rows:
             raise NoData("no orders yet")
         return _rows(
             rows,
-            ["created_at", "client_order_id", "symbol", "side", "quantity", "status",
+            ["created_at", "market_ts", "client_order_id", "symbol", "side", "quantity", "status",
              "filled_quantity", "reason"],
         )  # fmt: skip
 
@@ -335,21 +340,32 @@ class Sources:
         )
 
     async def alerts(self) -> dict[str, Any]:
-        recent = await self.query(
-            "SELECT ts, rule, fingerprint, severity, state, message FROM alerts"
-            " ORDER BY id DESC LIMIT %s",
+        """The firing alerts and the recent rows, from one query so they agree: a row is
+        ``firing`` only when it is the latest of its fingerprint, still firing and not a one-off
+        event; ``firing`` lists exactly those fingerprints (also beyond the recent rows)."""
+        rows = await self.query(
+            "SELECT ts, rule, fingerprint, severity, state, message, event, latest FROM ("
+            " SELECT id, ts, rule, fingerprint, severity, state, message,"
+            " coalesce(labels ? '_event', false) AS event,"
+            " id = max(id) OVER (PARTITION BY fingerprint) AS latest FROM alerts) a"
+            " WHERE latest OR id IN (SELECT id FROM alerts ORDER BY id DESC LIMIT %s)"
+            " ORDER BY id DESC",
             (self.settings.table_rows,),
         )
-        firing = await self.query(
-            "SELECT * FROM (SELECT DISTINCT ON (fingerprint) ts, rule, fingerprint, severity,"
-            " state, message, labels ? '_event' AS event FROM alerts"
-            " ORDER BY fingerprint, id DESC) latest WHERE state = 'firing' AND NOT event"
-            " ORDER BY ts DESC"
-        )
-        if not recent:
+        if not rows:
             raise NoData("no alerts yet")
         names = ["ts", "rule", "fingerprint", "severity", "state", "message"]
-        return {"firing": _rows([r[:6] for r in firing], names), "recent": _rows(recent, names)}
+        firing: list[dict[str, Any]] = []
+        recent: list[dict[str, Any]] = []
+        for row in rows:
+            item = _rows([row[:6]], names)[0]
+            event, latest = bool(row[6]), bool(row[7])
+            item["status"] = alert_status(str(row[4]), event, latest)
+            if item["status"] == "firing":
+                firing.append(item)
+            if len(recent) < self.settings.table_rows:
+                recent.append(item)
+        return {"firing": firing, "recent": recent}
 
     async def gap_audit_rows(self) -> dict[str, Any] | None:
         rows = await self.query(
@@ -359,6 +375,16 @@ class Sources:
         if not rows:
             return None
         return {"date": rows[0][0].isoformat(), "gaps": int(rows[0][1])}
+
+
+def alert_status(state: str, event: bool, latest: bool) -> str:
+    """What a stored alert row means now: ``firing`` (still), ``event`` (a one-off notice),
+    ``resolved``, or ``fired`` (it fired then; a later row of its fingerprint superseded it)."""
+    if event:
+        return "event"
+    if state == "firing":
+        return "firing" if latest else "fired"
+    return state
 
 
 def now_utc() -> datetime:

@@ -45,7 +45,12 @@ def parse(text: str, t: float) -> Sample:
 
 
 def quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
-    """histogram_quantile over cumulative ``(le, count)`` pairs (seconds); None without data."""
+    """histogram_quantile over cumulative ``(le, count)`` pairs (seconds); None without data.
+
+    A quantile in the overflow bucket (above the largest finite bound) is ``math.inf``: the
+    histogram only says "more than that bound", so no number is made up (PromQL would return
+    the bound itself, which reads as an exact figure).
+    """
     if not cumulative or cumulative[-1][1] <= 0:
         return None
     total = cumulative[-1][1]
@@ -54,12 +59,27 @@ def quantile(q: float, cumulative: list[tuple[float, float]]) -> float | None:
     for le, count in cumulative:
         if count >= rank:
             if math.isinf(le):
-                return prev_le
+                return math.inf
             if count == prev_count:
                 return le
             return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
         prev_le, prev_count = le, count
     return prev_le
+
+
+def quantiles_ms(cumulative: list[tuple[float, float]]) -> dict[str, Any]:
+    """p50/p95/p99 in ms; one in the overflow bucket is ``None`` with ``pNN_above_ms`` set to
+    the largest finite bound (shown as "> 5 s")."""
+    top = max((le for le, _ in cumulative if not math.isinf(le)), default=0.0)
+    out: dict[str, Any] = {}
+    for q in (0.5, 0.95, 0.99):
+        key = f"p{int(q * 100)}"
+        value = quantile(q, cumulative)
+        if value is not None and math.isinf(value):
+            out[f"{key}_ms"], out[f"{key}_above_ms"] = None, top * 1000
+        else:
+            out[f"{key}_ms"] = None if value is None else value * 1000
+    return out
 
 
 def _delta(
@@ -109,10 +129,7 @@ class RouterScraper:
         for key, name in LATENCIES.items():
             windowed = _delta(newest.buckets[name], oldest.buckets[name]) if span > 0 else []
             use = windowed if windowed and windowed[-1][1] > 0 else newest.buckets[name]
-            out[key] = {
-                f"p{int(q * 100)}_ms": (None if (v := quantile(q, use)) is None else v * 1000)
-                for q in (0.5, 0.95, 0.99)
-            }
+            out[key] = quantiles_ms(use)
             out[key]["scope"] = "window" if use is windowed else "since start"
             out[key]["count"] = use[-1][1] if use else 0
         return out

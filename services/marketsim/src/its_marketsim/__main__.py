@@ -75,6 +75,11 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("--faults", "initial faults as JSON (ITS_MARKETSIM_FAULTS)", {}),
     ("--public-base-url", "base of next_url links (default: the request's origin)", {}),
+    (
+        "--position-path",
+        "file keeping a replay's position for the next start (ITS_MARKETSIM_POSITION_PATH)",
+        {},
+    ),
     ("--http-port", "health/metrics port (ITS_HTTP_PORT)", {"type": int}),
     ("--http-host", "health/metrics bind address (ITS_HTTP_HOST)", {}),
     ("--log-level", "DEBUG, INFO, ... (ITS_LOG_LEVEL)", {}),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import date
+import time
+from datetime import date, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,7 @@ from its_common.simmarket.daydata import MarketSource
 from its_common.simmarket.market import MarketGenerator
 from its_marketsim.admin import AdminApi
 from its_marketsim.clock import SimClock, parse_start
+from its_marketsim import position
 from its_marketsim.faults import FaultState
 from its_marketsim.replay import ReplaySource
 from its_marketsim.rest import RestApi
@@ -33,8 +36,13 @@ log = logging.getLogger("its.marketsim")
 class Simulator:
     """The whole simulator in-process: ``async with Simulator(config) as sim: ...``."""
 
-    def __init__(self, config: SimConfig, wall_ms: int | None = None) -> None:
+    def __init__(
+        self, config: SimConfig, wall_ms: int | None = None, saved_ms: int | None = None
+    ) -> None:
+        """``saved_ms``: where a previous run's replay stopped (:mod:`its_marketsim.position`);
+        used when it lies in the session ``start=auto`` replays (``self.resumed`` then)."""
         self.config = config
+        self.resumed = False
         self.faults = FaultState()
         self.faults.update(config.faults)
         source: MarketSource
@@ -50,6 +58,11 @@ class Simulator:
             generator = MarketGenerator(config, anchor=date.today())
             source = generator
             start = parse_start(config.start, generator, wall_ms)
+            if config.start.strip().lower() == "auto":
+                wall = wall_ms if wall_ms is not None else int(time.time() * 1000)
+                resumed = position.continue_from(saved_ms, start, generator, wall)
+                if resumed is not None:
+                    start, self.resumed = resumed, True
             generator.anchor = sessions.ny_date(start)
         self.source = source
         self.clock = SimClock(start, config.speed)
@@ -119,12 +132,18 @@ class Simulator:
         await self.stop()
 
 
+def _ny(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=sessions.NEW_YORK).strftime("%a %Y-%m-%d %H:%M")
+
+
 async def main(ctx: ServiceContext[MarketSimSettings]) -> None:
     """Service entry point under ``its_common.runtime.run_service``."""
     from prometheus_client import Gauge
 
     config = ctx.settings.to_config()
-    sim = Simulator(config)
+    path = Path(ctx.settings.position_path) if ctx.settings.position_path else None
+    sim = Simulator(config, saved_ms=position.load(path) if path else None)
+    _announce_start(sim, path)
     registry = ctx.registry
     Gauge("marketsim_connections", "Open WebSocket connections", registry=registry).set_function(
         lambda: len(sim.ws.connections)
@@ -149,6 +168,30 @@ async def main(ctx: ServiceContext[MarketSimSettings]) -> None:
 
     ctx.add_readiness_check("stream", stream_running)
     try:
-        await ctx.stopping.wait()
+        while not ctx.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stopping.wait(), position.SAVE_EVERY_S)
+            if path is not None:
+                _save_position(path, sim.clock.now_ms())
     finally:
         await sim.stop()
+        if path is not None:
+            _save_position(path, sim.clock.now_ms())
+
+
+def _save_position(path: Path, pos_ms: int) -> None:
+    try:
+        position.save(path, pos_ms)
+    except OSError as exc:  # the stream goes on; the next run would start over
+        log.warning("replay position not saved to %s: %s", path, exc)
+
+
+def _announce_start(sim: Simulator, path: Path | None) -> None:
+    """Say where the stream starts: live, a replay from the opening, or continuing one."""
+    start = sim.clock.now_ms()
+    when = _ny(start)
+    if sim.resumed:
+        log.info("continuing the replay where the last run stopped: %s ET (%s)", when, path)
+    elif start < int(time.time() * 1000) - 60_000:
+        note = f"; saved in {path}, the next run continues from there" if path else ""
+        log.info("market closed now: replaying from %s ET%s", when, note)

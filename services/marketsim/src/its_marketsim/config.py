@@ -106,6 +106,11 @@ class MarketSimSettings(BaseServiceSettings):
         description='initial faults as JSON, e.g. {"duplicate_rate": 0.01}',
     )
     public_base_url: str | None = Field(None)
+    position_path: str | None = Field(
+        None,
+        description="file keeping a replay's position so the next start continues it "
+        "(start=auto on a closed market; `make run` sets var/marketsim/position.json)",
+    )
 
     @field_validator("speed")
     @classmethod

@@ -20,7 +20,14 @@ import psycopg
 
 from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import PostgresServer, RedisServer, ServerError
-from its_common.localstack.services import LocalService, local_services
+from its_common.localstack.services import (
+    DEFAULT_BASE_PORT,
+    MAX_BASE_PORT,
+    MIN_BASE_PORT,
+    LocalService,
+    Ports,
+    local_services,
+)
 from its_common.localstack.stackenv import (
     NoStackError,
     exec_with,
@@ -30,6 +37,7 @@ from its_common.localstack.stackenv import (
     write_stack_env,
 )
 from its_common.localstack.supervisor import ProcessSpec, Supervisor, http_ok
+from its_common.localstack.token import dashboard_token
 
 
 def _port_free(port: int) -> bool:
@@ -42,30 +50,65 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _check_ports(ports: dict[str, int]) -> None:
+def _check_ports(ports: dict[str, int], base: int, fixed: set[str]) -> None:
+    """Every port free, else say which are taken and a base port where all of them are free."""
     busy = [f"{name} ({port})" for name, port in ports.items() if not _port_free(port)]
-    if busy:
-        raise ServerError(
-            f"ports already in use: {', '.join(busy)}. Is another `make run` running? "
-            "Stop it, or choose other ports (its-local run --help)."
+    if not busy:
+        return
+    hint = "Is another `make run` running? Stop it, or move every port of this stack: "
+    free = _free_base(ports, base, fixed)
+    if free is None:
+        hint += "`make run BASE_PORT=N` (or `its-local run --base-port N`, ITS_LOCAL_BASE_PORT)."
+    else:
+        hint += (
+            f"`make run BASE_PORT={free}` (or `its-local run --base-port {free}`, "
+            f"ITS_LOCAL_BASE_PORT={free}), where all of them are free now."
         )
+    if fixed:
+        hint += f" ({', '.join(sorted(fixed))}: set explicitly, not moved by the base port.)"
+    raise ServerError(f"ports already in use: {', '.join(busy)}. {hint}")
+
+
+def _free_base(ports: dict[str, int], base: int, fixed: set[str]) -> int | None:
+    """The first base port above ``base`` (in steps of 100) where every port is free."""
+    for candidate in range(base + 100, MAX_BASE_PORT + 1, 100):
+        moved = {n: p + candidate - base if n not in fixed else p for n, p in ports.items()}
+        if all(_port_free(port) for port in moved.values()):
+            return candidate
+    return None
 
 
 async def run(args: argparse.Namespace) -> int:
     var_dir: Path = args.var_dir
+    ports = Ports(args.base_port)
     supervisor = Supervisor(var_dir / "logs")
-    redis_server = RedisServer(var_dir / "redis", port=args.redis_port)
-    postgres = PostgresServer(var_dir / "postgres", port=args.postgres_port)
+    redis_server = RedisServer(var_dir / "redis", port=args.redis_port or ports["redis"])
+    postgres = PostgresServer(var_dir / "postgres", port=args.postgres_port or ports["postgres"])
     polygon_key_set = bool(
         os.environ.get("POLYGON_API_KEY") or os.environ.get("POLYGON_API_KEY_FILE")
     )
     broker = os.environ.get("BROKER", "sim")
     if broker not in {"sim", "ib-sim", "ib"}:
         raise ServerError(f"BROKER={broker!r}: expected sim, ib-sim or ib")
-    services = [] if args.only_infra else _installed(local_services(polygon_key_set, broker))
+    token_env, token_hint = ({}, "") if args.only_infra else dashboard_token(var_dir)
+    services = (
+        []
+        if args.only_infra
+        else _installed(
+            local_services(
+                polygon_key_set,
+                broker,
+                ports,
+                dashboard_env=token_env,
+                marketsim_env=marketsim_env(var_dir),
+            )
+        )
+    )
+    fixed = {n for n, given in (("redis", args.redis_port), ("postgres", args.postgres_port)) if given}
     _check_ports(
-        {"redis": redis_server.port, "postgres": postgres.port}
-        | {service.name: service.http_port for service in services}
+        {"redis": redis_server.port, "postgres": postgres.port} | _service_ports(services),
+        ports.base,
+        fixed,
     )
 
     stop = asyncio.Event()
@@ -73,7 +116,9 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    startup = asyncio.create_task(_start_all(supervisor, redis_server, postgres, services, var_dir))
+    startup = asyncio.create_task(
+        _start_all(supervisor, redis_server, postgres, services, var_dir, token_hint)
+    )
     stop_wait = asyncio.create_task(stop.wait())
     exit_code = 0
     try:
@@ -106,6 +151,7 @@ async def _start_all(
     postgres: PostgresServer,
     services: list[LocalService],
     var_dir: Path,
+    token_hint: str = "",
 ) -> None:
     await asyncio.to_thread(redis_server.prepare)
     await supervisor.start(
@@ -153,7 +199,7 @@ async def _start_all(
                 ready=http_ok(f"http://127.0.0.1:{service.http_port}/healthz"),
             )
         )
-    _print_summary(supervisor, redis_server, postgres, services, var_dir)
+    _print_summary(supervisor, redis_server, postgres, services, var_dir, token_hint)
     write_stack_env(var_dir, _tool_env(common_env, services))
 
 
@@ -166,6 +212,28 @@ def _tool_env(common: dict[str, str], services: list[LocalService]) -> dict[str,
             if key in router.env:  # the simulator's local key only: a real one is never written
                 env[key] = router.env[key]
     return env
+
+
+EXTRA_PORTS = {
+    "ITS_MARKETSIM_PORT": "marketsim websocket",
+    "ITS_MARKETSIM_REST_PORT": "marketsim rest",
+    "ITS_IBSIM_PORT": "ibsim api",
+}
+
+
+def _service_ports(services: list[LocalService]) -> dict[str, int]:
+    """Every port the services listen on: HTTP, and the simulators' feed and API ports."""
+    out = {service.name: service.http_port for service in services}
+    for service in services:
+        for key, name in EXTRA_PORTS.items():
+            if key in service.env:
+                out[name] = int(service.env[key])
+    return out
+
+
+def marketsim_env(var_dir: Path) -> dict[str, str]:
+    """The simulator keeps its replay position here, so the next run continues from it."""
+    return {"ITS_MARKETSIM_POSITION_PATH": str(var_dir / "marketsim" / "position.json")}
 
 
 def _installed(services: list[LocalService]) -> list[LocalService]:
@@ -183,6 +251,7 @@ def _print_summary(
     postgres: PostgresServer,
     services: list[LocalService],
     var_dir: Path,
+    token_hint: str = "",
 ) -> None:
     lines = [
         "",
@@ -205,6 +274,8 @@ def _print_summary(
         if dashboard
         else "  dashboard    not installed yet"
     )
+    if dashboard and token_hint:
+        lines.append(f"  {'':<12} kill switch token: {token_hint}")
     lines.append(f"  data and logs under {var_dir}")
     lines.append('  CLI tools    its-local exec its-loader audit   (or: eval "$(its-local env)")')
     for line in lines:
@@ -217,10 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = sub.add_parser("run", help="start the whole system locally")
     run_parser.add_argument("--var-dir", default=os.environ.get("ITS_VAR_DIR", "var"))
     run_parser.add_argument(
-        "--redis-port", type=int, default=int(os.environ.get("ITS_LOCAL_REDIS_PORT", "16379"))
+        "--base-port",
+        type=int,
+        default=int(os.environ.get("ITS_LOCAL_BASE_PORT") or DEFAULT_BASE_PORT),
+        help=f"every port of the stack at a fixed offset from this one (ITS_LOCAL_BASE_PORT, "
+        f"make run BASE_PORT=N; default {DEFAULT_BASE_PORT}: redis 16379, postgres 15432, "
+        f"services 18080-18090, simulator feed 18765/18766; {MIN_BASE_PORT}..{MAX_BASE_PORT})",
     )
     run_parser.add_argument(
-        "--postgres-port", type=int, default=int(os.environ.get("ITS_LOCAL_POSTGRES_PORT", "15432"))
+        "--redis-port",
+        type=int,
+        default=int(os.environ.get("ITS_LOCAL_REDIS_PORT") or 0),
+        help="Redis only (ITS_LOCAL_REDIS_PORT; default: base port - 1701)",
+    )
+    run_parser.add_argument(
+        "--postgres-port",
+        type=int,
+        default=int(os.environ.get("ITS_LOCAL_POSTGRES_PORT") or 0),
+        help="PostgreSQL only (ITS_LOCAL_POSTGRES_PORT; default: base port - 2648)",
     )
     run_parser.add_argument(
         "--only-infra", action="store_true", help="Redis and PostgreSQL only, no services"
@@ -236,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         tool.add_argument("--var-dir", default=os.environ.get("ITS_VAR_DIR", "var"))
     args = parser.parse_args(argv)
     args.var_dir = Path(args.var_dir).resolve()
+    if args.command == "run":
+        try:
+            Ports(args.base_port)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.command in ("env", "exec"):
         return _tool(args)
     try:

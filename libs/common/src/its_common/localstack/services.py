@@ -1,7 +1,7 @@
 """Which ITS services the local stack runs, on which ports, with which environment.
 
 A service runs when its console script (``its-<name>``) is installed in the virtualenv. Each later
-service adds its entry here; ports are fixed so URLs stay the same across runs.
+service adds its entry here; ports are fixed offsets from one base port (``Ports``), so URLs stay the same across runs.
 """
 
 from __future__ import annotations
@@ -28,21 +28,63 @@ class LocalService:
         return shutil.which(script)
 
 
-MARKETSIM_WS_PORT = 18765
-MARKETSIM_REST_PORT = 18766
+DEFAULT_BASE_PORT = 18080
+# Every port of the local stack is ``base + offset``; the offsets keep the historic defaults at the
+# default base (18080), so `make run` URLs do not change. `its-local run --base-port N`
+# (ITS_LOCAL_BASE_PORT, `make run BASE_PORT=N`) moves all of them together.
+PORT_OFFSETS: dict[str, int] = {
+    "marketsim": 0,
+    "router": 1,
+    "loader": 2,
+    "collector": 3,
+    "features": 4,
+    "inference": 5,
+    "trader": 6,
+    "validator": 7,
+    "alerter": 8,
+    "dashboard": 9,
+    "ibsim": 10,
+    "marketsim websocket": 685,  # 18765
+    "marketsim rest": 686,  # 18766
+    "redis": -1701,  # 16379
+    "postgres": -2648,  # 15432
+    "ibsim api": -4078,  # 14002, not 4002: a real IB Gateway on this machine keeps its port
+}
+MIN_BASE_PORT = 1024 - min(PORT_OFFSETS.values())
+MAX_BASE_PORT = 65535 - max(PORT_OFFSETS.values())
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The local stack's ports, all at fixed offsets from one base port."""
+
+    base: int = DEFAULT_BASE_PORT
+
+    def __post_init__(self) -> None:
+        if not MIN_BASE_PORT <= self.base <= MAX_BASE_PORT:
+            raise ValueError(
+                f"base port {self.base}: expected {MIN_BASE_PORT}..{MAX_BASE_PORT} "
+                "(every port of the stack is at a fixed offset from it)"
+            )
+
+    def __getitem__(self, name: str) -> int:
+        return self.base + PORT_OFFSETS[name]
+
+    def all(self) -> dict[str, int]:
+        return {name: self.base + offset for name, offset in PORT_OFFSETS.items()}
+
+
 DEV_API_KEY = "its-dev-key"  # the simulator's local key: not a secret, documented in the README
 
 
-IBSIM_API_PORT = 14002  # not 4002: a real IB Gateway on this machine keeps its port
-
-
-def ib_simulator(broker: str) -> list[LocalService]:
+def ib_simulator(broker: str, ports: Ports = Ports()) -> list[LocalService]:
     """`make run BROKER=ib-sim`: the local IB Gateway simulator, started before the trader."""
     if broker != "ib-sim":
         return []
-    env = {"ITS_IBSIM_PORT": str(IBSIM_API_PORT), "ITS_IBSIM_FEED": "redis"}
-    urls = {"ib api": f"127.0.0.1:{IBSIM_API_PORT} (paper account DU1234567)"}
-    return [LocalService("ibsim", 18090, env=env, urls=urls)]
+    api = ports["ibsim api"]
+    env = {"ITS_IBSIM_PORT": str(api), "ITS_IBSIM_FEED": "redis"}
+    urls = {"ib api": f"127.0.0.1:{api} (paper account DU1234567)"}
+    return [LocalService("ibsim", ports["ibsim"], env=env, urls=urls)]
 
 
 # The committed demo model is unsure of itself (its action probabilities rarely pass the
@@ -50,14 +92,14 @@ def ib_simulator(broker: str) -> list[LocalService]:
 DEMO_TRADER_ENV = {"ITS_TRADER_MIN_CONFIDENCE": "0.2"}
 
 
-def trader_env(broker: str) -> dict[str, str]:
+def trader_env(broker: str, ports: Ports = Ports()) -> dict[str, str]:
     """BROKER=sim (default), ib-sim (the local simulator) or ib (ITS_IB_* from the environment)."""
     if broker == "ib-sim":
         return {
             **DEMO_TRADER_ENV,
             "ITS_TRADER_BROKER": "ib",
             "ITS_IB_HOST": "127.0.0.1",
-            "ITS_IB_PORT": str(IBSIM_API_PORT),
+            "ITS_IB_PORT": str(ports["ibsim api"]),
             "ITS_IB_CLIENT_ID": "1",
         }
     if broker == "ib":
@@ -65,59 +107,59 @@ def trader_env(broker: str) -> dict[str, str]:
     return dict(DEMO_TRADER_ENV)
 
 
-def local_services(polygon_key_set: bool, broker: str = "sim") -> list[LocalService]:
+METRICS_TARGETS = (
+    "marketsim", "router", "loader", "features", "inference", "trader", "validator", "alerter",
+    "dashboard",
+)  # fmt: skip
+
+
+def local_services(
+    polygon_key_set: bool,
+    broker: str = "sim",
+    ports: Ports = Ports(),
+    dashboard_env: dict[str, str] | None = None,
+    marketsim_env: dict[str, str] | None = None,
+) -> list[LocalService]:
+    ws_port, rest_port = ports["marketsim websocket"], ports["marketsim rest"]
     feed_ws = (
-        "wss://socket.polygon.io/stocks"
-        if polygon_key_set
-        else f"ws://127.0.0.1:{MARKETSIM_WS_PORT}/stocks"
+        "wss://socket.polygon.io/stocks" if polygon_key_set else f"ws://127.0.0.1:{ws_port}/stocks"
     )
-    feed_rest = (
-        "https://api.polygon.io" if polygon_key_set else f"http://127.0.0.1:{MARKETSIM_REST_PORT}"
-    )
+    feed_rest = "https://api.polygon.io" if polygon_key_set else f"http://127.0.0.1:{rest_port}"
     feed_env = {"ITS_POLYGON_WS_URL": feed_ws, "ITS_POLYGON_REST_URL": feed_rest}
     if not polygon_key_set:
         feed_env["POLYGON_API_KEY"] = DEV_API_KEY
+    dashboard_url = f"http://127.0.0.1:{ports['dashboard']}/"
     return [
         LocalService(
             "marketsim",
-            18080,
+            ports["marketsim"],
             env={
-                "ITS_MARKETSIM_PORT": str(MARKETSIM_WS_PORT),
-                "ITS_MARKETSIM_REST_PORT": str(MARKETSIM_REST_PORT),
+                "ITS_MARKETSIM_PORT": str(ws_port),
+                "ITS_MARKETSIM_REST_PORT": str(rest_port),
                 "ITS_MARKETSIM_API_KEYS": DEV_API_KEY,
                 "ITS_MARKETSIM_SPEED": "1",
+                **(marketsim_env or {}),
             },
             urls={
-                "websocket": f"ws://127.0.0.1:{MARKETSIM_WS_PORT}/stocks",
-                "rest": f"http://127.0.0.1:{MARKETSIM_REST_PORT}",
+                "websocket": f"ws://127.0.0.1:{ws_port}/stocks",
+                "rest": f"http://127.0.0.1:{rest_port}",
             },
         ),
-        LocalService("router", 18081, env=feed_env),
-        LocalService("loader", 18082, env=feed_env),
+        LocalService("router", ports["router"], env=feed_env),
+        LocalService("loader", ports["loader"], env=feed_env),
         LocalService(
             "collector",
-            18083,
+            ports["collector"],
             env={
                 "ITS_COLLECTOR_TARGETS": ",".join(
-                    f"{name}=http://127.0.0.1:{port}/metrics"
-                    for name, port in (
-                        ("marketsim", 18080),
-                        ("router", 18081),
-                        ("loader", 18082),
-                        ("features", 18084),
-                        ("inference", 18085),
-                        ("trader", 18086),
-                        ("validator", 18087),
-                        ("alerter", 18088),
-                        ("dashboard", 18089),
-                    )
+                    f"{name}=http://127.0.0.1:{ports[name]}/metrics" for name in METRICS_TARGETS
                 ),
             },
         ),
-        LocalService("features", 18084),
+        LocalService("features", ports["features"]),
         LocalService(
             "inference",
-            18085,
+            ports["inference"],
             # The demo model committed under models/demo (its-local runs from the repo root);
             # ITS_INFERENCE_BUNDLE_DIR in the environment wins (e.g. var/models of its-trainer).
             env={
@@ -125,20 +167,22 @@ def local_services(polygon_key_set: bool, broker: str = "sim") -> list[LocalServ
                 or str(Path.cwd() / "models" / "demo")
             },
         ),
-        *ib_simulator(broker),
-        LocalService("trader", 18086, env=trader_env(broker)),
-        LocalService("validator", 18087),
+        *ib_simulator(broker, ports),
+        LocalService("trader", ports["trader"], env=trader_env(broker, ports)),
+        LocalService("validator", ports["validator"]),
         LocalService(
             "alerter",
-            18088,
+            ports["alerter"],
             # Slack/e-mail only when ITS_ALERTER_SLACK_WEBHOOK_URL / ITS_ALERTER_SMTP_* are set.
             env={"ITS_ALERTER_EXPECTED_SERVICES": "router,loader,collector"},
         ),
         LocalService(
             "dashboard",
-            18089,
-            # The kill switch is enabled when ITS_DASHBOARD_TOKEN is exported before `make run`.
-            env={"ITS_DASHBOARD_ROUTER_METRICS_URL": "http://127.0.0.1:18081/metrics"},
-            urls={"dashboard": "http://127.0.0.1:18089/"},
+            ports["dashboard"],
+            env={
+                "ITS_DASHBOARD_ROUTER_METRICS_URL": f"http://127.0.0.1:{ports['router']}/metrics",
+                **(dashboard_env or {}),
+            },
+            urls={"dashboard": dashboard_url},
         ),
     ]

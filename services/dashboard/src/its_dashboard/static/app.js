@@ -35,6 +35,17 @@ function time(value) {
   return Number.isNaN(date.getTime()) ? String(value) : date.toISOString().slice(11, 19) + "Z";
 }
 
+// A latency quantile in ms; one in the histogram's overflow bucket is only known to be above
+// the largest bound ("> 5 s"), never shown as that bound.
+function latency(lat, key) {
+  const above = lat[key + "_above_ms"];
+  if (above !== undefined && above !== null) return "> " + (above >= 1000 ? fmt(above / 1000) + " s" : fmt(above) + " ms");
+  const value = lat[key + "_ms"];
+  return value === null || value === undefined ? "–" : fmt(value) + " ms";
+}
+
+function latencies(lat) { return ["p50", "p95", "p99"].map((key) => latency(lat, key)).join(" / "); }
+
 function bytes(n) { return n === null || n === undefined ? "–" : (n / 1048576).toFixed(1) + " MiB"; }
 
 function table(rows, columns) {
@@ -96,21 +107,62 @@ function renderCandles(data, body) {
         upColor: "#2ea043", downColor: "#f85149", wickUpColor: "#2ea043", wickDownColor: "#f85149",
         borderVisible: false,
       });
-      charts[symbol] = { chart, series, markers: LWC.createSeriesMarkers(series, []), fitted: false };
+      const entry = { chart, series, markers: LWC.createSeriesMarkers(series, []), fills: [], fitted: false };
+      charts[symbol] = entry;
+      const relayout = () => layoutMarkers(entry);
+      chart.timeScale().subscribeVisibleLogicalRangeChange(relayout);
+      chart.timeScale().subscribeSizeChange(relayout);
     }
     const entry = charts[symbol];
     entry.series.setData(item.bars);
     if (!entry.fitted && item.bars.length) { entry.chart.timeScale().fitContent(); entry.fitted = true; }
-    entry.markers.setMarkers(item.fills.map((f) => ({
-      time: f.time - (f.time % 60),
-      position: f.side === "BUY" ? "belowBar" : "aboveBar",
-      color: f.side === "BUY" ? "#58a6ff" : "#d29922",
-      shape: f.side === "BUY" ? "arrowUp" : "arrowDown",
-      text: `${f.side} ${f.quantity}@${fmt(f.price)}`,
-    })));
+    entry.fills = fillMarkers(item.fills);
+    layoutMarkers(entry);
     box.querySelector(`[data-symbol="${symbol}"]`).parentElement.dataset.bars = item.bars.length;
   }
   return undefined;
+}
+
+// One marker per minute and side (quantities summed), labelled "B 10" / "S 10"; the prices are
+// in the Fills table.
+function fillMarkers(fills) {
+  const byKey = new Map();
+  for (const f of fills) {
+    const minute = f.time - (f.time % 60);
+    const key = minute + f.side;
+    const seen = byKey.get(key);
+    if (seen) seen.quantity += f.quantity;
+    else byKey.set(key, { time: minute, side: f.side, quantity: f.quantity });
+  }
+  return [...byKey.values()].sort((a, b) => a.time - b.time).map((f) => ({
+    time: f.time,
+    position: f.side === "BUY" ? "belowBar" : "aboveBar",
+    color: f.side === "BUY" ? "#58a6ff" : "#d29922",
+    shape: f.side === "BUY" ? "arrowUp" : "arrowDown",
+    label: `${f.side === "BUY" ? "B" : "S"} ${fmt(f.quantity, 0)}`,
+  }));
+}
+
+const MARKER_FONT = "12px system-ui, sans-serif";
+let measureContext = null;
+function textWidth(text) {
+  measureContext = measureContext || document.createElement("canvas").getContext("2d");
+  measureContext.font = MARKER_FONT;
+  return measureContext.measureText(text).width;
+}
+
+// Labels are drawn centred under/over their bar; a label that would touch the previous label on
+// the same side is left off (the arrow stays). Runs again on zoom, scroll and resize.
+function layoutMarkers(entry) {
+  const scale = entry.chart.timeScale();
+  const right = { aboveBar: -Infinity, belowBar: -Infinity };
+  entry.markers.setMarkers(entry.fills.map(({ label, ...marker }) => {
+    const x = scale.timeToCoordinate(marker.time);
+    const width = textWidth(label);
+    if (x === null || x - width / 2 < right[marker.position] + 4) return { ...marker, text: "" };
+    right[marker.position] = x + width / 2;
+    return { ...marker, text: label };
+  }));
 }
 
 function renderPortfolio(data, body) {
@@ -141,14 +193,49 @@ function demoBadge() {
 
 function ageClass(age) { return age < 15 ? "good" : age < 30 ? "warn" : "bad"; }
 
+// "market open/closed" by the wall clock, unless the feed is replaying an earlier session (the
+// simulator on a weekend or holiday): then which session, and where the replay is.
+function renderMarket(meta) {
+  const market = document.getElementById("market");
+  const replay = meta.replay;
+  market.dataset.replaying = replay ? "yes" : "no";
+  if (replay) {
+    market.textContent = replay.label;
+    market.title = `The feed replays the session of ${replay.session} (the market is ` +
+      `${meta.market_open ? "open" : "closed"} now); times on this page are market time.`;
+    market.className = "badge replay";
+  } else {
+    market.textContent = meta.market_open ? "market open" : "market closed";
+    market.title = "by the exchange calendar, now";
+    market.className = "";
+  }
+}
+
+// Without a token configured on the server the kill switch cannot work: say so, and make the
+// controls look (and be) disabled.
+function renderControls(meta) {
+  const form = document.getElementById("control");
+  const note = document.getElementById("control-note");
+  const why = meta.kill_enabled ? "" : "Kill switch disabled: the dashboard was started without " +
+    "ITS_DASHBOARD_TOKEN. `make run` creates one (var/dashboard-token); elsewhere set " +
+    "ITS_DASHBOARD_TOKEN or ITS_DASHBOARD_TOKEN_FILE and restart the dashboard.";
+  form.classList.toggle("disabled", !meta.kill_enabled);
+  for (const id of ["kill", "resume", "token", "flatten"]) {
+    const control = document.getElementById(id);
+    control.disabled = !meta.kill_enabled;
+    if (why) control.title = why; else control.removeAttribute("title");
+  }
+  note.hidden = meta.kill_enabled;
+  note.textContent = why;
+}
+
 function render(s) {
   const meta = s.meta || {};
   document.getElementById("environment").textContent = meta.environment || "";
-  document.getElementById("market").textContent = meta.market_open ? "market open" : "market closed";
+  renderMarket(meta);
   document.getElementById("updated").textContent = time(meta.ts_ms);
   document.getElementById("updated").dataset.ts = meta.ts_ms;
-  document.getElementById("kill").disabled = !meta.kill_enabled;
-  document.getElementById("resume").disabled = !meta.kill_enabled;
+  renderControls(meta);
 
   panel("acceptance", s.acceptance, (rows) => table(rows, [["name", "metric"], ["value", "value"],
     ["target", "target"], ["status", "result", (v) => el("span", { class: "badge " + v }, v.replace("_", " "))],
@@ -171,9 +258,9 @@ function render(s) {
     const lat = r.receive_to_stored || {};
     const ex = r.exchange_to_stored || {};
     return kv([["events/s", fmt(r.events_per_s, 1)], ["events total", fmt(r.events_total, 0)],
-      ["receive→stored p50/p95/p99", `${fmt(lat.p50_ms)} / ${fmt(lat.p95_ms)} / ${fmt(lat.p99_ms)} ms` +
+      ["receive→stored p50/p95/p99", latencies(lat) +
         (lat.mean_ms !== undefined ? ` (mean ${fmt(lat.mean_ms)} ms)` : "")],
-      ["exchange→stored p50/p95/p99", `${fmt(ex.p50_ms)} / ${fmt(ex.p95_ms)} / ${fmt(ex.p99_ms)} ms`],
+      ["exchange→stored p50/p95/p99", latencies(ex)],
       ["source", `${r.source}, ${lat.scope || ""}, window ${fmt(r.window_s, 0)} s`]]);
   });
   panel("redis", s.redis, (r) => el("div", {}, kv([["used memory", bytes(r.used_memory)],
@@ -183,7 +270,8 @@ function render(s) {
     table(Object.entries(r.streams).map(([stream, length]) => ({ stream, length })),
       [["stream", "stream"], ["length", "entries", (v) => fmt(v, 0)]])));
   panel("loader", s.loader, (l) => table(Object.entries(l).map(([stream, v]) => ({ stream, ...v })),
-    [["stream", "stream"], ["pending", "pending", (v) => fmt(v, 0)], ["oldest_pending_s", "oldest pending s", (v) => fmt(v, 1)],
+    [["stream", "stream", (v) => el("span", { title: v }, v.replace(/^its:stream:/, ""))],
+      ["pending", "pending", (v) => fmt(v, 0)], ["oldest_pending_s", "oldest pending s", (v) => fmt(v, 1)],
       ["backlog_s", "undelivered s", (v) => fmt(v, 1)], ["consumers", "consumers", (v) => fmt(v, 0)]]));
   panel("candles", s.candles, renderCandles);
   panel("portfolio", s.portfolio, renderPortfolio);
@@ -200,16 +288,18 @@ function render(s) {
     table(rows, [["ts", "bar", time], ["action", "action"],
       ["confidence", "confidence", (v) => fmt(v, 3)], ["risk_outcome", "risk"],
       ["model_version", "model", (v, row) => row.demo ? el("span", {}, v, " ", demoBadge()) : fmt(v)]])));
-  panel("orders", s.orders, (rows) => table(rows, [["created_at", "time", time], ["symbol", "symbol"],
+  panel("orders", s.orders, (rows) => table(rows, [["market_ts", "market time",
+    (v, row) => el("span", { title: "placed at " + time(row.created_at) + " wall clock" }, time(v))], ["symbol", "symbol"],
     ["side", "side"], ["quantity", "qty", (v) => fmt(v, 0)], ["status", "status"], ["filled_quantity", "filled", (v) => fmt(v, 0)]]));
-  panel("fills", s.fills, (rows) => table(rows, [["ts", "time", time], ["symbol", "symbol"], ["side", "side"],
+  panel("fills", s.fills, (rows) => table(rows, [["ts", "market time", time], ["symbol", "symbol"], ["side", "side"],
     ["quantity", "qty", (v) => fmt(v, 0)], ["price", "price"], ["commission", "fee"]]));
   panel("prices", s.prices, (rows) => table(rows, [["symbol", "symbol"], ["feed_price", "feed"],
     ["broker_price", "broker"], ["diff_pct", "diff %", (v) => fmt(v, 4)],
     ["ok", "ok", (v) => el("span", { class: v ? "good" : "bad" }, v ? "ok" : "DIVERGENT")], ["ts", "at", time]]));
   panel("alerts", s.alerts, (a) => el("div", {},
-    el("p", {}, `${a.firing.length} firing`),
-    table(a.recent, [["ts", "time", time], ["severity", "sev"], ["state", "state"], ["rule", "rule"], ["message", "message"]])));
+    el("p", { class: "firing-count" }, `${a.firing.length} firing`),
+    table(a.recent, [["ts", "time", time], ["severity", "sev"],
+      ["status", "state", (v) => el("span", { class: "alert-" + v }, v)], ["rule", "rule"], ["message", "message"]])));
 }
 
 function connect() {
