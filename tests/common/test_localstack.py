@@ -349,15 +349,18 @@ def test_one_base_port_moves_every_port_of_the_stack() -> None:
     for name, service in services.items():
         assert service.http_port == 21000 + PORT_OFFSETS[name]
     every_port_named = " ".join(
-        f"{value} {' '.join(s.urls.values())}" for s in services.values() for value in s.env.values()
+        f"{value} {' '.join(s.urls.values())}"
+        for s in services.values()
+        for value in s.env.values()
     )
     for old in (18765, 18766, 14002, 18081, 18089):
         assert str(old) not in every_port_named, old  # nothing left on a default port
     assert services["router"].env["ITS_POLYGON_WS_URL"] == "ws://127.0.0.1:21685/stocks"
     assert services["trader"].env["ITS_IB_PORT"] == services["ibsim"].env["ITS_IBSIM_PORT"]
-    assert "router=http://127.0.0.1:21001/metrics" in services["collector"].env[
-        "ITS_COLLECTOR_TARGETS"
-    ]
+    assert (
+        "router=http://127.0.0.1:21001/metrics"
+        in services["collector"].env["ITS_COLLECTOR_TARGETS"]
+    )
     assert services["dashboard"].urls["dashboard"] == "http://127.0.0.1:21009/"
     assert len(set(ports.all().values())) == len(PORT_OFFSETS)  # no two services share a port
 
@@ -389,6 +392,7 @@ def test_the_stack_listens_where_the_base_port_says_and_a_busy_port_names_the_fi
         assert redis.Redis(port=base - 1701).ping()
         with psycopg.connect(f"postgresql://its@127.0.0.1:{base - 2648}/its") as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+        _wait_line(lines, "CLI tools", seen, 10)  # the end of the summary
         assert any(f"redis://127.0.0.1:{base - 1701}/0" in line for line in seen)
         env = _its_local("env", "--var-dir", str(var_dir))
         assert f"127.0.0.1:{base - 2648}/its" in env.stdout

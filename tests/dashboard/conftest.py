@@ -115,19 +115,23 @@ async def start_dashboard(
         deadline = time.monotonic() + 30
         async with aiohttp.ClientSession() as session:
             while True:
-                assert process.poll() is None, log_file.read_text()
+                assert process.poll() is None, _text(log_file)
                 try:
                     async with session.get(url + "/readyz") as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
                     pass
-                assert time.monotonic() < deadline, log_file.read_text()
+                assert time.monotonic() < deadline, _text(log_file)
                 await asyncio.sleep(0.2)
     except BaseException:
         stop_dashboard(process)
         raise
     return process, url
+
+
+def _text(path: Path) -> str:
+    return path.read_text()
 
 
 def stop_dashboard(process: subprocess.Popen[bytes]) -> None:

@@ -231,9 +231,7 @@ async def test_orders_and_fills_are_timed_on_the_market_clock(browser: Browser, 
 
 
 @pytest.mark.parametrize("width", [1024, 1280, 1440, 1920])
-async def test_tables_fit_their_panels_at_common_widths(
-    browser: Browser, stack: Stack, width: int
-):
+async def test_tables_fit_their_panels_at_common_widths(browser: Browser, stack: Stack, width: int):
     await stack.reset()
     await seed(stack)
     await stack.redis.xadd("its:stream:trades", {b"v": b"1"})
@@ -241,9 +239,7 @@ async def test_tables_fit_their_panels_at_common_widths(
     page, problems = await open_page(browser, stack, width=width)
     for name in ("loader", "redis", "router", "prices", "orders", "fills", "alerts", "feed"):
         await page.wait_for_selector(f"#panel-{name}[data-status=ok]", timeout=10_000)
-        sizes = await page.eval_on_selector(
-            f"#panel-{name}", "p => [p.scrollWidth, p.clientWidth]"
-        )
+        sizes = await page.eval_on_selector(f"#panel-{name}", "p => [p.scrollWidth, p.clientWidth]")
         assert sizes[0] <= sizes[1], f"{name} is cut off at {width} px: {sizes}"
     assert problems == []
     await page.close()
@@ -291,9 +287,7 @@ async def test_fill_marker_labels_do_not_overlap(browser: Browser, stack: Stack)
     page, problems = await open_page(browser, stack)
     await page.wait_for_selector("#panel-candles[data-status=ok]", timeout=10_000)
     await page.wait_for_function("Object.keys(charts).length === 2")
-    await page.wait_for_function(
-        "charts.NVDA.markers.markers().length >= 12", timeout=10_000
-    )
+    await page.wait_for_function("charts.NVDA.markers.markers().length >= 12", timeout=10_000)
     result = await page.evaluate(OVERLAPS)
     assert result["found"] == [] and result["labelled"] >= 2, result
     assert problems == []

@@ -17,9 +17,9 @@ from its_common.simmarket import sessions
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import MarketSource
 from its_common.simmarket.market import MarketGenerator
+from its_marketsim import position
 from its_marketsim.admin import AdminApi
 from its_marketsim.clock import SimClock, parse_start
-from its_marketsim import position
 from its_marketsim.faults import FaultState
 from its_marketsim.replay import ReplaySource
 from its_marketsim.rest import RestApi

@@ -104,7 +104,9 @@ async def run(args: argparse.Namespace) -> int:
             )
         )
     )
-    fixed = {n for n, given in (("redis", args.redis_port), ("postgres", args.postgres_port)) if given}
+    fixed = {
+        n for n, given in (("redis", args.redis_port), ("postgres", args.postgres_port)) if given
+    }
     _check_ports(
         {"redis": redis_server.port, "postgres": postgres.port} | _service_ports(services),
         ports.base,

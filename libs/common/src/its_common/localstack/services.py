@@ -1,7 +1,8 @@
 """Which ITS services the local stack runs, on which ports, with which environment.
 
 A service runs when its console script (``its-<name>``) is installed in the virtualenv. Each later
-service adds its entry here; ports are fixed offsets from one base port (``Ports``), so URLs stay the same across runs.
+service adds its entry here; ports are fixed offsets from one base port (``Ports``), so URLs
+stay the same across runs.
 """
 
 from __future__ import annotations

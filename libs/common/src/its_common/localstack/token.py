@@ -20,7 +20,9 @@ TOKEN_FILE: Final = "dashboard-token"
 USER_SETTINGS: Final = ("ITS_DASHBOARD_TOKEN", "ITS_DASHBOARD_TOKEN_FILE")
 
 
-def dashboard_token(var_dir: Path, environ: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
+def dashboard_token(
+    var_dir: Path, environ: dict[str, str] | None = None
+) -> tuple[dict[str, str], str]:
     """``(env for the dashboard, where the token is)``."""
     environ = dict(os.environ) if environ is None else environ
     for name in USER_SETTINGS:
