@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 
+from its_common.localstack.servers import free_port
 from its_common.simmarket.sessions import NEW_YORK
 from its_marketsim import position
 from its_marketsim.app import Simulator
 from tests.marketsim.support import config
+from tests.processes import service
 
 
 def ms(text: str) -> int:
@@ -48,3 +51,16 @@ def test_the_position_file_round_trips_and_bad_content_is_ignored(tmp_path: Path
     assert position.load(path) is None
     path.write_text("not json")
     assert position.load(path) is None
+
+
+def test_the_service_saves_its_position_on_stop(tmp_path: Path) -> None:
+    path = tmp_path / "position.json"
+    env = {
+        "ITS_MARKETSIM_PORT": str(free_port()),
+        "ITS_MARKETSIM_REST_PORT": str(free_port()),
+        "ITS_MARKETSIM_POSITION_PATH": str(path),
+    }
+    with service("marketsim", tmp_path, env):
+        pass  # started (healthy), then SIGTERM
+    saved = position.load(path)
+    assert saved is not None and abs(saved - int(time.time() * 1000)) < 8 * 86_400_000
