@@ -328,6 +328,14 @@ def test_tools_find_the_running_stack_with_env_and_exec(tmp_path: Path) -> None:
         probe = "import os, redis; print(redis.Redis.from_url(os.environ['REDIS_URL']).ping())"
         ran = _its_local("exec", "--var-dir", str(var_dir), "--", sys.executable, "-c", probe)
         assert ran.returncode == 0 and ran.stdout.strip() == "True", ran.stderr
+        # `make run` does not activate the virtualenv: exec still finds the ITS tools
+        bare = subprocess.run(
+            [sys.executable, "-m", "its_common.localstack.cli", "exec", "--var-dir",
+             str(var_dir), "its-local", "--help"],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        assert bare.returncode == 0 and "usage: its-local" in bare.stdout, bare.stderr
         missing = _its_local("exec", "--var-dir", str(var_dir), "no-such-its-tool")
         assert missing.returncode == 127 and "cannot run 'no-such-its-tool'" in missing.stderr
     finally:

@@ -22,6 +22,8 @@ from playwright.async_api import (
 )
 from psycopg.types.json import Jsonb
 
+from tests.conditions import wait_until
+
 from .conftest import TOKEN, Stack, seed, start_dashboard, stop_dashboard
 
 CHROMIUM = "/usr/bin/chromium"
@@ -286,8 +288,13 @@ async def test_fill_marker_labels_do_not_overlap(browser: Browser, stack: Stack)
             )
     page, problems = await open_page(browser, stack)
     await page.wait_for_selector("#panel-candles[data-status=ok]", timeout=10_000)
-    await page.wait_for_function("Object.keys(charts).length === 2")
-    await page.wait_for_function("charts.NVDA.markers.markers().length >= 12", timeout=10_000)
+    # polled from here: the page's CSP forbids the eval that page.wait_for_function would need
+    await wait_until(
+        lambda: page.evaluate(
+            "Object.keys(charts).length === 2 && charts.NVDA.markers.markers().length >= 12"
+        ),
+        10,
+    )
     result = await page.evaluate(OVERLAPS)
     assert result["found"] == [] and result["labelled"] >= 2, result
     assert problems == []

@@ -31,6 +31,7 @@ from its_common.localstack.services import (
 from its_common.localstack.stackenv import (
     NoStackError,
     exec_with,
+    its_local_command,
     read_stack_env,
     remove_stack_env,
     shell_exports,
@@ -279,7 +280,10 @@ def _print_summary(
     if dashboard and token_hint:
         lines.append(f"  {'':<12} kill switch token: {token_hint}")
     lines.append(f"  data and logs under {var_dir}")
-    lines.append('  CLI tools    its-local exec its-loader audit   (or: eval "$(its-local env)")')
+    its_local = its_local_command()
+    lines.append(
+        f'  CLI tools    {its_local} exec its-loader audit   (or: eval "$({its_local} env)")'
+    )
     for line in lines:
         supervisor.announce("its-local", line)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -72,5 +74,23 @@ def shell_exports(env: Mapping[str, str]) -> str:
 
 def exec_with(env: Mapping[str, str], argv: list[str]) -> None:
     """Replace this process with ``argv`` run with the stack's settings (the user's own
-    environment wins for variables they set themselves, e.g. a real POLYGON_API_KEY)."""
-    os.execvpe(argv[0], argv, {**env, **os.environ})
+    environment wins for variables they set themselves, e.g. a real POLYGON_API_KEY).
+
+    The virtualenv's ``bin`` comes first on ``PATH``, so ``.venv/bin/its-local exec its-loader
+    audit`` finds ``its-loader`` without an activated virtualenv."""
+    merged = {**env, **os.environ}
+    venv_bin = str(Path(sys.executable).parent)
+    merged["PATH"] = os.pathsep.join([venv_bin, *filter(None, [merged.get("PATH")])])
+    os.execvpe(argv[0], argv, merged)
+
+
+def its_local_command() -> str:
+    """How to call ``its-local`` from here: bare when it is on ``PATH``, else its path (e.g.
+    ``.venv/bin/its-local`` after `make run`, which does not activate the virtualenv)."""
+    script = Path(sys.executable).parent / "its-local"
+    if shutil.which("its-local") == str(script):
+        return "its-local"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)

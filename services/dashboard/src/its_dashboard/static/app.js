@@ -260,7 +260,8 @@ function render(s) {
     return kv([["events/s", fmt(r.events_per_s, 1)], ["events total", fmt(r.events_total, 0)],
       ["receive→stored p50/p95/p99", latencies(lat) +
         (lat.mean_ms !== undefined ? ` (mean ${fmt(lat.mean_ms)} ms)` : "")],
-      ["exchange→stored p50/p95/p99", latencies(ex)],
+      ["exchange→stored p50/p95/p99", latencies(ex) +
+        (meta.replay ? " (a replay: its exchange times are the replayed session's)" : "")],
       ["source", `${r.source}, ${lat.scope || ""}, window ${fmt(r.window_s, 0)} s`]]);
   });
   panel("redis", s.redis, (r) => el("div", {}, kv([["used memory", bytes(r.used_memory)],
