@@ -202,7 +202,7 @@ function renderMarket(meta) {
   if (replay) {
     market.textContent = replay.label;
     market.title = `The feed replays the session of ${replay.session} (the market is ` +
-      `${meta.market_open ? "open" : "closed"} now); times on this page are market time.`;
+      `${meta.market_open ? "open" : "closed"} now); bars, decisions, orders and fills are on the market clock.`;
     market.className = "badge replay";
   } else {
     market.textContent = meta.market_open ? "market open" : "market closed";
