@@ -293,10 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="start the whole system locally")
     run_parser.add_argument("--var-dir", default=os.environ.get("ITS_VAR_DIR", "var"))
+    # string defaults from the environment go through type=int too: a bad value is a usage error
     run_parser.add_argument(
         "--base-port",
         type=int,
-        default=int(os.environ.get("ITS_LOCAL_BASE_PORT") or DEFAULT_BASE_PORT),
+        default=os.environ.get("ITS_LOCAL_BASE_PORT") or str(DEFAULT_BASE_PORT),
         help=f"every port of the stack at a fixed offset from this one (ITS_LOCAL_BASE_PORT, "
         f"make run BASE_PORT=N; default {DEFAULT_BASE_PORT}: redis 16379, postgres 15432, "
         f"services 18080-18090, simulator feed 18765/18766; {MIN_BASE_PORT}..{MAX_BASE_PORT})",
@@ -304,13 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument(
         "--redis-port",
         type=int,
-        default=int(os.environ.get("ITS_LOCAL_REDIS_PORT") or 0),
+        default=os.environ.get("ITS_LOCAL_REDIS_PORT") or "0",
         help="Redis only (ITS_LOCAL_REDIS_PORT; default: base port - 1701)",
     )
     run_parser.add_argument(
         "--postgres-port",
         type=int,
-        default=int(os.environ.get("ITS_LOCAL_POSTGRES_PORT") or 0),
+        default=os.environ.get("ITS_LOCAL_POSTGRES_PORT") or "0",
         help="PostgreSQL only (ITS_LOCAL_POSTGRES_PORT; default: base port - 2648)",
     )
     run_parser.add_argument(
