@@ -185,3 +185,7 @@ def test_a_replay_is_told_from_a_live_or_delayed_or_quiet_feed():
     assert state["session"] == "2026-11-20" and state["market_open"] is True
     assert replay_state(wall - 15 * 60_000, wall - 1_000, wall) is None  # 15-min delayed data
     assert replay_state(friday, friday + 2_000, wall) is None  # no events since Friday
+    monday = 1_795_444_200_000  # Mon 2026-11-23 09:30 New York: the simulator ran past Friday
+    ahead = replay_state(monday, wall - 1_000, wall)
+    assert ahead is not None and ahead["ahead"] is True
+    assert ahead["label"] == "simulating Mon 2026-11-23, 09:30 ET"

@@ -201,7 +201,7 @@ function renderMarket(meta) {
   market.dataset.replaying = replay ? "yes" : "no";
   if (replay) {
     market.textContent = replay.label;
-    market.title = `The feed replays the session of ${replay.session} (the market is ` +
+    market.title = `The feed ${replay.ahead ? "simulates" : "replays"} the session of ${replay.session} (the market is ` +
       `${meta.market_open ? "open" : "closed"} now); bars, decisions, orders and fills are on the market clock.`;
     market.className = "badge replay";
   } else {
