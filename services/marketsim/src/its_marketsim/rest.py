@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -37,6 +38,7 @@ from its_common.simmarket.daydata import (
 )
 from its_marketsim.clock import SimClock
 
+log = logging.getLogger("its.marketsim")
 MAX_LIMIT: Final = 50_000
 AGGS_DEFAULT_LIMIT: Final = 5_000
 TRADES_DEFAULT_LIMIT: Final = 1_000
@@ -192,7 +194,14 @@ class RestApi:
         request at a time: the event loop (and so the WebSocket feed) never waits on it, and
         memory holds at most one request's sessions."""
         async with self._heavy_lock:
-            return await asyncio.to_thread(work, *args)
+            running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:  # the client left; a thread cannot be stopped, so
+                await asyncio.wait({running})  # the lock is held until it ends
+                if not running.cancelled() and running.exception() is not None:
+                    log.info("a REST request its client left failed: %s", running.exception())
+                raise
 
     def _aggs_body(self, spec: AggsSpec, base: str) -> bytes:
         now = self.clock.now_ms()
