@@ -25,7 +25,7 @@ $(VENV)/.installed: $(PYPROJECTS) $(LOCK)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@test -n "$(TORCH_VERSION)" || { echo "venv: no torch== line in $(LOCK)" >&2; exit 1; }
 	@if $(BIN)/python -m pip install --quiet --no-deps --no-index 'torch==$(TORCH_VERSION)' 2>/dev/null; then \
-	  echo "venv: torch $(TORCH_VERSION) from a local wheel"; \
+	  echo "venv: torch $(TORCH_VERSION) from a local wheel (or already installed)"; \
 	else \
 	  echo "venv: torch $(TORCH_VERSION) (CPU build) from $(TORCH_INDEX_URL)"; \
 	  $(BIN)/python -m pip install --quiet --no-deps --index-url '$(TORCH_INDEX_URL)' 'torch==$(TORCH_VERSION)' \
