@@ -3,7 +3,14 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from its_common.db.migrate import MigrationError, apply_migrations, discover
+from its_common.db.migrate import (
+    Migration,
+    MigrationError,
+    apply_migrations,
+    discover,
+    preloads_timescale,
+)
+from its_common.localstack.servers import PostgresServer
 
 EXPECTED_TABLES = {
     "market_data",
@@ -28,19 +35,64 @@ def tables(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
-def test_migrations_apply_once_then_are_idempotent(database_url: str) -> None:
+def server_runs_timescale(admin_url: str) -> bool:
+    """What the server actually has, asked as its superuser: TimescaleDB installed and
+    preloaded."""
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), "
+            "current_setting('shared_preload_libraries')"
+        ).fetchone()
+    assert row is not None
+    return bool(row[0]) and "timescaledb" in str(row[1])
+
+
+def test_migrations_apply_once_then_are_idempotent(
+    database_url: str, postgres_server: PostgresServer
+) -> None:
     with psycopg.connect(database_url) as conn:
         first = apply_migrations(conn)
         assert "0001_core_schema.sql" in first.applied
-        assert not first.timescale  # plain PostgreSQL here
-        assert first.skipped == ["0002_hypertables.timescale.sql"]
+        timescale = server_runs_timescale(postgres_server.admin_url)
+        assert first.timescale == timescale
+        timescale_files = [m.name for m in discover() if m.timescale_only]
+        assert first.skipped == ([] if timescale else timescale_files)
         assert tables(conn) >= EXPECTED_TABLES
         second = apply_migrations(conn)
         assert second.applied == []
         assert second.already == first.applied
         versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-        expected = [m.version for m in discover() if not m.timescale_only]
+        expected = [m.version for m in discover() if timescale or not m.timescale_only]
         assert [v[0] for v in versions] == expected
+
+
+@pytest.mark.parametrize(
+    ("setting", "preloaded"),
+    [
+        ("", False),
+        ("timescaledb", True),
+        ("pg_stat_statements, timescaledb", True),
+        ('"timescaledb",auto_explain', True),
+        ("timescaledb_toolkit", False),
+        ("pg_stat_statements", False),
+    ],
+)
+def test_timescale_counts_only_when_preloaded(setting: str, preloaded: bool) -> None:
+    assert preloads_timescale(setting) is preloaded
+
+
+def test_a_failure_is_not_hidden_by_releasing_the_lock(database_url: str) -> None:
+    """A migration that ends the session: the error is the server's, not "connection closed"
+    from the advisory unlock that follows it."""
+    kill_own_session = "SELECT pg_terminate_backend(pg_backend_pid())"
+    fatal = Migration(9001, "9001_fatal.sql", kill_own_session, False)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.OperationalError, match="terminating connection") as caught:
+            apply_migrations(conn, [fatal])
+        assert "the connection is closed" not in str(caught.value)
+        assert conn.closed
+    with psycopg.connect(database_url) as conn:  # the lock went with the session
+        assert apply_migrations(conn).applied
 
 
 def test_market_data_primary_key_is_symbol_and_ts(database_url: str) -> None:

@@ -224,3 +224,41 @@ async def test_accelerated_clock_pace() -> None:
     assert isinstance(first, Trade) and isinstance(last, Trade)
     covered_s = (last.timestamp - first.timestamp) / 1000
     assert 400 < covered_s < 800  # about 600 market seconds per wall second
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"refuse_connections_s": 1e308}',
+        '{"refuse_connections_s": Infinity}',
+        '{"delay_ms": Infinity}',
+        '{"delay_ms": 1e12}',
+        '{"duplicate_rate": NaN}',
+        '{"delay_ms": NaN}',
+        '{"skip_next_bars": 100000000000000000000000000000}',
+        '{"seed": 100000000000000000000000000000}',
+    ],
+)
+async def test_fault_values_must_be_finite_and_bounded(body: str) -> None:
+    async with Simulator(config()) as sim:
+        url = f"http://127.0.0.1:{sim.rest_port}/admin/faults"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, data=body, headers={"Content-Type": "application/json"}) as response,
+        ):
+            assert response.status == 400, await response.text()
+            assert "error" in await response.json()
+        state = await admin(sim, "GET", "/admin/faults")
+        assert state["refuse_connections_s"] == 0 and state["delay_ms"] == 0  # nothing applied
+        assert state["skip_next_bars"] == 0 and state["duplicate_rate"] == 0
+
+
+@pytest.mark.parametrize("code", ['"abc"', "99999", "1.5", "[]"])
+async def test_drop_refuses_a_bad_close_code(code: str) -> None:
+    async with Simulator(config()) as sim:
+        url = f"http://127.0.0.1:{sim.rest_port}/admin/drop"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url, data=f'{{"code": {code}}}') as response,
+        ):
+            assert response.status == 400, await response.text()

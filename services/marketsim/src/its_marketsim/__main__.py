@@ -66,7 +66,12 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-connections-close-code", "1000 or 1008", {"type": int, "choices": [1000, 1008]}),
     ("--replay-file", "CSV or Parquet of trades to replay (ITS_MARKETSIM_REPLAY_FILE)", {}),
     ("--rest-rate-limit", "REST requests per minute per key, 0 = off", {"type": int}),
-    ("--rest-max-days", "most sessions one REST request reads (370)", {"type": int}),
+    ("--rest-max-days", "sessions of history REST serves before the clock (370)", {"type": int}),
+    (
+        "--rest-sessions-per-request",
+        "most sessions one REST request reads; the rest through next_url (5)",
+        {"type": int},
+    ),
     ("--admin-token", "require X-Admin-Token on /admin (ITS_MARKETSIM_ADMIN_TOKEN)", {}),
     (
         "--no-admin",

@@ -76,7 +76,12 @@ class AdminApi:
             except ValueError:
                 return web.json_response({"error": "expected JSON"}, status=400)
             if isinstance(body, dict) and body.get("code") is not None:
-                code = int(body["code"])
+                code = body["code"]
+                if not _sendable_close_code(code):
+                    return web.json_response(
+                        {"error": "code must be a close code: 1000-1003, 1007-1014 or 3000-4999"},
+                        status=400,
+                    )
         dropped = self.ws.drop_all(code)
         return web.json_response({"dropped": dropped})
 
@@ -96,3 +101,10 @@ class AdminApi:
                 "faults": self.faults.snapshot(),
             }
         )
+
+
+def _sendable_close_code(code: Any) -> bool:
+    """A close code a server may send (RFC 6455 7.4: 1004-1006 and 1015 are never sent)."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        return False
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

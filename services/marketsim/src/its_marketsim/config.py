@@ -98,7 +98,8 @@ class MarketSimSettings(BaseServiceSettings):
     max_connections_close_code: Literal[1000, 1008] = Field(1008)
     replay_file: str | None = Field(None)
     rest_rate_limit: int = Field(0, ge=0)
-    rest_max_days: int = Field(370, ge=1)
+    rest_max_days: int = Field(370, ge=1, le=5000)
+    rest_sessions_per_request: int = Field(5, ge=1, le=370)
     admin_enabled: bool = Field(True)
     admin_token: SecretStr | None = Field(None)
     faults: str = Field(
@@ -176,6 +177,7 @@ class MarketSimSettings(BaseServiceSettings):
             replay_file=self.replay_file,
             rest_rate_limit=self.rest_rate_limit,
             rest_max_days=self.rest_max_days,
+            rest_sessions_per_request=self.rest_sessions_per_request,
             admin_token=token,
             admin_enabled=self.admin_enabled,
             faults=json.loads(self.faults) if self.faults.strip() else {},

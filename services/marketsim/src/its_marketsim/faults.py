@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,11 @@ MALFORMED_KINDS: Final = (
     "negative_price",
     "negative_size",
 )
+# Upper bounds of the numeric faults: a value past them is a mistake, not a test scenario.
+MAX_DELAY_MS: Final = 60_000.0
+MAX_REFUSE_S: Final = 86_400.0
+MAX_SKIP_BARS: Final = 1_000_000
+MAX_SEED: Final = 2**63 - 1
 _PRICE_FIELD: Final = {"T": "p", "Q": "bp", "A": "c", "AM": "c"}
 _SIZE_FIELD: Final = {"T": "s", "Q": "bs", "A": "v", "AM": "v"}
 
@@ -173,11 +179,13 @@ def _check(key: str, value: Any) -> Any:
             raise ValueError(f"malformed_kinds must be a list of {', '.join(MALFORMED_KINDS)}")
         return list(value)
     if key in {"skip_next_bars", "seed"}:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{key} must be a non-negative integer")
+        most = MAX_SKIP_BARS if key == "skip_next_bars" else MAX_SEED
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            raise ValueError(f"{key} must be an integer from 0 to {most}")
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{key} must be a non-negative number")
-    if key.endswith("_rate") and value > 1:
-        raise ValueError(f"{key} must be within [0, 1]")
+    top = 1.0 if key.endswith("_rate") else MAX_DELAY_MS if key == "delay_ms" else MAX_REFUSE_S
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number from 0 to {top:g}")
+    if not math.isfinite(value) or not 0 <= value <= top:
+        raise ValueError(f"{key} must be a number from 0 to {top:g}")
     return float(value)

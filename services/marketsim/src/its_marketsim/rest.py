@@ -12,10 +12,12 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
@@ -36,6 +38,7 @@ from its_common.simmarket.daydata import (
 )
 from its_marketsim.clock import SimClock
 
+log = logging.getLogger("its.marketsim")
 MAX_LIMIT: Final = 50_000
 AGGS_DEFAULT_LIMIT: Final = 5_000
 TRADES_DEFAULT_LIMIT: Final = 1_000
@@ -49,6 +52,33 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class BadRequestError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class AggsSpec:
+    """One aggregates request, validated."""
+
+    ticker: str
+    multiplier: int
+    timespan: str
+    start: int
+    end: int
+    adjusted: bool
+    ascending: bool
+    limit: int
+    origin: date  # day bars of N days start at this date plus multiples of N
+
+
+@dataclass(frozen=True, slots=True)
+class TradesPage:
+    """One trades request (or cursor), validated; bounds in ns."""
+
+    ticker: str
+    lo: int
+    hi: int
+    order: str
+    limit: int
+    after: tuple[int, int] | None
 
 
 def request_id() -> str:
@@ -84,6 +114,7 @@ class RestApi:
         self.clock = clock
         self._minute_cache: OrderedDict[tuple[date, str], Bars] = OrderedDict()
         self._calls: dict[str, deque[float]] = {}
+        self._heavy_lock = asyncio.Lock()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get(
@@ -133,32 +164,55 @@ class RestApi:
 
     # ---- aggregates ------------------------------------------------------------------
     async def aggs(self, request: web.Request) -> web.Response:
-        ticker = request.match_info["ticker"].upper()
-        try:
-            multiplier = int(request.match_info["multiplier"])
-        except ValueError:
-            raise BadRequestError("multiplier must be a positive integer") from None
-        timespan = request.match_info["timespan"]
-        if multiplier < 1:
-            raise BadRequestError("multiplier must be a positive integer")
-        if timespan not in TIMESPANS:
-            raise BadRequestError(f"timespan must be one of {', '.join(TIMESPANS)}")
         query: dict[str, str] = dict(request.query)
         if "cursor" in query:
             query.update(dict(parse_qsl(_b64decode(query["cursor"]))))
+        timespan = request.match_info["timespan"]
+        if timespan not in TIMESPANS:
+            raise BadRequestError(f"timespan must be one of {', '.join(TIMESPANS)}")
         start = _time_param(request.match_info["start"], "from", end_of_day=False)
-        end = _time_param(request.match_info["end"], "to", end_of_day=True)
-        adjusted = query.get("adjusted", "true").lower() != "false"
         sort = query.get("sort", "asc").lower()
         if sort not in ("asc", "desc"):
             raise BadRequestError("sort must be asc or desc")
-        limit = _limit(query.get("limit"), AGGS_DEFAULT_LIMIT)
-        bars = await self._bars(ticker, multiplier, timespan, start, end)
-        keep = (bars.start >= start) & (bars.start <= end)
+        spec = AggsSpec(
+            ticker=request.match_info["ticker"].upper(),
+            multiplier=_multiplier(request.match_info["multiplier"]),
+            timespan=timespan,
+            start=start,
+            end=_time_param(request.match_info["end"], "to", end_of_day=True),
+            adjusted=query.get("adjusted", "true").lower() != "false",
+            ascending=sort == "asc",
+            limit=_limit(query.get("limit"), AGGS_DEFAULT_LIMIT),
+            origin=_origin(query.get("origin"), start),
+        )
+        base = self._base(request)
+        body = await self._heavy(self._aggs_body, spec, base)
+        return web.Response(body=body, content_type="application/json")
+
+    async def _heavy(self, work: Callable[..., bytes], *args: Any) -> bytes:
+        """Run one request's generation, aggregation and encoding in a worker thread, one
+        request at a time: the event loop (and so the WebSocket feed) never waits on it, and
+        memory holds at most one request's sessions."""
+        async with self._heavy_lock:
+            running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:  # the client left; a thread cannot be stopped, so
+                await asyncio.wait({running})  # the lock is held until it ends
+                if not running.cancelled() and running.exception() is not None:
+                    log.info("a REST request its client left failed: %s", running.exception())
+                raise
+
+    def _aggs_body(self, spec: AggsSpec, base: str) -> bytes:
+        now = self.clock.now_ms()
+        days = self._sessions(spec.start, spec.end, now)
+        chunk, rest = self._aggs_chunk(spec, days)
+        bars = self._bars(spec, chunk, now)
+        keep = (bars.start >= spec.start) & (bars.start <= spec.end)
         index = np.flatnonzero(keep)
-        if sort == "desc":
+        if not spec.ascending:
             index = index[::-1]
-        page = index[:limit]
+        page = index[: spec.limit]
         results = [
             {
                 "v": float(bars.volume[i]),
@@ -173,48 +227,114 @@ class RestApi:
             for i in page.tolist()
         ]
         body: dict[str, Any] = {
-            "ticker": ticker,
+            "ticker": spec.ticker,
             "queryCount": len(results),
             "resultsCount": len(results),
-            "adjusted": adjusted,
+            "adjusted": spec.adjusted,
             "status": "OK",
             "request_id": request_id(),
             "count": len(results),
         }
         if results:
             body["results"] = results
-        if len(index) > limit:
-            last = results[-1]["t"]
-            lo, hi = (last + 1, end) if sort == "asc" else (start, last - 1)
-            cursor = _b64encode(
-                urlencode({"adjusted": str(adjusted).lower(), "limit": limit, "sort": sort})
-            )
+        bounds: tuple[int, int] | None = None
+        if len(index) > spec.limit:  # the page is full: go on after its last bar
+            last = int(results[-1]["t"])
+            bounds = (last + 1, spec.end) if spec.ascending else (spec.start, last - 1)
+        elif rest:  # sessions this request did not read: go on at the next one's first bar
+            edge = self._bucket_start(spec, rest[0])
+            if spec.ascending:
+                bounds = (max(spec.start, edge), spec.end)
+            else:
+                bounds = (spec.start, self._bucket_start(spec, chunk[0]) - 1)
+        if bounds is not None:
+            params = {"adjusted": str(spec.adjusted).lower(), "limit": spec.limit}
+            params["sort"] = "asc" if spec.ascending else "desc"
+            params["origin"] = spec.origin.isoformat()
+            cursor = _b64encode(urlencode(params))
             body["next_url"] = (
-                f"{self._base(request)}/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}"
-                f"/{lo}/{hi}?cursor={cursor}"
+                f"{base}/v2/aggs/ticker/{spec.ticker}/range/{spec.multiplier}/{spec.timespan}"
+                f"/{bounds[0]}/{bounds[1]}?cursor={cursor}"
             )
-        return web.json_response(body)
+        return json.dumps(body).encode()
 
-    async def _bars(
-        self, ticker: str, multiplier: int, timespan: str, start: int, end: int
-    ) -> Bars:
-        first, last = sessions.ny_date(start), sessions.ny_date(end)
-        days = sessions.sessions_between(first, last)[-self.config.rest_max_days :]
-        now = self.clock.now_ms()
+    def _sessions(self, start_ms: int, end_ms: int, now: int) -> list[sessions.TradingDay]:
+        """The sessions between two times that have begun by ``now`` and lie within the last
+        ``rest_max_days`` sessions (older history is not served)."""
+        today = sessions.ny_date(now)
+        first = max(sessions.ny_date(start_ms), self._history_start(today))
+        last = min(sessions.ny_date(end_ms), today)
+        if last < first:
+            return []
+        return [s for s in sessions.sessions_between(first, last) if s.pre_open_ms <= now]
+
+    def _history_start(self, today: date) -> date:
+        span = timedelta(days=self.config.rest_max_days * 7 // 4 + 14)
+        known = sessions.sessions_between(today - span, today)[-self.config.rest_max_days :]
+        return known[0].day if known else today
+
+    def _bucket_span(self, spec: AggsSpec, session: sessions.TradingDay) -> tuple[int, int]:
+        """First and last bar bucket that ``session``'s trades can fall into."""
+        if spec.timespan == "day":
+            k = (session.day - spec.origin).days // spec.multiplier
+            return k, k
+        width = TIMESPANS[spec.timespan] * spec.multiplier
+        return session.pre_open_ms // width, session.post_close_ms // width
+
+    def _bucket_start(self, spec: AggsSpec, session: sessions.TradingDay) -> int:
+        """Start (ms) of the first bar that ``session``'s trades fall into."""
+        if spec.timespan == "day":
+            return self._day_bucket_ms(spec, session.day)
+        first, _ = self._bucket_span(spec, session)
+        return first * TIMESPANS[spec.timespan] * spec.multiplier
+
+    def _day_bucket_ms(self, spec: AggsSpec, day: date) -> int:
+        k = (day - spec.origin).days // spec.multiplier
+        return sessions.ny_midnight_ms(spec.origin + timedelta(days=k * spec.multiplier))
+
+    def _aggs_chunk(
+        self, spec: AggsSpec, days: list[sessions.TradingDay]
+    ) -> tuple[list[sessions.TradingDay], list[sessions.TradingDay]]:
+        """The sessions this request reads (at most ``rest_sessions_per_request``, whole bars
+        only) and those left for ``next_url``, each in time order."""
+        budget = self.config.rest_sessions_per_request
+        order = days if spec.ascending else days[::-1]
+        taken = 0
+        while taken < len(order):
+            atom_end = taken + 1
+            lo, hi = self._bucket_span(spec, order[taken])
+            while atom_end < len(order):  # sessions that share a bar stay together
+                nlo, nhi = self._bucket_span(spec, order[atom_end])
+                if (nlo > hi) if spec.ascending else (nhi < lo):
+                    break
+                lo, hi = min(lo, nlo), max(hi, nhi)
+                atom_end += 1
+            if atom_end - taken > budget and taken == 0:
+                raise BadRequestError(
+                    f"a {spec.multiplier}/{spec.timespan} bar spans more than {budget} sessions, "
+                    "more than one request may read; use a smaller multiplier"
+                )
+            if atom_end > budget:
+                break
+            taken = atom_end
+        chunk, rest = order[:taken], order[taken:]
+        if not spec.ascending:
+            return chunk[::-1], rest[::-1]
+        return chunk, rest
+
+    def _bars(self, spec: AggsSpec, days: list[sessions.TradingDay], now: int) -> Bars:
         parts: list[Bars] = []
         for session in days:
-            if session.pre_open_ms > now:
-                break
-            if timespan == "second":
-                data = await self._day(session.day)
-                trades = data.symbol_trades(ticker, now) if data else None
+            if spec.timespan == "second":
+                data = self.source.day(session.day)
+                trades = data.symbol_trades(spec.ticker, now) if data else None
                 if trades is None:
                     continue
                 t = trades.t_ns // 1_000_000
-                parts.append(aggregate(t, trades.price, trades.size, 1_000 * multiplier))
+                parts.append(aggregate(t, trades.price, trades.size, 1_000 * spec.multiplier))
                 continue
-            minute = await self._minute_bars(session.day, ticker, now)
-            if timespan == "day":
+            minute = self._minute_bars(session.day, spec.ticker, now)
+            if spec.timespan == "day":
                 if len(minute):
                     day_bar = merge_bars(minute, 10**15, origin_ms=0)
                     day_bar.start[:] = sessions.ny_midnight_ms(session.day)
@@ -222,29 +342,23 @@ class RestApi:
             else:
                 parts.append(minute)
         bars = concat_bars(parts)
-        if timespan == "day" and multiplier > 1 and len(bars):
-            index = np.array(
-                [(sessions.ny_date(int(t)) - first).days // multiplier for t in bars.start.tolist()]
-            )
-            starts = np.array(
-                [
-                    sessions.ny_midnight_ms(first + timedelta(days=int(k) * multiplier))
-                    for k in index
-                ]
-            )
-            bars.start = starts
+        if spec.timespan == "day" and spec.multiplier > 1 and len(bars):
+            starts = [
+                self._day_bucket_ms(spec, sessions.ny_date(int(t))) for t in bars.start.tolist()
+            ]
+            bars.start = np.array(starts, dtype=np.int64)
             bars = merge_bars(bars, 1, origin_ms=0)
-        elif timespan in ("minute", "hour"):
-            width = TIMESPANS[timespan] * multiplier
+        elif spec.timespan in ("minute", "hour"):
+            width = TIMESPANS[spec.timespan] * spec.multiplier
             if width != 60_000:
                 bars = merge_bars(bars, width)
         return bars
 
-    async def _minute_bars(self, day: date, ticker: str, now: int) -> Bars:
+    def _minute_bars(self, day: date, ticker: str, now: int) -> Bars:
         cached = self._minute_cache.get((day, ticker))
         if cached is not None:
             return cached
-        data = await self._day(day)
+        data = self.source.day(day)
         if data is None:
             return Bars.empty()
         trades = data.symbol_trades(ticker, now)
@@ -262,10 +376,7 @@ class RestApi:
         ticker = request.match_info["ticker"].upper()
         query = request.query
         if "cursor" in query:
-            state = decode_cursor(query["cursor"])
-            lo, hi = int(state["lo"]), int(state["hi"])
-            order, limit = str(state["order"]), int(state["limit"])
-            after: tuple[int, int] | None = (int(state["after"][0]), int(state["after"][1]))
+            lo, hi, order, limit, after = _trades_cursor(decode_cursor(query["cursor"]))
         else:
             lo, hi = self._trade_bounds(query)
             order = query.get("order", "desc").lower()
@@ -276,24 +387,19 @@ class RestApi:
                 raise BadRequestError("sort must be timestamp")
             limit = _limit(query.get("limit"), TRADES_DEFAULT_LIMIT)
             after = None
-        rows, more = await self._trade_rows(ticker, lo, hi, order, limit, after)
+        page = TradesPage(ticker, lo, hi, order, limit, after)
+        body = await self._heavy(self._trades_body, page, self._base(request))
+        return web.Response(body=body, content_type="application/json")
+
+    def _trades_body(self, page: TradesPage, base: str) -> bytes:
+        rows, resume = self._trade_rows(page)
         body: dict[str, Any] = {"results": rows, "status": "OK", "request_id": request_id()}
-        if more and rows:
-            last = rows[-1]
-            cursor = encode_cursor(
-                {
-                    "lo": lo,
-                    "hi": hi,
-                    "order": order,
-                    "limit": limit,
-                    "after": [last["sip_timestamp"], last["sequence_number"]],
-                }
-            )
-            body["next_url"] = f"{self._base(request)}/v3/trades/{ticker}?cursor={cursor}"
-        return web.json_response(body)
+        if resume is not None:
+            body["next_url"] = f"{base}/v3/trades/{page.ticker}?cursor={encode_cursor(resume)}"
+        return json.dumps(body).encode()
 
     def _trade_bounds(self, query: Any) -> tuple[int, int]:
-        lo, hi = 0, 2**62
+        lo, hi = 0, MAX_NS
         if "timestamp" in query:
             value = query["timestamp"]
             lo = _ns_param(value, "timestamp", end_of_day=False)
@@ -315,53 +421,60 @@ class RestApi:
                 hi = min(hi, value)
             else:
                 hi = min(hi, value - 1 if strict else value)
-        if lo == 0 and hi == 2**62:  # no filter: the current (or latest) session
+        if lo == 0 and hi == MAX_NS:  # no filter: the current (or latest) session
             window = self.source.last_window_before(self.clock.now_ms())
             if window is not None:
                 lo = window[1] * 1_000_000
         return lo, hi
 
-    async def _trade_rows(
-        self,
-        ticker: str,
-        lo: int,
-        hi: int,
-        order: str,
-        limit: int,
-        after: tuple[int, int] | None,
-    ) -> tuple[list[dict[str, Any]], bool]:
+    def _trade_rows(self, page: TradesPage) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """One page of trades and the cursor state that continues it (None: nothing more).
+        At most ``rest_sessions_per_request`` sessions are read; a page may hold fewer than
+        ``limit`` rows and still go on."""
         now = self.clock.now_ms()
-        hi = min(hi, (now + 1) * 1_000_000 - 1)
+        lo, hi = page.lo, min(page.hi, (now + 1) * 1_000_000 - 1)
         if hi < lo:
-            return [], False
-        first = sessions.ny_date(lo // 1_000_000)
-        last = sessions.ny_date(hi // 1_000_000)
-        days = sessions.sessions_between(first, last)
-        if order == "desc":
+            return [], None
+        days = self._sessions(lo // 1_000_000, hi // 1_000_000, now)
+        descending = page.order == "desc"
+        if descending:
             days.reverse()
+        budget = self.config.rest_sessions_per_request
+        limit, after = page.limit, page.after
         rows: list[dict[str, Any]] = []
-        for session in days[: self.config.rest_max_days]:
-            data = await self._day(session.day)
-            cols = data.symbol_trades(ticker, now) if data else None
-            if cols is None or len(cols) == 0:
+        for n, session in enumerate(days):
+            if n == budget:  # go on at the next session, from its midnight
+                edge = sessions.ny_midnight_ms(session.day + timedelta(days=1)) * 1_000_000
+                if descending:
+                    resume = {"lo": lo, "hi": edge - 1, "order": page.order, "limit": limit}
+                else:
+                    edge = sessions.ny_midnight_ms(session.day) * 1_000_000
+                    resume = {"lo": edge, "hi": page.hi, "order": page.order, "limit": limit}
+                return rows, resume
+            data = self.source.day(session.day)
+            cols = data.symbol_trades(page.ticker, now) if data else None
+            if data is None or cols is None or len(cols) == 0:
                 continue
             t, seq = cols.t_ns, cols.seq
             mask = (t >= lo) & (t <= hi)
             if after is not None:
                 at, aseq = after
-                if order == "asc":
-                    mask &= (t > at) | ((t == at) & (seq > aseq))
-                else:
+                if descending:
                     mask &= (t < at) | ((t == at) & (seq < aseq))
+                else:
+                    mask &= (t > at) | ((t == at) & (seq > aseq))
             index = np.flatnonzero(mask)
-            if order == "desc":
+            if descending:
                 index = index[::-1]
             index = index[: limit + 1 - len(rows)]
-            assert data is not None
             rows.extend(_trade_dicts(cols.take(index), data))
             if len(rows) > limit:
-                return rows[:limit], True
-        return rows, False
+                rows = rows[:limit]
+                last = rows[-1]
+                resume = {"lo": lo, "hi": page.hi, "order": page.order, "limit": limit}
+                resume["after"] = [last["sip_timestamp"], last["sequence_number"]]
+                return rows, resume
+        return rows, None
 
     # ---- last trade ------------------------------------------------------------------
     async def last_trade(self, request: web.Request) -> web.Response:
@@ -441,25 +554,72 @@ def _trade_dicts(cols: TradeColumns, data: DayData) -> list[dict[str, Any]]:
 def _limit(value: str | None, default: int) -> int:
     if value is None:
         return default
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadRequestError("limit must be an integer") from None
+    if not (value.isascii() and value.lstrip("-").isdigit()) or len(value) > 12:
+        raise BadRequestError("limit must be an integer")
+    limit = int(value)
     if limit < 1:
         raise BadRequestError("limit must be at least 1")
     return min(limit, MAX_LIMIT)
 
 
-def _time_param(value: str, name: str, end_of_day: bool) -> int:
-    """A ``YYYY-MM-DD`` date (New York day) or Unix milliseconds, to milliseconds."""
-    if value.isdigit():
-        return int(value)
+MAX_MULTIPLIER: Final = 100_000
+MIN_DAY: Final = date(1970, 1, 1)
+MAX_DAY: Final = date(9000, 1, 1)
+MAX_MS: Final = 218_398_000_000_000  # year 8990: later times are refused, not clipped
+MAX_NS: Final = 2**62  # year 2116: nanoseconds stay within int64 arithmetic
+
+
+def _multiplier(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
+        raise BadRequestError(f"multiplier must be an integer from 1 to {MAX_MULTIPLIER}")
+    multiplier = int(value)
+    if not 1 <= multiplier <= MAX_MULTIPLIER:
+        raise BadRequestError(f"multiplier must be an integer from 1 to {MAX_MULTIPLIER}")
+    return multiplier
+
+
+def _origin(value: str | None, start_ms: int) -> date:
+    first = sessions.ny_date(start_ms)
+    if value is None:
+        return first
+    try:
+        origin = date.fromisoformat(value)
+    except ValueError:
+        raise BadRequestError("invalid cursor") from None
+    if not MIN_DAY <= origin <= first:
+        raise BadRequestError("invalid cursor")
+    return origin
+
+
+def _unix(value: str, name: str, maximum: int, unit: str) -> int | None:
+    """Digits as a Unix time up to ``maximum``; None when ``value`` is not digits."""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    if len(value) > 24 or int(value) > maximum:
+        raise BadRequestError(
+            f"The time parameter '{name}' is out of range: Unix {unit} up to {maximum}"
+        )
+    return int(value)
+
+
+def _day_param(value: str, name: str, unit: str) -> date:
     try:
         day = datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
         raise BadRequestError(
-            f"Could not parse the time parameter: '{name}'. Use YYYY-MM-DD or Unix MS Timestamps"
+            f"Could not parse the time parameter: '{name}'. Use YYYY-MM-DD or Unix {unit}"
         ) from None
+    if not MIN_DAY <= day < MAX_DAY:
+        raise BadRequestError(f"The time parameter '{name}' is out of range")
+    return day
+
+
+def _time_param(value: str, name: str, end_of_day: bool) -> int:
+    """A ``YYYY-MM-DD`` date (New York day) or Unix milliseconds, to milliseconds."""
+    ms = _unix(value, name, MAX_MS, "MS Timestamps")
+    if ms is not None:
+        return ms
+    day = _day_param(value, name, "MS Timestamps")
     if end_of_day:
         return sessions.ny_midnight_ms(day + timedelta(days=1)) - 1
     return sessions.ny_midnight_ms(day)
@@ -467,17 +627,32 @@ def _time_param(value: str, name: str, end_of_day: bool) -> int:
 
 def _ns_param(value: str, name: str, end_of_day: bool) -> int:
     """A ``YYYY-MM-DD`` date (New York day) or Unix nanoseconds, to nanoseconds."""
-    if value.isdigit():
-        return int(value)
-    try:
-        day = datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise BadRequestError(
-            f"Could not parse the time parameter: '{name}'. Use YYYY-MM-DD or Unix nanoseconds"
-        ) from None
+    ns = _unix(value, name, MAX_NS, "nanoseconds")
+    if ns is not None:
+        return ns
+    day = _day_param(value, name, "nanoseconds")
     if end_of_day:
         return sessions.ny_midnight_ms(day + timedelta(days=1)) * 1_000_000 - 1
     return sessions.ny_midnight_ms(day) * 1_000_000
+
+
+def _trades_cursor(state: dict[str, Any]) -> tuple[int, int, str, int, tuple[int, int] | None]:
+    """The fields of a trades cursor, checked (a cursor is client input too)."""
+    try:
+        lo, hi, order, limit = state["lo"], state["hi"], state["order"], state["limit"]
+        after = state.get("after")
+        if after is not None and (not isinstance(after, list) or len(after) != 2):
+            raise TypeError
+        numbers = [lo, hi, *(after or [])]
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in [*numbers, limit]):
+            raise TypeError
+    except (KeyError, TypeError):
+        raise BadRequestError("invalid cursor") from None
+    if order not in ("asc", "desc") or not 1 <= limit <= MAX_LIMIT:
+        raise BadRequestError("invalid cursor")
+    if not all(0 <= n <= MAX_NS for n in numbers):
+        raise BadRequestError("invalid cursor")
+    return lo, hi, order, limit, (after[0], after[1]) if after is not None else None
 
 
 def _b64encode(text: str) -> str:

@@ -3,9 +3,12 @@
 Migrations are files ``NNNN_name.sql`` in :mod:`its_common.db.migrations`, applied in order, each
 in its own transaction, and recorded in ``schema_migrations`` with a checksum (editing an applied
 migration is an error). Files named ``NNNN_name.timescale.sql`` are applied only when the
-``timescaledb`` extension is available; on plain PostgreSQL they are reported as skipped and are
-applied by a later run once the extension appears. A session advisory lock serializes concurrent
-migrators (several pods starting at once).
+``timescaledb`` extension can be used: installed on the server *and* loaded at its start
+(``shared_preload_libraries``; ``CREATE EXTENSION`` fails with "must be preloaded" otherwise). On
+plain PostgreSQL (or TimescaleDB installed but not preloaded) they are reported as skipped and
+are applied by a later run once the extension is usable. A session advisory lock serializes
+concurrent migrators (several pods starting at once); releasing it never hides the error that
+ended the run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 
@@ -71,18 +76,60 @@ def discover() -> list[Migration]:
     return migrations
 
 
+def preloads_timescale(shared_preload_libraries: str) -> bool:
+    """Whether a ``shared_preload_libraries`` value (comma-separated, maybe quoted) loads
+    TimescaleDB."""
+    names = (n.strip().strip('"').strip() for n in shared_preload_libraries.split(","))
+    return "timescaledb" in names
+
+
 def timescale_available(conn: psycopg.Connection) -> bool:
+    """TimescaleDB can be used: the extension is installed and the server preloads it.
+
+    ``shared_preload_libraries`` is readable only by superusers (and pg_read_all_settings); for
+    other roles pg_settings hides it, and the ``timescaledb.*`` settings, which exist only once
+    the library is loaded (pg_settings never lists placeholders), tell instead."""
     row = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+        """SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+                  (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'),
+                  EXISTS (SELECT 1 FROM pg_settings WHERE name LIKE 'timescaledb.%%')"""
     ).fetchone()
-    return row is not None
+    assert row is not None
+    installed, preload, loaded = bool(row[0]), row[1], bool(row[2])
+    if not installed:
+        return False
+    if preloads_timescale(preload) if preload is not None else loaded:
+        return True
+    log.warning(
+        "timescaledb is installed but not in shared_preload_libraries: the TimescaleDB "
+        "migrations are skipped until the server preloads it"
+    )
+    return False
 
 
-def apply_migrations(conn: psycopg.Connection) -> MigrationReport:
-    """Apply what is missing on an autocommit connection; safe to run any number of times."""
-    conn.autocommit = True
+@contextmanager
+def _advisory_lock(conn: psycopg.Connection) -> Iterator[None]:
     conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_ID,))
     try:
+        yield
+    except BaseException:
+        # The error that got us here is what matters: a failed unlock (the connection may be
+        # gone, which releases the lock anyway) is logged, never raised in its place.
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
+        except psycopg.Error as cleanup:
+            log.warning("migration lock not released after the failure (%s)", cleanup)
+        raise
+    conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
+
+
+def apply_migrations(
+    conn: psycopg.Connection, migrations: Sequence[Migration] | None = None
+) -> MigrationReport:
+    """Apply what is missing on an autocommit connection; safe to run any number of times.
+    ``migrations`` defaults to the package's files (:func:`discover`)."""
+    conn.autocommit = True
+    with _advisory_lock(conn):
         conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
                    version integer PRIMARY KEY,
@@ -98,7 +145,7 @@ def apply_migrations(conn: psycopg.Connection) -> MigrationReport:
         applied: list[str] = []
         skipped: list[str] = []
         already: list[str] = []
-        for migration in discover():
+        for migration in discover() if migrations is None else migrations:
             if migration.version in done:
                 name, checksum = done[migration.version]
                 if checksum != migration.checksum:
@@ -119,8 +166,6 @@ def apply_migrations(conn: psycopg.Connection) -> MigrationReport:
                 )
             applied.append(migration.name)
         return MigrationReport(applied, skipped, already, timescale)
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_ID,))
 
 
 def connect_with_retry(settings: BaseServiceSettings, wait_s: float) -> psycopg.Connection:

@@ -88,6 +88,7 @@ class SimConfig:
     replay_file: str | None = None
     rest_rate_limit: int = 0
     rest_max_days: int = 370
+    rest_sessions_per_request: int = 5
     admin_token: str | None = None
     admin_enabled: bool = True
     faults: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +101,8 @@ class SimConfig:
             raise ValueError("correlation must be within [-0.99, 0.99]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.rest_max_days < 1 or self.rest_sessions_per_request < 1:
+            raise ValueError("rest_max_days and rest_sessions_per_request must be at least 1")
         if self.max_connections_close_code not in (1000, 1008):
             raise ValueError("max_connections_close_code must be 1000 or 1008")
         if self.max_connections_drop not in ("oldest", "newest"):
