@@ -30,7 +30,6 @@ from its_common.simmarket.daydata import (
     DayData,
     MarketSource,
     TradeColumns,
-    aggregate,
     concat_bars,
     merge_bars,
 )
@@ -82,7 +81,7 @@ class RestApi:
         self.config = config
         self.source = source
         self.clock = clock
-        self._minute_cache: OrderedDict[tuple[date, str], Bars] = OrderedDict()
+        self._bar_cache: OrderedDict[tuple[date, str, int], Bars] = OrderedDict()
         self._calls: dict[str, deque[float]] = {}
 
     def routes(self, app: web.Application) -> None:
@@ -206,21 +205,14 @@ class RestApi:
             if session.pre_open_ms > now:
                 break
             if timespan == "second":
-                data = await self._day(session.day)
-                trades = data.symbol_trades(ticker, now) if data else None
-                if trades is None:
-                    continue
-                t = trades.t_ns // 1_000_000
-                parts.append(aggregate(t, trades.price, trades.size, 1_000 * multiplier))
-                continue
-            minute = await self._minute_bars(session.day, ticker, now)
-            if timespan == "day":
-                if len(minute):
-                    day_bar = merge_bars(minute, 10**15, origin_ms=0)
-                    day_bar.start[:] = sessions.ny_midnight_ms(session.day)
-                    parts.append(day_bar)
+                parts.append(await self._day_bars(session.day, ticker, now, 1_000 * multiplier))
+            elif timespan == "day":  # from the trades: odd lots of a bar-less minute count
+                day_bar = await self._day_bars(session.day, ticker, now, 10**15)
+                day_bar.start[:] = sessions.ny_midnight_ms(session.day)
+                parts.append(day_bar)
             else:
-                parts.append(minute)
+                width = TIMESPANS[timespan] * multiplier
+                parts.append(await self._day_bars(session.day, ticker, now, width))
         bars = concat_bars(parts)
         if timespan == "day" and multiplier > 1 and len(bars):
             index = np.array(
@@ -234,27 +226,27 @@ class RestApi:
             )
             bars.start = starts
             bars = merge_bars(bars, 1, origin_ms=0)
-        elif timespan in ("minute", "hour"):
-            width = TIMESPANS[timespan] * multiplier
-            if width != 60_000:
-                bars = merge_bars(bars, width)
+        elif timespan in ("minute", "hour") and len(bars):
+            bars = merge_bars(bars, TIMESPANS[timespan] * multiplier)  # buckets spanning days
         return bars
 
-    async def _minute_bars(self, day: date, ticker: str, now: int) -> Bars:
-        cached = self._minute_cache.get((day, ticker))
+    async def _day_bars(self, day: date, ticker: str, now: int, width: int) -> Bars:
+        """One day's bars of ``width`` ms (epoch-aligned) by Polygon's sale-condition rules."""
+        cached = self._bar_cache.get((day, ticker, width))
         if cached is not None:
-            return cached
+            return Bars(*(getattr(cached, f).copy() for f in Bars.__dataclass_fields__))
         data = await self._day(day)
         if data is None:
             return Bars.empty()
         trades = data.symbol_trades(ticker, now)
         if trades is None:
             return Bars.empty()
-        bars = aggregate(trades.t_ns // 1_000_000, trades.price, trades.size, 60_000)
-        if now >= data.end_ms:  # the day is complete: its bars never change again
-            self._minute_cache[(day, ticker)] = bars
-            while len(self._minute_cache) > 2048:
-                self._minute_cache.popitem(last=False)
+        bars = data.bars(trades, width)
+        if now >= data.end_ms and width >= 60_000:  # the day is complete: bars never change
+            self._bar_cache[(day, ticker, width)] = bars
+            while len(self._bar_cache) > 2048:
+                self._bar_cache.popitem(last=False)
+            return Bars(*(getattr(bars, f).copy() for f in Bars.__dataclass_fields__))
         return bars
 
     # ---- trades ------------------------------------------------------------------------
