@@ -222,7 +222,7 @@ class MarketGenerator:
         regular = (u >= 0) & (u < 1)
         shape = np.where(
             regular,
-            1.0 + 2.2 * np.exp(-u / 0.05) + 3.0 * np.exp(-(1.0 - u) / 0.06),
+            1.0 + 2.8 * np.exp(-u / 0.05) + 3.0 * np.exp(-(1.0 - u) / 0.06),
             0.0,
         )
         shape[regular] /= shape[regular].mean()
@@ -281,7 +281,7 @@ class MarketGenerator:
         jumps = self._rng(day, _JUMPS)
         regular = np.flatnonzero(shape > 0)
         minute_sd = self._sigma * np.sqrt(60.0)
-        for own in [None, *range(k)]:
+        for own in [None, *self._path_order]:  # draws in sorted-symbol order
             count = int(jumps.poisson(JUMPS_PER_DAY))
             at = regular[jumps.integers(0, len(regular), count)] if len(regular) else []
             size = jumps.standard_normal(count) * JUMP_SIZE
