@@ -202,11 +202,11 @@ def _facts(config: SimConfig, accs: list[_Symbol], closes: list[list[F64]]) -> l
             Fact(f"{symbol} excess kurtosis of 1-min returns", float(np.mean(z**4) - 3), 3.0, 60.0)
         )
         facts.append(
-            Fact(f"{symbol} ACF of 1-min returns, lag 1", _pooled_acf(acc.returns, 1), -0.15, 0.05)
+            Fact(f"{symbol} ACF of 1-min returns, lag 1", _pooled_acf(acc.returns, 1), -0.1, 0.1)
         )
         abs_r = [np.abs(x) for x in acc.returns]
         lag1 = _pooled_acf(abs_r, 1)
-        facts.append(Fact(f"{symbol} ACF of |r|, lag 1", lag1, 0.1, 0.35))
+        facts.append(Fact(f"{symbol} ACF of |r|, lag 1", lag1, 0.1, 0.4))
         facts.append(
             Fact(f"{symbol} ACF of |r|, lag 30 / lag 1", _pooled_acf(abs_r, 30) / lag1, 0.2, 1.0)
         )
@@ -319,10 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--symbols", default="NVDA,MSFT", help="comma-separated tickers")
     parser.add_argument("--first-day", default=DEFAULT_FIRST_DAY.isoformat(), help="YYYY-MM-DD")
     parser.add_argument("--trades-per-day", type=int, default=None, help="override per symbol")
+    parser.add_argument("--correlation", type=float, default=0.6, help="of returns (0.6)")
     args = parser.parse_args(argv)
     symbols = tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip())
     per_day = {s: float(args.trades_per_day) for s in symbols} if args.trades_per_day else {}
-    config = SimConfig(symbols=symbols, seed=args.seed, trades_per_day=per_day)
+    config = SimConfig(
+        symbols=symbols, seed=args.seed, trades_per_day=per_day, correlation=args.correlation
+    )
     facts = measure(config, args.sessions, date.fromisoformat(args.first_day))
     print(render(facts))
     return 0 if all(f.ok for f in facts) else 1

@@ -84,8 +84,8 @@ QUOTE_SIZE_WEIGHTS: Final = np.array([40, 20, 12, 8, 8, 5, 5, 2], dtype=np.float
 # variance common to all symbols) and the total standard deviation of the log multiplier.
 VOL_COMPONENTS: Final = ((10.0, 0.45), (120.0, 0.55))
 VOL_COMMON: Final = 0.6
-VOL_SD: Final = 0.55
-DAY_VOL_SD: Final = 0.3  # log-sd of a day's volatility level
+VOL_SD: Final = 0.5
+DAY_VOL_SD: Final = 0.35  # log-sd of a day's volatility level
 JUMPS_PER_DAY: Final = 1.5  # per symbol, regular hours, plus as many common ones
 JUMP_SIZE: Final = 5.0  # in standard deviations of a 1-minute return
 OUTSIDE_QUOTE: Final = 0.015  # share of trades printed outside the prevailing quote
@@ -222,7 +222,7 @@ class MarketGenerator:
         regular = (u >= 0) & (u < 1)
         shape = np.where(
             regular,
-            1.0 + 2.8 * np.exp(-u / 0.05) + 3.0 * np.exp(-(1.0 - u) / 0.06),
+            1.0 + 3.2 * np.exp(-u / 0.05) + 3.0 * np.exp(-(1.0 - u) / 0.06),
             0.0,
         )
         shape[regular] /= shape[regular].mean()
