@@ -28,9 +28,9 @@ CASES: dict[tuple[int, ...], tuple[bool, bool, bool]] = {
 
 
 def test_the_table_combines_conditions_by_and() -> None:
-    for codes, (high_low, open_close, volume) in CASES.items():
+    for codes, expected in CASES.items():
         rule = conditions.updates(codes)
-        assert (rule.high_low, rule.open_close, rule.volume) == (high_low, open_close, volume), codes
+        assert (rule.high_low, rule.open_close, rule.volume) == expected, codes
 
 
 def _reference(

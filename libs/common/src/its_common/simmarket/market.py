@@ -283,9 +283,9 @@ class MarketGenerator:
         minute_sd = self._sigma * np.sqrt(60.0)
         for own in [None, *self._path_order]:  # draws in sorted-symbol order
             count = int(jumps.poisson(JUMPS_PER_DAY))
-            at = regular[jumps.integers(0, len(regular), count)] if len(regular) else []
+            at = regular[jumps.integers(0, len(regular), count)]
             size = jumps.standard_normal(count) * JUMP_SIZE
-            for second, jump in zip(np.asarray(at).tolist(), size.tolist(), strict=True):
+            for second, jump in zip(at.tolist(), size.tolist(), strict=True):
                 cols = slice(None) if own is None else slice(own, own + 1)
                 steps[second, cols] += jump * minute_sd[cols] * vol[second, cols]
         path = np.vstack([np.zeros((1, k)), np.cumsum(steps, axis=0)])
@@ -428,8 +428,8 @@ class MarketGenerator:
         ask = bid + spread * TICK
         return _Nbbo(
             t_ns=grid_start * 1_000_000 + offset,
-            bid=np.round(bid, 4),
-            ask=np.round(ask, 4),
+            bid=np.round(bid, 4).astype(np.float64),
+            ask=np.round(ask, 4).astype(np.float64),
             seq=np.zeros(total, dtype=np.int64),
         )
 
