@@ -108,6 +108,11 @@ COND_TABLE: Final = tuple(
 # Auction prints appended to each day: (condition bits, share of the day's volume range).
 _OPEN, _OFFICIAL_OPEN, _CLOSE, _OFFICIAL_CLOSE = range(1, 5)
 
+_TRADE_FIELDS: Final = (
+    "sym", "t_ns", "report_ms", "price", "size", "exchange", "cond", "seq",
+    "trf_id", "part_delta_ns", "trf_delta_ns",
+)  # fmt: skip
+
 # Random streams
 _PATH, _GAP, _ACTIVITY, _TRADES, _QCOUNT, _QUOTES, _LATE, _SEQGAP = range(1, 9)
 _VOL, _JUMPS, _QPRICE, _AUCTION = range(9, 13)
@@ -380,8 +385,11 @@ class MarketGenerator:
             cols.sym = np.full(len(cols), k, dtype=np.int8)
             cols.idnum = cols.seq + (52_983_525_000_000 + (_symbol_key(symbol) % 1000) * 10**9)
             # Keep only the trades of the window the market is configured for.
-            keep = (cols.t_ns // 1_000_000 >= win_start) & (cols.t_ns // 1_000_000 < win_end - 1)
-            per_symbol.append(cols.take(np.flatnonzero(keep)))
+            # (SIP times are sorted: the window is one slice.)
+            first, last = np.searchsorted(
+                cols.t_ns, [win_start * 1_000_000, (win_end - 1) * 1_000_000]
+            ).tolist()
+            per_symbol.append(cols.take(slice(first, last)))
             nbbos.append(nbbo)
         merged = _concat(per_symbol)
         order = np.lexsort((merged.t_ns, merged.report_ms))
@@ -461,11 +469,13 @@ class MarketGenerator:
             bid = np.maximum(np.floor((mid - TICK / 2) / TICK + 1e-9) * TICK, TICK)
             ask = bid + TICK
         side = rng.random(total)
-        outside = rng.random(total) < OUTSIDE_QUOTE
-        away = (1 + rng.poisson(0.5, total)) * TICK
         price = np.where(side < 0.465, bid, np.where(side < 0.93, ask, (bid + ask) / 2))
-        price = np.where(
-            outside, np.where(side < 0.5, np.maximum(bid - away, TICK), ask + away), price
+        outside = np.flatnonzero(rng.random(total) < OUTSIDE_QUOTE)
+        away = (1 + rng.poisson(0.5, len(outside))) * TICK
+        price[outside] = np.where(
+            side[outside] < 0.5,
+            np.maximum(bid[outside] - away, TICK),
+            ask[outside] + away,
         )
         price = np.round(price, 4).astype(np.float64)
         size = _sizes(rng, total, level)
@@ -504,13 +514,13 @@ class MarketGenerator:
         rng = self._rng(day, _AUCTION, symbol)
         open_ns = session.open_ms * 1_000_000 + int(rng.integers(20_000_000, 900_000_000))
         close_ns = session.close_ms * 1_000_000 - 1_000_000 + int(rng.integers(0, 900_000))
-        # Continuous trading of the regular session starts with the opening cross.
-        early = (cols.t_ns >= session.open_ms * 1_000_000) & (cols.t_ns < open_ns)
-        cols = cols.take(np.flatnonzero(~early))
-        regular = (cols.t_ns >= session.open_ms * 1_000_000) & (
-            cols.t_ns < session.close_ms * 1_000_000
-        )
-        continuous = int(cols.size[regular].sum())
+        # Continuous trading of the regular session starts with the opening cross: the trades
+        # of [open, cross) are dropped.
+        lo, hi, close_at, reg_end = np.searchsorted(
+            cols.t_ns,
+            [session.open_ms * 1_000_000, open_ns, close_ns, session.close_ms * 1_000_000],
+        ).tolist()
+        continuous = int(cols.size[hi:reg_end].sum())
         sizes = [
             max(int(continuous * rng.uniform(0.01, 0.025)), 100),
             max(int(continuous * rng.uniform(0.06, 0.13)), 100),
@@ -525,12 +535,11 @@ class MarketGenerator:
                 i = max(int(np.searchsorted(nbbo.t_ns, when, side="right")) - 1, 0)
                 price = round(round((nbbo.bid[i] + nbbo.ask[i]) / 2 / TICK) * TICK, 4)
             else:
-                near = min(int(np.searchsorted(cols.t_ns, when)), len(cols) - 1)
+                near = min(hi if when == open_ns else close_at, len(cols) - 1)
                 price = float(cols.price[near]) if len(cols) else TICK
             rows.append((when, price, size, cross))
             rows.append((when + 1, price, size, official))
         t_ns = np.array([r[0] for r in rows], dtype=np.int64)
-        at = np.searchsorted(cols.t_ns, t_ns)
         extra = TradeColumns(
             sym=np.zeros(4, dtype=np.int8),
             t_ns=t_ns,
@@ -544,7 +553,13 @@ class MarketGenerator:
             part_delta_ns=rng.integers(20_000, 200_000, 4).astype(np.int32),
             trf_delta_ns=np.zeros(4, dtype=np.int32),
         )
-        return _insert(cols, extra, at)
+        pieces = ((0, lo), (hi, close_at), (close_at, len(cols)))
+        values = {}
+        for name in _TRADE_FIELDS:
+            column, add = getattr(cols, name), getattr(extra, name)
+            (a, b), (c, d), (e, f) = pieces
+            values[name] = np.concatenate((column[a:b], add[:2], column[c:d], add[2:], column[e:f]))
+        return TradeColumns(**values)
 
     def _sequence(
         self, day: date, symbol: str, n: int, grid_start: int, cols: TradeColumns, nbbo: _Nbbo
@@ -632,23 +647,16 @@ def _sizes(rng: np.random.Generator, total: int, price: float) -> NDArray[np.int
     mixed lots with a Pareto tail, fewer shares the dearer the stock."""
     odd_share = float(np.clip(0.22 + 0.3 * np.log10(max(price, 1.0) / 20.0), 0.1, 0.75))
     odd = rng.random(total) < odd_share
-    odd_sizes = rng.choice(ODD_SIZES, total, p=ODD_WEIGHTS / ODD_WEIGHTS.sum())
+    n_odd = int(odd.sum())
+    n_lots = total - n_odd
     scale = float(np.clip((150.0 / max(price, 1.0)) ** 0.5, 0.3, 4.0))
-    pareto = (1.0 - rng.random(total)) ** (-1.0 / LOT_TAIL)
-    lots = np.maximum(np.floor(pareto * scale), 1.0)
-    mixed = rng.random(total) < 0.3
-    round_sizes = np.minimum(lots * 100 + np.where(mixed, rng.integers(1, 100, total), 0), MAX_SIZE)
-    size: NDArray[np.int32] = np.where(odd, odd_sizes, round_sizes).astype(np.int32)
+    pareto = (1.0 - rng.random(n_lots)) ** (-1.0 / LOT_TAIL)
+    lots = np.maximum(np.floor(pareto * scale), 1.0) * 100
+    mixed = rng.integers(1, 100, n_lots) * (rng.random(n_lots) < 0.3)
+    size = np.empty(total, dtype=np.int32)
+    size[odd] = rng.choice(ODD_SIZES, n_odd, p=ODD_WEIGHTS / ODD_WEIGHTS.sum())
+    size[~odd] = np.minimum(lots + mixed, MAX_SIZE)
     return size
-
-
-def _insert(cols: TradeColumns, extra: TradeColumns, at: NDArray[np.intp]) -> TradeColumns:
-    fields = [
-        "sym", "t_ns", "report_ms", "price", "size", "exchange", "cond", "seq",
-        "trf_id", "part_delta_ns", "trf_delta_ns",
-    ]  # fmt: skip
-    values = {f: np.insert(getattr(cols, f), at, getattr(extra, f)) for f in fields}
-    return TradeColumns(**values)
 
 
 def _take_quotes(q: QuoteColumns, index: NDArray[np.intp]) -> QuoteColumns:
