@@ -134,6 +134,10 @@ def test_calendar_holiday_early_close_and_extended_hours() -> None:
     assert ext_ms.min() < reg_session.open_ms and ext_ms.max() >= reg_session.close_ms
     pre = extended.trades.cond[ext_ms < reg_session.open_ms]
     assert all(12 in extended.cond_table[c] for c in pre.tolist())  # Form T
+    # pre- and post-market minutes have bars, as Polygon's aggregates do
+    bar_starts = extended.table("AM").emit_ms - 60_000
+    assert (bar_starts < reg_session.open_ms).sum() > 100
+    assert (bar_starts >= reg_session.close_ms).sum() > 100
     # the regular-hours trades are the same with or without extended hours
     inside = (ext_ms >= reg_session.open_ms) & (ext_ms < reg_session.close_ms)
     assert np.array_equal(np.sort(extended.trades.t_ns[inside]), np.sort(regular.trades.t_ns))

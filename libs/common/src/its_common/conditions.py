@@ -42,7 +42,9 @@ RULES: Final[dict[int, UpdateRule]] = {
     9: UpdateRule("Cross Trade", True, True, True),
     10: UpdateRule("Derivatively Priced", True, False, True),
     11: UpdateRule("Distribution", True, True, True),
-    12: UpdateRule("Form T / Extended Hours", False, False, True),
+    # The CTA/UTP matrices say volume only; Polygon's aggregates nevertheless carry pre- and
+    # post-market bars built from these trades, so for bars they count like regular sales.
+    12: UpdateRule("Form T / Extended Hours", True, True, True),
     13: UpdateRule("Extended Hours (Sold Out Of Sequence)", False, False, True),
     14: UpdateRule("Intermarket Sweep", True, True, True),
     15: UpdateRule("Market Center Official Close", False, False, False),
