@@ -66,7 +66,28 @@ def test_event_round_trip_preserves_every_reference_field(raw: bytes) -> None:
     original.pop("otc", None)  # omitted when false, like Polygon
     (event,) = decode_frame(b"[" + raw + b"]")
     again = msgspec.json.decode(encode_frame([event]))[0]
-    assert again == {k: (float(v) if k == "v" else v) for k, v in original.items()}
+    assert again == original  # integer volumes stay integers (v, av, z)
+
+
+@pytest.mark.parametrize("raw", [MINUTE, SECOND])
+def test_aggregate_share_counts_are_integers_on_the_wire(raw: bytes) -> None:
+    (bar,) = decode_frame(b"[" + raw + b"]")
+    assert isinstance(bar, MinuteAgg | SecondAgg)
+    for value in (bar.volume, bar.day_volume, bar.avg_trade_size):
+        assert isinstance(value, int)
+    encoded = encode_frame([bar])
+    assert b'"v":' + str(bar.volume).encode() + b"," in encoded
+    assert b".0," not in encoded.split(b'"v":')[1][:12]
+
+
+def test_float_share_counts_are_still_accepted_on_decode() -> None:
+    """Older recordings and stream entries carry ``"v":1029603.0``: they still decode."""
+    raw = MINUTE.replace(b'"v":412345', b'"v":412345.0').replace(b'"z":87', b'"z":87.5')
+    (bar,) = decode_frame(b"[" + raw + b"]")
+    assert isinstance(bar, MinuteAgg) and bar.volume == 412345 and bar.avg_trade_size == 87.5
+    negative = MINUTE.replace(b'"v":412345', b'"v":-1')
+    events, errors = decode_frame_lenient(b"[" + negative + b"]")
+    assert events == [] and [e.reason for e in errors] == ["out_of_range"]
 
 
 def test_trade_without_conditions_is_valid() -> None:

@@ -7,9 +7,9 @@ from datetime import date
 
 import numpy as np
 
+from its_common.conditions import updates
 from its_common.events import MinuteAgg, Trade, decode_frame
 from its_common.simmarket.config import SimConfig
-from its_common.simmarket.daydata import aggregate
 from its_common.simmarket.market import MarketGenerator
 from its_common.simmarket.sessions import trading_day
 from its_marketsim.app import Simulator
@@ -81,11 +81,22 @@ def test_realistic_shapes() -> None:
     t_ms = nvda.t_ns // 1_000_000
     assert t_ms.min() >= session.open_ms and t_ms.max() < session.close_ms
     per_minute = np.bincount((t_ms - session.open_ms) // 60_000, minlength=390)
-    # U shape: busy open and close, quieter middle
-    assert per_minute[:10].mean() > 2 * per_minute[150:240].mean()
+    # U shape: busy open and busier close, quieter middle (one day; facts test: many days)
+    assert per_minute[:10].mean() > 1.5 * per_minute[150:240].mean()
     assert per_minute[-10:].mean() > 2 * per_minute[150:240].mean()
     sizes = nvda.size
     assert (sizes % 100 == 0).mean() > 0.2 and (sizes < 100).mean() > 0.3  # round and odd lots
+    # sizes depend on the price: the dearer stock trades fewer shares, more odd lots
+    assert sizes.mean() > msft.size.mean() and (sizes < 100).mean() < (msft.size < 100).mean()
+    assert len(np.unique(sizes)) > 200 and sizes.max() > 10_000  # a heavy tail
+    # the auctions: one opening and one closing cross, each with its official re-print
+    codes = [day.cond_table[c] for c in nvda.cond.tolist()]
+    for cross, official in ((17, 16), (19, 15)):
+        rows = [i for i, c in enumerate(codes) if cross in c]
+        assert len(rows) == 1 and sum(official in c for c in codes) == 1
+        i = rows[0]
+        assert official in codes[i + 1] and nvda.size[i] == nvda.size[i + 1] > 10_000
+    assert 17 in codes[0] and 19 in codes[-2] and 15 in codes[-1]
     assert set(np.unique(nvda.exchange).tolist()) >= {4, 12, 11}
     assert ((nvda.exchange == 4) == (nvda.trf_id > 0)).all()
     odd = nvda.size < 100
@@ -96,9 +107,8 @@ def test_realistic_shapes() -> None:
     # prices on a cent grid or a half-cent midpoint
     assert np.allclose(np.round(nvda.price * 200), nvda.price * 200)
     # correlated returns across symbols (configured 0.6)
-    bars_a = aggregate(t_ms, nvda.price, nvda.size, 60_000)
-    m_ms = msft.t_ns // 1_000_000
-    bars_b = aggregate(m_ms, msft.price, msft.size, 60_000)
+    bars_a = day.bars(nvda, 60_000)
+    bars_b = day.bars(msft, 60_000)
     common = np.intersect1d(bars_a.start, bars_b.start)
     ra = np.diff(np.log(bars_a.close[np.isin(bars_a.start, common)]))
     rb = np.diff(np.log(bars_b.close[np.isin(bars_b.start, common)]))
@@ -124,6 +134,10 @@ def test_calendar_holiday_early_close_and_extended_hours() -> None:
     assert ext_ms.min() < reg_session.open_ms and ext_ms.max() >= reg_session.close_ms
     pre = extended.trades.cond[ext_ms < reg_session.open_ms]
     assert all(12 in extended.cond_table[c] for c in pre.tolist())  # Form T
+    # pre- and post-market minutes have bars, as Polygon's aggregates do
+    bar_starts = extended.table("AM").emit_ms - 60_000
+    assert (bar_starts < reg_session.open_ms).sum() > 100
+    assert (bar_starts >= reg_session.close_ms).sum() > 100
     # the regular-hours trades are the same with or without extended hours
     inside = (ext_ms >= reg_session.open_ms) & (ext_ms < reg_session.close_ms)
     assert np.array_equal(np.sort(extended.trades.t_ns[inside]), np.sort(regular.trades.t_ns))
@@ -147,25 +161,33 @@ async def test_minute_bars_equal_the_aggregation_of_their_trades() -> None:
     by_minute: dict[int, list[Trade]] = defaultdict(list)
     for trade in trades:
         by_minute[trade.timestamp // 60_000 * 60_000].append(trade)
-    checked = resent = 0
+    checked = resent = by_rules = 0
     for start, versions in bars.items():
         if start + 16 * 60_000 > horizon:
             continue  # a late report may still be on its way
         final = versions[-1]
         group = sorted(by_minute[start], key=lambda t: (t.timestamp, t.sequence))
-        assert final.open == group[0].price and final.close == group[-1].price
-        assert final.high == max(t.price for t in group)
-        assert final.low == min(t.price for t in group)
-        assert final.volume == sum(t.size for t in group)
-        vwap = sum(t.price * t.size for t in group) / final.volume
+        # Polygon's rules, trade by trade: odd lots count in volume and VWAP only
+        rules = [updates(t.conditions) for t in group]
+        priced = [t for t, r in zip(group, rules, strict=True) if r.open_close]
+        ranged = [t for t, r in zip(group, rules, strict=True) if r.high_low]
+        counted = [t for t, r in zip(group, rules, strict=True) if r.volume]
+        assert final.open == priced[0].price and final.close == priced[-1].price
+        assert final.high == max(t.price for t in ranged)
+        assert final.low == min(t.price for t in ranged)
+        assert final.volume == sum(t.size for t in counted)
+        assert isinstance(final.volume, int) and isinstance(final.day_volume, int)
+        assert isinstance(final.avg_trade_size, int)
+        vwap = sum(t.price * t.size for t in counted) / final.volume
         assert abs(final.vwap - vwap) < 1e-3
         assert final.end - final.start == 60_000
         checked += 1
+        by_rules += any(37 in t.conditions for t in group) and group != priced
         if len(versions) > 1:
             resent += 1
             assert versions[0] != final  # the re-send carries corrected values
             assert any(32 in t.conditions for t in group)  # a late report (sold out of sequence)
-    assert checked > 60 and resent > 5
+    assert checked > 60 and resent > 5 and by_rules > 30
 
 
 async def test_stream_skips_the_holiday_and_respects_the_early_close() -> None:

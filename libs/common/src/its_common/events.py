@@ -17,7 +17,9 @@ import msgspec
 
 Price = Annotated[float, msgspec.Meta(ge=0.0)]
 Size = Annotated[int, msgspec.Meta(ge=0)]
-Volume = Annotated[float, msgspec.Meta(ge=0.0)]
+# Share counts of aggregates (``v``, ``av``, ``z``): Polygon sends integers and so do we; a
+# float is still accepted on decode (older recordings, stream entries written before integers).
+WholeShares = Annotated[int, msgspec.Meta(ge=0)] | Annotated[float, msgspec.Meta(ge=0.0)]
 Millis = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -56,7 +58,7 @@ class Quote(msgspec.Struct, tag_field="ev", tag="Q", omit_defaults=True, frozen=
 
 class _Aggregate(msgspec.Struct, tag_field="ev", omit_defaults=True, frozen=True):
     symbol: str = msgspec.field(name="sym")
-    volume: Volume = msgspec.field(name="v")
+    volume: WholeShares = msgspec.field(name="v")
     open: Price = msgspec.field(name="o")
     close: Price = msgspec.field(name="c")
     high: Price = msgspec.field(name="h")
@@ -64,10 +66,10 @@ class _Aggregate(msgspec.Struct, tag_field="ev", omit_defaults=True, frozen=True
     start: Millis = msgspec.field(name="s")
     end: Millis = msgspec.field(name="e")
     vwap: Price = msgspec.field(default=0.0, name="vw")
-    day_volume: Volume = msgspec.field(default=0.0, name="av")
+    day_volume: WholeShares = msgspec.field(default=0, name="av")
     day_open: Price = msgspec.field(default=0.0, name="op")
     day_vwap: Price = msgspec.field(default=0.0, name="a")
-    avg_trade_size: float = msgspec.field(default=0.0, name="z")
+    avg_trade_size: WholeShares = msgspec.field(default=0, name="z")
     otc: bool = False
 
 

@@ -109,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from its_marketsim.app import main as service_main
     from its_marketsim.config import MarketSimSettings
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["facts"]:  # its-marketsim facts: the market's stylized facts, no server
+        from its_marketsim.facts import main as facts_main
+
+        return facts_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     if "symbols" in overrides:

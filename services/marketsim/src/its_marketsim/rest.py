@@ -32,7 +32,6 @@ from its_common.simmarket.daydata import (
     DayData,
     MarketSource,
     TradeColumns,
-    aggregate,
     concat_bars,
     merge_bars,
 )
@@ -112,7 +111,7 @@ class RestApi:
         self.config = config
         self.source = source
         self.clock = clock
-        self._minute_cache: OrderedDict[tuple[date, str], Bars] = OrderedDict()
+        self._bar_cache: OrderedDict[tuple[date, str, int], Bars] = OrderedDict()
         self._calls: dict[str, deque[float]] = {}
         self._heavy_lock = asyncio.Lock()
 
@@ -325,22 +324,17 @@ class RestApi:
     def _bars(self, spec: AggsSpec, days: list[sessions.TradingDay], now: int) -> Bars:
         parts: list[Bars] = []
         for session in days:
+            if session.pre_open_ms > now:
+                break
             if spec.timespan == "second":
-                data = self.source.day(session.day)
-                trades = data.symbol_trades(spec.ticker, now) if data else None
-                if trades is None:
-                    continue
-                t = trades.t_ns // 1_000_000
-                parts.append(aggregate(t, trades.price, trades.size, 1_000 * spec.multiplier))
-                continue
-            minute = self._minute_bars(session.day, spec.ticker, now)
-            if spec.timespan == "day":
-                if len(minute):
-                    day_bar = merge_bars(minute, 10**15, origin_ms=0)
-                    day_bar.start[:] = sessions.ny_midnight_ms(session.day)
-                    parts.append(day_bar)
+                parts.append(self._day_bars(session.day, spec.ticker, now, 1_000 * spec.multiplier))
+            elif spec.timespan == "day":  # from the trades: odd lots of a bar-less minute count
+                day_bar = self._day_bars(session.day, spec.ticker, now, 10**15)
+                day_bar.start[:] = sessions.ny_midnight_ms(session.day)
+                parts.append(day_bar)
             else:
-                parts.append(minute)
+                width = TIMESPANS[spec.timespan] * spec.multiplier
+                parts.append(self._day_bars(session.day, spec.ticker, now, width))
         bars = concat_bars(parts)
         if spec.timespan == "day" and spec.multiplier > 1 and len(bars):
             starts = [
@@ -348,27 +342,29 @@ class RestApi:
             ]
             bars.start = np.array(starts, dtype=np.int64)
             bars = merge_bars(bars, 1, origin_ms=0)
-        elif spec.timespan in ("minute", "hour"):
-            width = TIMESPANS[spec.timespan] * spec.multiplier
-            if width != 60_000:
-                bars = merge_bars(bars, width)
+        elif spec.timespan in ("minute", "hour") and len(bars):
+            # buckets that span days
+            bars = merge_bars(bars, TIMESPANS[spec.timespan] * spec.multiplier)
         return bars
 
-    def _minute_bars(self, day: date, ticker: str, now: int) -> Bars:
-        cached = self._minute_cache.get((day, ticker))
+    def _day_bars(self, day: date, ticker: str, now: int, width: int) -> Bars:
+        """One day's bars of ``width`` ms (epoch-aligned) by Polygon's sale-condition rules.
+        Runs in the heavy-work thread."""
+        cached = self._bar_cache.get((day, ticker, width))
         if cached is not None:
-            return cached
+            return Bars(*(getattr(cached, f).copy() for f in Bars.__dataclass_fields__))
         data = self.source.day(day)
         if data is None:
             return Bars.empty()
         trades = data.symbol_trades(ticker, now)
         if trades is None:
             return Bars.empty()
-        bars = aggregate(trades.t_ns // 1_000_000, trades.price, trades.size, 60_000)
-        if now >= data.end_ms:  # the day is complete: its bars never change again
-            self._minute_cache[(day, ticker)] = bars
-            while len(self._minute_cache) > 2048:
-                self._minute_cache.popitem(last=False)
+        bars = data.bars(trades, width)
+        if now >= data.end_ms and width >= 60_000:  # the day is complete: bars never change
+            self._bar_cache[(day, ticker, width)] = bars
+            while len(self._bar_cache) > 2048:
+                self._bar_cache.popitem(last=False)
+            return Bars(*(getattr(bars, f).copy() for f in Bars.__dataclass_fields__))
         return bars
 
     # ---- trades ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Minute bars from ITS's synthetic market (its_common.simmarket, which the market simulator
 serves): demo and test data.
 
-The bars are exactly what the simulator's REST API serves for the same seed and days (the
-aggregation of each day's trades), so a model trained on them matches ``make run``'s feed.
+The bars are exactly what the simulator's REST API serves for the same seed and days (each
+day's trades aggregated by Polygon's sale-condition rules), so a model trained on them matches
+``make run``'s feed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import pandas as pd
 
 from its_common.calendar import sessions_between
 from its_common.simmarket.config import SimConfig
-from its_common.simmarket.daydata import aggregate
 from its_common.simmarket.market import MarketGenerator
 
 
@@ -52,7 +52,7 @@ def simulator_bars(
             trades = day.symbol_trades(symbol)
             if trades is None or len(trades) == 0:
                 continue
-            bars = aggregate(trades.t_ns // 1_000_000, trades.price, trades.size, 60_000)
+            bars = day.bars(trades, 60_000)
             inside = (bars.start >= open_ms) & (bars.start < close_ms)
             frames.append(
                 pd.DataFrame(

@@ -6,8 +6,10 @@ slices these columns by emission time; REST reads them per symbol in SIP-time or
 per second, ``AM`` per minute, REST aggregates) are computed from the same trades, so every
 view agrees.
 
-Bar rules (the simulator's, documented in the README): every trade counts toward open, high,
-low, close, volume, VWAP and count; a trade reported late (after its minute ended) makes the
+Bar rules (Polygon's, documented in the simulator's README): each trade's sale conditions decide
+which fields it updates (:mod:`its_common.conditions`): an odd lot counts in volume, VWAP and
+count but sets no price; an official open/close re-print updates nothing; a bucket without a
+price-setting trade has no bar. A trade reported late (after its minute ended) makes the
 minute's ``AM`` bar be re-sent at the report time with the corrected values; ``A`` bars count
 only trades reported in time.
 """
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from its_common import conditions
 from its_common.events import MinuteAgg, SecondAgg
 from its_common.simmarket.wire import WireQuote, WireTrade
 
@@ -125,23 +128,69 @@ class Bars:
         return Bars(z, f, f, f, f, z, f, z)
 
 
-def aggregate(t_ms: I64, price: F64, size: NDArray[Any], width_ms: int, origin_ms: int = 0) -> Bars:
-    """Bucket trades (sorted by time) into bars of ``width_ms`` aligned at ``origin_ms``."""
+U8 = NDArray[np.uint8]
+ALL_UPDATES = conditions.HIGH_LOW | conditions.OPEN_CLOSE | conditions.VOLUME
+
+
+def update_bits(cond_table: Sequence[Sequence[int]]) -> U8:
+    """Per entry of a day's condition table, the fields its trades update (conditions' bits)."""
+    return np.array([conditions.update_bits(c) for c in cond_table] or [ALL_UPDATES], np.uint8)
+
+
+def aggregate(
+    t_ms: I64,
+    price: F64,
+    size: NDArray[Any],
+    width_ms: int,
+    origin_ms: int = 0,
+    updates: U8 | None = None,
+) -> Bars:
+    """Bucket trades (sorted by time) into bars of ``width_ms`` aligned at ``origin_ms``.
+
+    ``updates`` holds each trade's update bits (:mod:`its_common.conditions`); without it every
+    trade is a regular sale. Open/close come from the trades that may set them (falling back to
+    those that set high/low), high/low from those that may set them, volume, VWAP and count from
+    those that update volume; a bucket with no price-setting trade has no bar.
+    """
     if len(t_ms) == 0:
         return Bars.empty()
     key = (t_ms - origin_ms) // width_ms
     starts = np.concatenate(([0], np.flatnonzero(np.diff(key)) + 1))
-    ends = np.concatenate((starts[1:], [len(key)])) - 1
     vol = size.astype(np.int64)
+    if updates is None or bool(np.all(updates == ALL_UPDATES)):
+        ends = np.concatenate((starts[1:], [len(key)])) - 1
+        return Bars(
+            start=key[starts] * width_ms + origin_ms,
+            open=price[starts],
+            high=np.maximum.reduceat(price, starts),
+            low=np.minimum.reduceat(price, starts),
+            close=price[ends],
+            volume=np.add.reduceat(vol, starts),
+            value=np.add.reduceat(price * vol, starts),
+            count=np.diff(np.concatenate((starts, [len(key)]))).astype(np.int64),
+        )
+    n = len(key)
+    index = np.arange(n, dtype=np.int64)
+    sets_oc = (updates & conditions.OPEN_CLOSE) != 0
+    priced = sets_oc | ((updates & conditions.HIGH_LOW) != 0)
+    counted = (updates & conditions.VOLUME) != 0
+    first_oc = np.minimum.reduceat(np.where(sets_oc, index, n), starts)
+    last_oc = np.maximum.reduceat(np.where(sets_oc, index, -1), starts)
+    first_p = np.minimum.reduceat(np.where(priced, index, n), starts)
+    last_p = np.maximum.reduceat(np.where(priced, index, -1), starts)
+    keep = np.flatnonzero(first_p < n)
+    opens = np.where(first_oc < n, first_oc, first_p)[keep]
+    closes = np.where(last_oc >= 0, last_oc, last_p)[keep]
+    counted_vol = np.where(counted, vol, 0)
     return Bars(
-        start=key[starts] * width_ms + origin_ms,
-        open=price[starts],
-        high=np.maximum.reduceat(price, starts),
-        low=np.minimum.reduceat(price, starts),
-        close=price[ends],
-        volume=np.add.reduceat(vol, starts),
-        value=np.add.reduceat(price * vol, starts),
-        count=np.diff(np.concatenate((starts, [len(key)]))).astype(np.int64),
+        start=key[starts[keep]] * width_ms + origin_ms,
+        open=price[opens],
+        high=np.maximum.reduceat(np.where(priced, price, -np.inf), starts)[keep],
+        low=np.minimum.reduceat(np.where(priced, price, np.inf), starts)[keep],
+        close=price[closes],
+        volume=np.add.reduceat(counted_vol, starts)[keep],
+        value=np.add.reduceat(price * counted_vol, starts)[keep],
+        count=np.add.reduceat(counted.astype(np.int64), starts)[keep],
     )
 
 
@@ -284,6 +333,8 @@ class DayData:
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _by_symbol: dict[int, NDArray[np.intp]] = field(default_factory=dict, repr=False)
     _tables: dict[str, EmitTable] = field(default_factory=dict, repr=False)
+    _updates: U8 | None = field(default=None, repr=False)
+    _quotes: QuoteColumns | None = field(default=None, repr=False)
 
     def symbol_index(self, symbol: str) -> int | None:
         try:
@@ -312,6 +363,33 @@ class DayData:
             rows = rows[self.trades.report_ms[rows] <= now_ms]
         return self.trades.take(rows)
 
+    @property
+    def updates(self) -> U8:
+        """Update bits per entry of :attr:`cond_table` (index them with a ``cond`` column)."""
+        with self._lock:
+            if self._updates is None:
+                self._updates = update_bits(self.cond_table)
+            return self._updates
+
+    def bars(self, trades: TradeColumns, width_ms: int, origin_ms: int = 0) -> Bars:
+        """Bars of some of this day's trades (one symbol, SIP-time order) by Polygon's rules."""
+        t = trades.t_ns // NS_PER_MS
+        return aggregate(
+            t, trades.price, trades.size, width_ms, origin_ms, self.updates[trades.cond]
+        )
+
+    def quotes(self) -> QuoteColumns:
+        """Every quote of the day (all symbols, time order); empty without a quote factory."""
+        with self._lock:
+            if self._quotes is None:
+                if self.quote_factory is None:
+                    z = np.zeros(0, np.int64)
+                    f, i32, i16 = z.astype(np.float64), z.astype(np.int32), z.astype(np.int16)
+                    self._quotes = QuoteColumns(z.astype(np.int8), z, f, f, i32, i32, i16, i16, z)
+                else:
+                    self._quotes = self.quote_factory()
+            return self._quotes
+
     def has_table(self, kind: str) -> bool:
         return kind in self._tables
 
@@ -330,7 +408,7 @@ class DayData:
             if self.quote_factory is None:
                 z = np.zeros(0, np.int64)
                 return ListEmit(z, z.astype(np.int8), [])
-            return QuoteEmit(self, self.quote_factory())
+            return QuoteEmit(self, self.quotes())
         if kind == "A":
             return self._bar_table(SECOND_MS, SecondAgg, resend=False)
         if kind == "AM":
@@ -349,10 +427,11 @@ class DayData:
             price = self.trades.price[rows]
             size = self.trades.size[rows].astype(np.int64)
             report = self.trades.report_ms[rows]
+            upd = self.updates[self.trades.cond[rows]]
             bucket_end = (t // width) * width + width
             on_time = report <= bucket_end
-            day = _DayRunning(t, price, size, report, self.open_ms)
-            first = aggregate(t[on_time], price[on_time], size[on_time], width)
+            day = _DayRunning(t, price, size, report, upd, self.open_ms)
+            first = aggregate(t[on_time], price[on_time], size[on_time], width, 0, upd[on_time])
             for i in range(len(first)):
                 end = int(first.start[i]) + width
                 events.append(_bar(cls, symbol, first, i, width, day.at(end)))
@@ -364,8 +443,10 @@ class DayData:
             for j in late[np.argsort(report[late], kind="stable")]:
                 start = int(bucket_end[j]) - width
                 r = int(report[j])
-                in_bucket = (t >= start) & (t < start + width) & (report <= r)
-                bars = aggregate(t[in_bucket], price[in_bucket], size[in_bucket], width)
+                inb = (t >= start) & (t < start + width) & (report <= r)
+                bars = aggregate(t[inb], price[inb], size[inb], width, 0, upd[inb])
+                if len(bars) == 0:  # nothing in the minute may set a price: no bar to re-send
+                    continue
                 events.append(_bar(cls, symbol, bars, 0, width, day.at(r)))
                 emit.append(r)
                 syms.append(k)
@@ -380,22 +461,27 @@ class DayData:
 class _DayRunning:
     """Day-level running values (volume, VWAP, official open) as known at a given time."""
 
-    def __init__(self, t: I64, price: F64, size: I64, report: I64, open_ms: int) -> None:
+    def __init__(
+        self, t: I64, price: F64, size: I64, report: I64, updates: U8, open_ms: int
+    ) -> None:
         order = np.argsort(report, kind="stable")
+        counted = np.where((updates[order] & conditions.VOLUME) != 0, size[order], 0)
         self.report = report[order]
-        self.cum_volume = np.cumsum(size[order])
-        self.cum_value = np.cumsum(price[order] * size[order])
-        regular = np.flatnonzero(t >= open_ms)
+        self.cum_volume = np.cumsum(counted)
+        self.cum_value = np.cumsum(price[order] * counted)
+        sets_open = (updates & conditions.OPEN_CLOSE) != 0
+        regular = np.flatnonzero((t >= open_ms) & sets_open)
+        priced = np.flatnonzero(sets_open)
         self.open_ms = open_ms
         self.official_open = float(price[regular[0]]) if len(regular) else 0.0
-        self.first_price = float(price[0]) if len(price) else 0.0
+        self.first_price = float(price[priced[0]]) if len(priced) else 0.0
 
-    def at(self, when: int) -> tuple[float, float, float]:
+    def at(self, when: int) -> tuple[int, float, float]:
         """(day volume, day open, day VWAP) counting trades reported up to ``when``."""
         n = int(np.searchsorted(self.report, when, side="right"))
         if n == 0:
-            return 0.0, 0.0, 0.0
-        volume = float(self.cum_volume[n - 1])
+            return 0, 0.0, 0.0
+        volume = int(self.cum_volume[n - 1])
         vwap = float(self.cum_value[n - 1]) / volume if volume else 0.0
         day_open = self.official_open if when > self.open_ms else self.first_price
         return volume, day_open, round(vwap, 4)
@@ -407,13 +493,14 @@ def _bar(
     bars: Bars,
     i: int,
     width: int,
-    day: tuple[float, float, float],
+    day: tuple[int, float, float],
 ) -> SecondAgg | MinuteAgg:
     volume = int(bars.volume[i])
     start = int(bars.start[i])
+    count = int(bars.count[i])
     return cls(
         symbol,
-        float(volume),
+        volume,
         float(bars.open[i]),
         float(bars.close[i]),
         float(bars.high[i]),
@@ -424,7 +511,7 @@ def _bar(
         day[0],
         day[1],
         day[2],
-        round(volume / int(bars.count[i]), 2),
+        round(volume / count) if count else 0,
     )
 
 
