@@ -71,11 +71,17 @@ def discover() -> list[Migration]:
     return migrations
 
 
+TIMESCALE_AVAILABLE_SQL = "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+
+
 def timescale_available(conn: psycopg.Connection) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-    ).fetchone()
-    return row is not None
+    return conn.execute(TIMESCALE_AVAILABLE_SQL).fetchone() is not None
+
+
+def required_migrations(timescale: bool) -> list[Migration]:
+    """What a fully migrated database holds: every migration, the TimescaleDB-only ones only
+    where the extension is available (plain PostgreSQL skips them)."""
+    return [m for m in discover() if timescale or not m.timescale_only]
 
 
 def apply_migrations(conn: psycopg.Connection) -> MigrationReport:
