@@ -647,7 +647,9 @@ def test_dashboard_router_metrics_url_follows_the_release(chart: helm.Chart, rel
     without_router = parse_manifests(
         chart.render({"services": {"router": {"enabled": False}}}, name=release, namespace="its")
     )
-    env = env_of(pod_spec(find(without_router, "Deployment", f"{release}-dashboard"))["containers"][0])
+    env = env_of(
+        pod_spec(find(without_router, "Deployment", f"{release}-dashboard"))["containers"][0]
+    )
     assert "ITS_DASHBOARD_ROUTER_METRICS_URL" not in env
 
 

@@ -49,7 +49,10 @@ def test_third_party_images_are_pinned_exact_versions(render: Render) -> None:
 def test_digest_and_registry_apply_to_third_party_images(render: Render) -> None:
     digest = "sha256:" + "a" * 64
     values = {
-        "global": {"thirdPartyRegistry": "mirror.example.com/hub/", "imagePullSecrets": [{"name": "regcred"}]},
+        "global": {
+            "thirdPartyRegistry": "mirror.example.com/hub/",
+            "imagePullSecrets": [{"name": "regcred"}],
+        },
         "timescaledb": {"image": {"digest": digest}},
     }
     objects = parse_manifests(render(values))
@@ -57,7 +60,9 @@ def test_digest_and_registry_apply_to_third_party_images(render: Render) -> None
     assert db == f"mirror.example.com/hub/timescale/timescaledb-ha:pg16.6-ts2.17.2@{digest}"
     assert container(objects, "its-redis")["image"].startswith("mirror.example.com/hub/redis:7.4")
     for sts in STORES:
-        assert pod_spec(find(objects, "StatefulSet", sts))["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod_spec(find(objects, "StatefulSet", sts))["imagePullSecrets"] == [
+            {"name": "regcred"}
+        ]
 
 
 def test_a_malformed_digest_is_refused(chart: helm.Chart) -> None:
