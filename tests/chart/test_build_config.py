@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shlex
@@ -225,14 +226,75 @@ def test_skaffold_validates_against_the_v4beta14_schema() -> None:
 
 # Images of Jobs rather than Deployments, and the values key that names them.
 JOB_IMAGE_KEYS = {"trainer": "trainer.image"}
+# Images built only with a profile (name -> profile).
+PROFILE_IMAGES = {"its-trainer": "trainer"}
+
+
+def with_profile(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """``config`` with the profile's JSON patches applied (the `add` ops skaffold uses here)."""
+    result = copy.deepcopy(config)
+    profile = next(p for p in config["profiles"] if p["name"] == name)
+    for patch in profile["patches"]:
+        assert patch["op"] == "add", patch
+        *parents, last = patch["path"].strip("/").split("/")
+        target: Any = result
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if last == "-":
+            target.append(patch["value"])
+        else:
+            target[last] = patch["value"]
+    return result
+
+
+def schema_errors(config: dict[str, Any]) -> list[str]:
+    schema = json.loads(SKAFFOLD_SCHEMA.read_text())
+    errors = sorted(
+        jsonschema.Draft7Validator(schema).iter_errors(config), key=lambda e: list(e.path)
+    )
+    return [f"{list(e.path)}: {e.message}" for e in errors]
+
+
+def test_skaffold_with_the_trainer_profile_validates() -> None:
+    assert schema_errors(with_profile(skaffold(), "trainer")) == []
+
+
+def test_skaffold_deploys_into_the_its_namespace() -> None:
+    config = skaffold()
+    release = config["deploy"]["helm"]["releases"][0]
+    assert release["namespace"] == "its"
+    assert release["createNamespace"] is True
+    assert {f["namespace"] for f in config["portForward"]} == {"its"}
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "-n its" in readme or "--namespace its" in readme
+
+
+def test_skaffold_builds_the_trainer_only_with_its_profile() -> None:
+    config = skaffold()
+    images = {a["image"] for a in config["build"]["artifacts"]}
+    assert "its-trainer" not in images
+    templates = config["deploy"]["helm"]["releases"][0]["setValueTemplates"]
+    assert not [k for k in templates if k.startswith("trainer.")]
+    profiled = with_profile(config, "trainer")
+    trainer = [a for a in profiled["build"]["artifacts"] if a["image"] == "its-trainer"]
+    assert len(trainer) == 1
+    assert trainer[0]["docker"]["dockerfile"] == "services/trainer/Dockerfile"
+    release = profiled["deploy"]["helm"]["releases"][0]
+    assert release["setValueTemplates"]["trainer.image.tag"] == "{{.IMAGE_TAG_its_trainer}}"
+    assert release["setValues"]["trainer.enabled"] is True
 
 
 def test_skaffold_builds_every_image_and_sets_its_values() -> None:
-    config = skaffold()
-    assert config["build"]["local"]["push"] is False
-    assert config["build"]["local"]["useBuildkit"] is True
-    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    base = skaffold()
+    assert base["build"]["local"]["push"] is False
+    assert base["build"]["local"]["useBuildkit"] is True
     services = sorted(p.parent.name for p in REPO_ROOT.glob("services/*/Dockerfile"))
+    default_images = {a["image"] for a in base["build"]["artifacts"]}
+    assert default_images == {"its-common", *(f"its-{s}" for s in services)} - set(PROFILE_IMAGES)
+    config = base
+    for profile in sorted(set(PROFILE_IMAGES.values())):
+        config = with_profile(config, profile)
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
     assert set(artifacts) == {"its-common", *(f"its-{s}" for s in services)}
     for image, artifact in artifacts.items():
         dockerfile = REPO_ROOT / artifact.get("context", ".") / artifact["docker"]["dockerfile"]

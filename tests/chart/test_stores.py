@@ -108,8 +108,11 @@ def test_alerter_memory_alert_default_is_below_the_redis_budget(render: Render) 
 
 # ----- persistence -----------------------------------------------------------------------------
 
-GUARD_PROBE = """{{- include "its.persistenceGuard" (dict "root" $ "component" "redis" "values" "redis" "persistence" .Values.redis.persistence "live" (fromYaml (.Files.Get "live.yaml"))) -}}
-"""
+GUARD_PROBE = (
+    '{{- include "its.persistenceGuard" (dict "root" $ "component" "redis" "values" "redis"'
+    ' "persistence" .Values.redis.persistence'
+    ' "live" (fromYaml (.Files.Get "live.yaml"))) -}}\n'
+)
 
 
 def guard_render(tmp_path: Path, live_claim: dict[str, Any], values: dict[str, Any]) -> None:

@@ -54,9 +54,7 @@ def test_services_wait_for_the_schema_then_become_ready(
     with ExitStack() as stack:
         for name, env in DATABASE_SERVICES.items():
             port = free_port()
-            process = stack.enter_context(
-                service(name, tmp_path, {**common, **env}, port=port)
-            )
+            process = stack.enter_context(service(name, tmp_path, {**common, **env}, port=port))
             processes[name] = (process, port)
 
         # Each has looked at the empty database and says what is missing, alive.

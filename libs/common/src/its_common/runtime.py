@@ -85,9 +85,7 @@ def run_service(
     telemetry = setup_telemetry(service, version)
     try:
         return asyncio.run(
-            _serve(
-                settings, main, version, uses_redis, shutdown_grace_s, http_routes, needs_schema
-            )
+            _serve(settings, main, version, uses_redis, shutdown_grace_s, http_routes, needs_schema)
         )
     finally:
         telemetry.shutdown()

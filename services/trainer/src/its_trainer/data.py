@@ -137,7 +137,9 @@ def read_database(
     return out
 
 
-def bars_present(conn_kwargs: dict[str, Any], symbols: Sequence[str], first: date, last: date) -> str:
+def bars_present(
+    conn_kwargs: dict[str, Any], symbols: Sequence[str], first: date, last: date
+) -> str:
     """What is missing for training on [first, last] ("" = every symbol has bars there)."""
     start, end = _utc_bounds(first, last)
     with psycopg.connect(**conn_kwargs) as conn:

@@ -25,7 +25,7 @@ from its_common.settings import BaseServiceSettings
 log = logging.getLogger("its.schema")
 
 
-class SchemaNotReady(RuntimeError):
+class SchemaNotReadyError(RuntimeError):
     """The database is unreachable or lacks migrations (the message says which)."""
 
 
@@ -52,7 +52,7 @@ class SchemaGate:
     async def check(self) -> None:
         """Readiness: passes once the schema was found current (never fails again after)."""
         if not self.ready:
-            raise SchemaNotReady(self.problem)
+            raise SchemaNotReadyError(self.problem)
 
     async def probe(self) -> bool:
         """One look at the database; updates ``ready`` and ``problem``."""
