@@ -342,7 +342,8 @@ def test_ci_workflow_jobs() -> None:
         "kind load docker-image",
         "--build-arg",
         "helm install",
-        "--wait --timeout 10m",
+        "--wait --wait-for-jobs --timeout 10m",  # the migration Job is part of the release
+        '[ \\"${service}\\" = trainer ] && continue',  # not built: the trainer is off
         "helm test",
         "failure()",
     ):
