@@ -626,6 +626,21 @@ def test_schema_refuses_a_second_singleton_replica(
         chart.validate_schema({"services": {name: {"replica": 1}}})
 
 
+def test_service_defaults_do_not_scale_a_singleton(render: Render) -> None:
+    with pytest.raises(helm.HelmRenderError, match="trader is a singleton"):
+        render({"serviceDefaults": {"replicas": 2}})
+    objects = parse_manifests(
+        render(
+            {
+                "serviceDefaults": {"replicas": 2},
+                "services": {name: {"replicas": 1} for name in SINGLETONS},
+            }
+        )
+    )
+    assert find(objects, "Deployment", "its-loader")["spec"]["replicas"] == 2
+    assert find(objects, "Deployment", "its-trader")["spec"]["replicas"] == 1
+
+
 @pytest.mark.parametrize("release", ["its", "paper"])
 def test_dashboard_router_metrics_url_follows_the_release(chart: helm.Chart, release: str) -> None:
     objects = parse_manifests(chart.render({}, name=release, namespace="its", is_install=True))
