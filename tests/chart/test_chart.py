@@ -637,7 +637,7 @@ def test_service_defaults_do_not_scale_a_singleton(render: Render) -> None:
             }
         )
     )
-    assert find(objects, "Deployment", "its-loader")["spec"]["replicas"] == 2
+    assert find(objects, "Deployment", "its-router")["spec"]["replicas"] == 2
     assert find(objects, "Deployment", "its-trader")["spec"]["replicas"] == 1
 
 
