@@ -136,6 +136,8 @@ LIVE = {
 
 def test_persistence_guard_passes_unchanged_claims(tmp_path: Path) -> None:
     guard_render(tmp_path, LIVE, {})
+    # The same size written another way (the API server keeps the canonical form).
+    guard_render(tmp_path / "mi", LIVE, {"redis": {"persistence": {"size": "2048Mi"}}})
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,9 @@ Call with (dict "root" $ "component" "redis" "values" "redis" "persistence" $p "
 {{- $size := $p.size | toString -}}
 {{- $class := $p.storageClass | default "" -}}
 {{- $modes := $p.accessModes | default (list "ReadWriteOnce") | toJson -}}
-{{- if or (ne $liveSize $size) (ne $liveClass $class) (ne $liveModes $modes) -}}
+{{- /* Compared in bytes: the API server stores quantities canonically (8192Mi reads 8Gi). */ -}}
+{{- $sameSize := eq (include "its.memoryBytes" $liveSize) (include "its.memoryBytes" $size) -}}
+{{- if or (not $sameSize) (ne $liveClass $class) (ne $liveModes $modes) -}}
 {{- $sts := include "its.componentName" (dict "root" .root "component" .component) -}}
 {{- fail (printf "%s.persistence changed (live: size %s, storageClass %q, accessModes %s; values: size %s, storageClass %q, accessModes %s), but a StatefulSet's volumeClaimTemplates cannot change. Keep the live values, or follow docs/kubernetes.md (Changing persistence): resize the PVC data-%s-0 (kubectl edit; its StorageClass needs allowVolumeExpansion), then `kubectl delete statefulset %s --cascade=orphan` (the pod and its data stay) and run the upgrade again with the new size." .values $liveSize $liveClass $liveModes $size $class $modes $sts $sts) -}}
 {{- end -}}
