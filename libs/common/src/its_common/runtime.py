@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from its_common.db.schema_gate import SchemaGate
+from its_common.db.schema import SchemaGate
 from its_common.health import HealthState, ReadinessCheck, bound_port, start_health_server
 from its_common.heartbeat import heartbeat_loop
 from its_common.logs import setup_logging
@@ -60,6 +60,8 @@ class ServiceContext(Generic[SettingsT]):
 
 MainFn = Callable[[ServiceContext[SettingsT]], Coroutine[Any, Any, None]]
 HttpRoutesFn = Callable[[web.Application, ServiceContext[SettingsT]], None]
+NeedsSchema = bool | Callable[[SettingsT], bool]
+"""Whether main waits for the schema: a flag, or decided from the settings."""
 """Optional: adds a service's own routes to the health app (same port as /healthz)."""
 
 
@@ -71,21 +73,30 @@ def run_service(
     uses_redis: bool = True,
     shutdown_grace_s: float = 10.0,
     http_routes: HttpRoutesFn[SettingsT] | None = None,
-    needs_schema: bool = False,
+    needs_schema: NeedsSchema[SettingsT] = False,
 ) -> int:
     """Run a service to completion; returns the process exit code.
 
     ``http_routes(app, ctx)``, when given, adds routes to the HTTP app that serves ``/healthz``,
     ``/readyz`` and ``/metrics`` on ``ITS_HTTP_PORT`` (called once, before it starts serving).
-    ``needs_schema``: main starts only once the database schema is current
-    (:mod:`its_common.db.schema_gate`); until then the service is alive and not ready.
+    ``needs_schema`` (a flag, or a function of the settings): main starts only once the database
+    schema is current (:mod:`its_common.db.schema`); until then the service is alive and not
+    ready.
     """
     service = settings.effective_service_name()
     setup_logging(service, settings.log_level)
     telemetry = setup_telemetry(service, version)
     try:
         return asyncio.run(
-            _serve(settings, main, version, uses_redis, shutdown_grace_s, http_routes, needs_schema)
+            _serve(
+                settings,
+                main,
+                version,
+                uses_redis,
+                shutdown_grace_s,
+                http_routes,
+                needs_schema(settings) if callable(needs_schema) else needs_schema,
+            )
         )
     finally:
         telemetry.shutdown()
@@ -224,7 +235,7 @@ def service_cli(
     version: str,
     argv: list[str] | None = None,
     uses_redis: bool = True,
-    needs_schema: bool = False,
+    needs_schema: NeedsSchema[SettingsT] = False,
 ) -> int:
     """The whole CLI of a service without subcommands: --version, settings, run_service.
 

@@ -1,4 +1,5 @@
-"""The schema gate: what a service that needs the database waits for before its main starts."""
+"""Waiting for the schema (its_common.db.schema): what a service that needs the database
+waits for before its main starts."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import psycopg
 
 from its_common.db.migrate import apply_migrations
-from its_common.db.schema_gate import SchemaGate, SchemaNotReadyError
+from its_common.db.schema import SchemaGate, SchemaNotReadyError
 from its_common.settings import BaseServiceSettings, load_settings
 from tests.conditions import wait_until
 
