@@ -60,9 +60,9 @@ class ServiceContext(Generic[SettingsT]):
 
 MainFn = Callable[[ServiceContext[SettingsT]], Coroutine[Any, Any, None]]
 HttpRoutesFn = Callable[[web.Application, ServiceContext[SettingsT]], None]
+"""Optional: adds a service's own routes to the health app (same port as /healthz)."""
 NeedsSchema = bool | Callable[[SettingsT], bool]
 """Whether main waits for the schema: a flag, or decided from the settings."""
-"""Optional: adds a service's own routes to the health app (same port as /healthz)."""
 
 
 def run_service(
