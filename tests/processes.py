@@ -15,9 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def service(name: str, log_dir: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``its-<name>`` and wait for its health endpoint; SIGTERM on exit (spans flush)."""
-    port = free_port()
+def service(
+    name: str, log_dir: Path, env: dict[str, str], port: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``its-<name>`` and wait for its health endpoint; SIGTERM on exit (spans flush).
+
+    ``port``: the health endpoint's port (default: a free one)."""
+    port = port or free_port()
     environment = {**os.environ, "ITS_HTTP_PORT": str(port), "ITS_HEARTBEAT_INTERVAL_S": "1", **env}
     log_file = log_dir / f"{name}.log"
     with log_file.open("wb") as log:

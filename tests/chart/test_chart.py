@@ -46,6 +46,10 @@ PRODUCTION: dict[str, Any] = {
     "redis": {"auth": {"existingSecret": "redis-auth", "existingSecretPasswordKey": "pw"}},
     "timescaledb": {"auth": {"existingSecret": "db-auth", "existingSecretPasswordKey": "pw"}},
     "otel": {"exporterOtlpEndpoint": "http://otel-collector.observability:4318"},
+    "alerting": {
+        "slack": {"existingSecret": "alerter-secrets"},
+        "smtp": {"host": "smtp.example.com", "port": 465, "existingSecret": "alerter-secrets"},
+    },
     "networkPolicy": {
         "extraEgress": [
             {
@@ -427,7 +431,7 @@ def test_redis_statefulset(render: Render) -> None:
     container = pod_spec(sts)["containers"][0]
     assert container["image"].startswith("redis:7")
     script = " ".join(container["command"])
-    assert "--maxmemory 200mb" in script
+    assert "--maxmemory 256mb" in script  # half the 512Mi limit (test_stores)
     assert "--maxmemory-policy noeviction" in script
     assert "requirepass" in script and "/var/run/secrets/redis/password" in script
     assert "redis-cli" in " ".join(container["readinessProbe"]["exec"]["command"])
@@ -456,28 +460,6 @@ def test_timescaledb_statefulset(render: Render) -> None:
     assert mounts["/home/postgres/pgdata"] == "data"
     assert "/var/run/postgresql" in mounts
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
-
-
-def test_migration_job_hook(render: Render) -> None:
-    objects = parse_manifests(render(None))
-    job = find(objects, "Job", "its-migrate")
-    annotations = job["metadata"]["annotations"]
-    assert set(annotations["helm.sh/hook"].split(",")) == {"post-install", "pre-upgrade"}
-    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
-    int(annotations["helm.sh/hook-weight"])
-    spec = pod_spec(job)
-    migrate = spec["containers"][0]
-    assert migrate["command"] == ["its-migrate"]
-    assert migrate["image"] == "its-common:0.1.0"
-    env = env_of(migrate)
-    assert env["DATABASE_URL"]["value"] == "postgresql://its@its-timescaledb:5432/its"
-    assert env["DATABASE_PASSWORD_FILE"]["value"].endswith("/database/password")
-    wait = spec["initContainers"][0]
-    assert "its-timescaledb" in wait["command"] and "5432" in wait["command"]
-    assert pod_template_metadata(job)["labels"]["its.io/database-client"] == "true"
-    assert not has(
-        parse_manifests(render({"migrations": {"enabled": False}})), "Job", "its-migrate"
-    )
 
 
 def test_helm_test_pod_checks_every_enabled_service(chart: helm.Chart, render: Render) -> None:
@@ -548,7 +530,8 @@ def test_network_policies_cover_every_workload(scenario: tuple[str, list[Obj]]) 
         assert any("egress" not in p["spec"] for p in egress)  # default deny applies
         assert (("TCP", 6379) in ports) == (labels.get("its.io/redis-client") == "true")
         assert (("TCP", 5432) in ports) == (labels.get("its.io/database-client") == "true")
-        assert (("TCP", 443) in ports) == (labels.get("its.io/internet-client") == "true")
+        internet = {labels.get("its.io/internet-client"), labels.get("its.io/notify-client")}
+        assert (("TCP", 443) in ports) == ("true" in internet)
         if w["kind"] == "Deployment":
             ingress_ports = {
                 p["port"]
@@ -576,6 +559,113 @@ def test_internet_egress_only_with_a_polygon_key(render: Render) -> None:
     assert loader["its.io/internet-client"] == "true"  # REST backfill
     collector = pod_template_metadata(find(objects, "Deployment", "its-collector"))["labels"]
     assert "its.io/internet-client" not in collector
+
+
+def test_alerter_notify_egress_only_for_the_alerter_when_configured(render: Render) -> None:
+    for values in ({}, {"alerting": {"smtp": {"existingSecret": "x"}}}):
+        objects = parse_manifests(render(values))
+        assert not has(objects, "NetworkPolicy", "its-allow-alerter-notify")
+        alerter = pod_template_metadata(find(objects, "Deployment", "its-alerter"))["labels"]
+        assert "its.io/notify-client" not in alerter
+    objects = parse_manifests(render(copy.deepcopy(PRODUCTION)))
+    policy = find(objects, "NetworkPolicy", "its-allow-alerter-notify")
+    assert egress_ports(policy) == {("TCP", 443), ("TCP", 465)}
+    assert policy["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"] == "0.0.0.0/0"
+    selected = [
+        w["metadata"]["name"]
+        for w in objects
+        if w["kind"] in WORKLOAD_KINDS
+        and selector_matches(
+            policy["spec"]["podSelector"]["matchLabels"], pod_template_metadata(w)["labels"]
+        )
+    ]
+    assert selected == ["its-alerter"]
+    env = env_of(pod_spec(find(objects, "Deployment", "its-alerter"))["containers"][0])
+    assert env["ITS_ALERTER_SLACK_WEBHOOK_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "alerter-secrets",
+        "key": "slack-webhook-url",
+    }
+    assert env["ITS_ALERTER_SMTP_HOST"]["value"] == "smtp.example.com"
+    assert env["ITS_ALERTER_SMTP_PORT"]["value"] == "465"
+    assert env["ITS_ALERTER_SMTP_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "smtp-password"
+    smtp_only = parse_manifests(
+        render({"alerting": {"smtp": {"host": "10.1.2.3"}, "egressCidr": "10.1.2.3/32"}})
+    )
+    policy = find(smtp_only, "NetworkPolicy", "its-allow-alerter-notify")
+    assert egress_ports(policy) == {("TCP", 587)}
+    assert policy["spec"]["egress"][0]["to"][0]["ipBlock"] == {"cidr": "10.1.2.3/32"}
+
+
+# ----- singletons, cross-service URLs ----------------------------------------------------------
+
+SINGLETONS = ("trader", "inference", "features")
+
+
+def test_singletons_run_one_replica_recreated(render: Render) -> None:
+    objects = parse_manifests(render(None))
+    for name in SINGLETONS:
+        deployment = find(objects, "Deployment", f"its-{name}")
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    for name in ("loader", "router", "dashboard"):
+        assert "strategy" not in find(objects, "Deployment", f"its-{name}")["spec"]  # rolling
+
+
+@pytest.mark.parametrize("name", SINGLETONS)
+def test_schema_refuses_a_second_singleton_replica(
+    chart: helm.Chart, render: Render, name: str
+) -> None:
+    values = {"services": {name: {"replicas": 2}}}
+    with pytest.raises(helm.HelmValuesError, match="replicas"):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmValuesError):
+        render(values)
+    # Zero (paused) stays allowed; a typo inside a singleton is still caught.
+    chart.validate_schema({"services": {name: {"replicas": 0}}})
+    with pytest.raises(helm.HelmValuesError, match="replica"):
+        chart.validate_schema({"services": {name: {"replica": 1}}})
+
+
+def test_service_defaults_do_not_scale_a_singleton(render: Render) -> None:
+    with pytest.raises(helm.HelmRenderError, match="trader is a singleton"):
+        render({"serviceDefaults": {"replicas": 2}})
+    objects = parse_manifests(
+        render(
+            {
+                "serviceDefaults": {"replicas": 2},
+                "services": {name: {"replicas": 1} for name in SINGLETONS},
+            }
+        )
+    )
+    assert find(objects, "Deployment", "its-router")["spec"]["replicas"] == 2
+    assert find(objects, "Deployment", "its-trader")["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("release", ["its", "paper"])
+def test_dashboard_router_metrics_url_follows_the_release(chart: helm.Chart, release: str) -> None:
+    objects = parse_manifests(chart.render({}, name=release, namespace="its", is_install=True))
+    dashboard = find(objects, "Deployment", f"{release}-dashboard")
+    env = env_of(pod_spec(dashboard)["containers"][0])
+    assert env["ITS_DASHBOARD_ROUTER_METRICS_URL"]["value"] == (
+        f"http://{release}-router:8080/metrics"
+    )
+    assert has(objects, "Service", f"{release}-router")
+    overridden = parse_manifests(
+        chart.render(
+            {"fullnameOverride": "prod", "global": {"httpPort": 9090}},
+            name=release,
+            namespace="its",
+        )
+    )
+    env = env_of(pod_spec(find(overridden, "Deployment", "prod-dashboard"))["containers"][0])
+    assert env["ITS_DASHBOARD_ROUTER_METRICS_URL"]["value"] == "http://prod-router:9090/metrics"
+    without_router = parse_manifests(
+        chart.render({"services": {"router": {"enabled": False}}}, name=release, namespace="its")
+    )
+    env = env_of(
+        pod_spec(find(without_router, "Deployment", f"{release}-dashboard"))["containers"][0]
+    )
+    assert "ITS_DASHBOARD_ROUTER_METRICS_URL" not in env
 
 
 # ----- NOTES -----------------------------------------------------------------------------------

@@ -145,23 +145,3 @@ def test_migrate_cli_reports_unreachable_database(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("DATABASE_URL", f"postgresql://its@127.0.0.1:{free_port()}/its")
     assert migrate.main(["--wait", "0.5"]) == 1
-
-
-async def test_wait_for_schema_returns_once_migrations_are_applied(database_url: str) -> None:
-    import asyncio
-
-    from its_common.db.schema import schema_version, wait_for_schema
-    from its_common.settings import BaseServiceSettings, load_settings
-
-    settings = load_settings(BaseServiceSettings, database_url=database_url)
-    assert await schema_version(settings) == 0
-    stopping = asyncio.Event()
-    waiter = asyncio.create_task(wait_for_schema(settings, stopping, poll_s=0.05))
-    await asyncio.sleep(0.3)
-    assert not waiter.done()  # no schema yet: keeps waiting, does not fail
-    with psycopg.connect(database_url) as conn:
-        await asyncio.to_thread(apply_migrations, conn)
-    assert await asyncio.wait_for(waiter, 5) is True
-    assert await schema_version(settings) >= 1
-    stopping.set()
-    assert await wait_for_schema(settings, stopping, min_version=99) is False

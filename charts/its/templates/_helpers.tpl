@@ -67,9 +67,88 @@ Call with (dict "root" $ "image" $image). */}}
 {{- .image.pullPolicy | default .root.Values.global.imagePullPolicy -}}
 {{- end -}}
 
-{{/* Reference of a third-party image (redis, timescaledb): repository:tag as given. */}}
+{{/* Reference of a third-party image (redis, timescaledb, collector, ...):
+[global.thirdPartyRegistry/]repository:tag[@digest]. The tag names the exact version; the digest,
+when set, makes the pull immutable (a tag can be re-pushed, a digest cannot).
+Call with (dict "root" $ "image" $image). */}}
 {{- define "its.thirdPartyImage" -}}
-{{- printf "%s:%s" .repository (toString .tag) -}}
+{{- $registry := .root.Values.global.thirdPartyRegistry | default "" | trimSuffix "/" -}}
+{{- $ref := printf "%s:%s" .image.repository (toString .image.tag) -}}
+{{- with .image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end -}}
+{{- if $registry -}}
+{{- printf "%s/%s" $registry $ref -}}
+{{- else -}}
+{{- $ref -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The singletons: components whose state lives in one process (the trader's risk state and
+order ids, the features' per-symbol windows, inference's recurrent state). They run one replica
+with `strategy: Recreate` (the old pod stops before the new one starts); values.schema.json caps
+their replicas at 1 (definitions.singletonService). Both go once leader election exists. */}}
+{{- define "its.singletons" -}}
+trader,inference,features
+{{- end -}}
+
+{{/* Bytes of a Kubernetes memory quantity ("384Mi", "1Gi", "500M", "1073741824"). */}}
+{{- define "its.memoryBytes" -}}
+{{- $q := toString . -}}
+{{- $unit := regexFind "[A-Za-z]+$" $q -}}
+{{- $number := trimSuffix $unit $q -}}
+{{- $factors := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if not (hasKey $factors $unit) -}}
+{{- fail (printf "memory quantity %q: unit %q is not one of k, M, G, T, Ki, Mi, Gi, Ti" $q $unit) -}}
+{{- end -}}
+{{- mulf (float64 $number) (index $factors $unit) | int64 -}}
+{{- end -}}
+
+{{/* Redis maxmemory in mb (MiB): redis.maxmemory when given, else maxmemoryPercent of the
+container's memory limit. The rest of the limit is headroom for the AOF-rewrite / RDB fork
+(copy-on-write pages), the replication and client buffers and the allocator's fragmentation. */}}
+{{- define "its.redis.maxmemoryMb" -}}
+{{- $limit := include "its.memoryBytes" .Values.redis.resources.limits.memory | int64 -}}
+{{- $limitMb := div $limit 1048576 -}}
+{{- $mb := 0 -}}
+{{- if .Values.redis.maxmemory -}}
+{{- $unit := regexFind "[a-z]+$" .Values.redis.maxmemory -}}
+{{- $number := trimSuffix $unit .Values.redis.maxmemory | int64 -}}
+{{- $mb = div (mul $number (index (dict "kb" 1024 "mb" 1048576 "gb" 1073741824) $unit)) 1048576 -}}
+{{- else -}}
+{{- $mb = div (mul $limitMb (int .Values.redis.maxmemoryPercent)) 100 -}}
+{{- end -}}
+{{- if gt (mul $mb 100) (mul $limitMb 75) -}}
+{{- fail (printf "redis maxmemory %dmb is more than 75%% of the memory limit %s: the AOF rewrite fork needs the rest (raise redis.resources.limits.memory or lower redis.maxmemory)" $mb .Values.redis.resources.limits.memory) -}}
+{{- end -}}
+{{- $mb -}}
+{{- end -}}
+
+{{/*
+Guard for a StatefulSet's volumeClaimTemplates, which Kubernetes never lets change: when the live
+StatefulSet (lookup) has a claim template that differs from the values (size, storageClass,
+accessModes), fail with what to do instead of letting `helm upgrade` die on "updates to
+statefulset spec ... are forbidden". Offline renders (no cluster) find nothing and pass.
+Call with (dict "root" $ "component" "redis" "values" "redis" "persistence" $p "live" $liveSts).
+*/}}
+{{- define "its.persistenceGuard" -}}
+{{- $live := .live | default dict -}}
+{{- $templates := dig "spec" "volumeClaimTemplates" list $live -}}
+{{- if $templates -}}
+{{- $claim := index $templates 0 -}}
+{{- $spec := $claim.spec | default dict -}}
+{{- $liveSize := dig "resources" "requests" "storage" "" $spec | toString -}}
+{{- $liveClass := $spec.storageClassName | default "" -}}
+{{- $liveModes := $spec.accessModes | default list | toJson -}}
+{{- $p := .persistence -}}
+{{- $size := $p.size | toString -}}
+{{- $class := $p.storageClass | default "" -}}
+{{- $modes := $p.accessModes | default (list "ReadWriteOnce") | toJson -}}
+{{- /* Compared in bytes: the API server stores quantities canonically (8192Mi reads 8Gi). */ -}}
+{{- $sameSize := eq (include "its.memoryBytes" $liveSize) (include "its.memoryBytes" $size) -}}
+{{- if or (not $sameSize) (ne $liveClass $class) (ne $liveModes $modes) -}}
+{{- $sts := include "its.componentName" (dict "root" .root "component" .component) -}}
+{{- fail (printf "%s.persistence changed (live: size %s, storageClass %q, accessModes %s; values: size %s, storageClass %q, accessModes %s), but a StatefulSet's volumeClaimTemplates cannot change. Keep the live values, or follow docs/kubernetes.md (Changing persistence): resize the PVC data-%s-0 (kubectl edit; its StorageClass needs allowVolumeExpansion), then `kubectl delete statefulset %s --cascade=orphan` (the pod and its data stay) and run the upgrade again with the new size." .values $liveSize $liveClass $liveModes $size $class $modes $sts $sts) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "its.imagePullSecrets" -}}
@@ -126,6 +205,15 @@ password
 {{/* True ("true") when a Polygon API key is configured; the feed then leaves the cluster. */}}
 {{- define "its.polygon.enabled" -}}
 {{- if or .Values.polygon.existingSecret .Values.polygon.apiKey -}}true{{- end -}}
+{{- end -}}
+
+{{/* The internet ports the alerter's notifiers use, comma-separated ("" = none configured):
+443 with a Slack webhook Secret, alerting.smtp.port with an SMTP host. */}}
+{{- define "its.alerting.notifyPorts" -}}
+{{- $ports := list -}}
+{{- if .Values.alerting.slack.existingSecret -}}{{- $ports = append $ports 443 -}}{{- end -}}
+{{- if .Values.alerting.smtp.host -}}{{- $ports = append $ports (int .Values.alerting.smtp.port) -}}{{- end -}}
+{{- $ports | uniq | join "," -}}
 {{- end -}}
 
 {{- define "its.polygon.secretName" -}}

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from its_common.db.schema import SchemaGate
 from its_common.health import HealthState, ReadinessCheck, bound_port, start_health_server
 from its_common.heartbeat import heartbeat_loop
 from its_common.logs import setup_logging
@@ -60,6 +61,8 @@ class ServiceContext(Generic[SettingsT]):
 MainFn = Callable[[ServiceContext[SettingsT]], Coroutine[Any, Any, None]]
 HttpRoutesFn = Callable[[web.Application, ServiceContext[SettingsT]], None]
 """Optional: adds a service's own routes to the health app (same port as /healthz)."""
+NeedsSchema = bool | Callable[[SettingsT], bool]
+"""Whether main waits for the schema: a flag, or decided from the settings."""
 
 
 def run_service(
@@ -70,18 +73,30 @@ def run_service(
     uses_redis: bool = True,
     shutdown_grace_s: float = 10.0,
     http_routes: HttpRoutesFn[SettingsT] | None = None,
+    needs_schema: NeedsSchema[SettingsT] = False,
 ) -> int:
     """Run a service to completion; returns the process exit code.
 
     ``http_routes(app, ctx)``, when given, adds routes to the HTTP app that serves ``/healthz``,
     ``/readyz`` and ``/metrics`` on ``ITS_HTTP_PORT`` (called once, before it starts serving).
+    ``needs_schema`` (a flag, or a function of the settings): main starts only once the database
+    schema is current (:mod:`its_common.db.schema`); until then the service is alive and not
+    ready.
     """
     service = settings.effective_service_name()
     setup_logging(service, settings.log_level)
     telemetry = setup_telemetry(service, version)
     try:
         return asyncio.run(
-            _serve(settings, main, version, uses_redis, shutdown_grace_s, http_routes)
+            _serve(
+                settings,
+                main,
+                version,
+                uses_redis,
+                shutdown_grace_s,
+                http_routes,
+                needs_schema(settings) if callable(needs_schema) else needs_schema,
+            )
         )
     finally:
         telemetry.shutdown()
@@ -94,6 +109,7 @@ async def _serve(
     uses_redis: bool,
     shutdown_grace_s: float,
     http_routes: HttpRoutesFn[SettingsT] | None = None,
+    needs_schema: bool = False,
 ) -> int:
     registry = CollectorRegistry()
     service = settings.effective_service_name()
@@ -149,9 +165,14 @@ async def _serve(
 
     runner = await start_health_server(health, settings.http_host, settings.http_port, configure)
     ctx.http_port = bound_port(runner)
-    main_task = asyncio.create_task(main(ctx), name=f"{service}-main")
+    if needs_schema:
+        gate = SchemaGate(settings)
+        ctx.add_readiness_check("schema", gate.check)
+        main_task = asyncio.create_task(_after_schema(gate, main, ctx), name=f"{service}-main")
+    else:
+        ctx.status = "running"
+        main_task = asyncio.create_task(main(ctx), name=f"{service}-main")
     stop_task = asyncio.create_task(ctx.stopping.wait(), name="stop-signal")
-    ctx.status = "running"
     exit_code = 0
     try:
         await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -176,6 +197,16 @@ async def _serve(
             await ctx.redis.aclose()
         log.info("stopped", extra={"exit_code": exit_code})
     return exit_code
+
+
+async def _after_schema(
+    gate: SchemaGate, main: MainFn[SettingsT], ctx: ServiceContext[SettingsT]
+) -> None:
+    """Run main once the schema is current (not at all when stopped while waiting)."""
+    ctx.status = "waiting_for_schema"
+    if await gate.wait(ctx.stopping):
+        ctx.status = "running"
+        await main(ctx)
 
 
 def _request_stop(ctx: ServiceContext[SettingsT], sig: signal.Signals) -> None:
@@ -204,6 +235,7 @@ def service_cli(
     version: str,
     argv: list[str] | None = None,
     uses_redis: bool = True,
+    needs_schema: NeedsSchema[SettingsT] = False,
 ) -> int:
     """The whole CLI of a service without subcommands: --version, settings, run_service.
 
@@ -222,4 +254,6 @@ def service_cli(
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return run_service(settings, main, version=version, uses_redis=uses_redis)
+    return run_service(
+        settings, main, version=version, uses_redis=uses_redis, needs_schema=needs_schema
+    )

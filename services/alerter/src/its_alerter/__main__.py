@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         service_main,
         version=__version__,
         argv=argv,
+        needs_schema=True,
     )
 
 

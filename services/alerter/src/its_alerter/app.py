@@ -17,7 +17,6 @@ from its_alerter.notifiers import build_notifiers
 from its_alerter.rules import RULES, DatabaseNotReadyError, RuleContext
 from its_common.backoff import Backoff
 from its_common.db.connect import async_pool
-from its_common.db.schema import wait_for_schema
 from its_common.heartbeat import instance_name
 from its_common.redaction import redact
 from its_common.runtime import ServiceContext
@@ -48,9 +47,7 @@ class Alerter:
         self.last_error: dict[str, str] = {}
 
     async def connect_database(self) -> None:
-        """Wait for the schema (Redis rules run meanwhile), then restore the firing alerts."""
-        if not await wait_for_schema(self.settings, self.ctx.stopping):
-            return
+        """Restore the firing alerts (main starts once the schema is current: run_service)."""
         pool = async_pool(self.settings, min_size=1, max_size=3)
         await pool.open(wait=False)
         backoff = Backoff(1.0, 10.0)

@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dashboard = Dashboard(settings)
     return run_service(
-        settings, dashboard.main, version=__version__, http_routes=dashboard.add_routes
+        settings,
+        dashboard.main,
+        version=__version__,
+        http_routes=dashboard.add_routes,
+        needs_schema=True,
     )
 
 

@@ -27,7 +27,6 @@ from psycopg.types.json import Jsonb
 from its_common import calendar
 from its_common.clock import read_feed_clock_written
 from its_common.db.connect import async_pool
-from its_common.db.schema import wait_for_schema
 from its_common.redaction import redact
 from its_common.runtime import ServiceContext
 from its_common.streams import now_ms
@@ -109,8 +108,6 @@ class Dashboard:
                 await self.sources.pool.close()
 
     async def _connect_database(self, ctx: ServiceContext[DashboardSettings]) -> None:
-        if not await wait_for_schema(self.settings, ctx.stopping):
-            return
         pool = async_pool(self.settings, min_size=1, max_size=4)
         await pool.open(wait=False)
         assert self.sources is not None

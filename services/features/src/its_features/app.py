@@ -21,7 +21,6 @@ from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
-from its_common.db.schema import wait_for_schema
 from its_common.db.sources import SOURCE_REST_PROVISIONAL
 from its_common.events import MinuteAgg
 from its_common.features import FEATURE_SPEC_HASH, Bar
@@ -407,8 +406,6 @@ async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = FeaturesMetrics(ctx.registry)
-    if not await wait_for_schema(settings, ctx.stopping):
-        return
     clock = MarketClock(redis, settings.clock)
     now = await wait_for_market_time(clock, ctx.stopping)
     if now is None:

@@ -22,7 +22,6 @@ from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
-from its_common.db.schema import wait_for_schema
 from its_common.decisions import Decision, encode_decision
 from its_common.features import FEATURE_SPEC_HASH
 from its_common.features.spec import BAR_MS
@@ -407,8 +406,6 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     except BundleError as exc:
         log.error("no usable model bundle: %s", exc)
         raise
-    if settings.write_signals and not await wait_for_schema(settings, ctx.stopping):
-        return
     conn = await connect_signals(settings)
     processor = InferenceProcessor(redis, LivePolicy(bundle), metrics, conn)
     stream = Stream.FEATURES.value

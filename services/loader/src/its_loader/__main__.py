@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.command in (None, "run"):
-        return run_service(settings, service_main, version=__version__)
+        return run_service(settings, service_main, version=__version__, needs_schema=True)
     setup_logging(settings.effective_service_name(), settings.log_level)
     tool: dict[str, Any] = {"backfill": run_backfill, "audit": run_audit}
     try:

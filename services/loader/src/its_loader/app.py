@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from its_common.backoff import Backoff
 from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
-from its_common.db.schema import wait_for_schema
 from its_common.gaps import GapWindow, encode_gap
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
@@ -151,8 +150,6 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
             await conn.execute("SELECT 1")
 
     ctx.add_readiness_check("database", database_ready)
-    if not await wait_for_schema(settings, ctx.stopping):
-        return
     log.info(
         "loader starting",
         extra={"consumer": config.consumer, "group": config.group, "streams": settings.streams},

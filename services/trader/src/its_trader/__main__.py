@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.command in (None, "run"):
-        return run_service(settings, service_main, version=__version__)
+        return run_service(settings, service_main, version=__version__, needs_schema=True)
     try:
         return asyncio.run(run_tool(settings, args))
     except (psycopg.OperationalError, OSError) as exc:

@@ -54,6 +54,14 @@ def _range(sub: argparse.ArgumentParser) -> None:
         help="Parquet/CSV bars file (default ITS_TRAINER_DATA_FILE; unset = the database)",
     )
     sub.add_argument("--pair", type=_pair, default=None, help="FIRST,SECOND (ITS_TRAINER_PAIR)")
+    sub.add_argument(
+        "--wait-for-data",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for the database to hold bars of the range (a Job started "
+        "with a fresh install); 0 = do not wait",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +137,7 @@ def _risk_limits(args: argparse.Namespace) -> RiskLimits | None:
 
 
 def _load_pair_data(settings: TrainerSettings, args: argparse.Namespace) -> tuple[object, str]:
-    from its_trainer.data import build_pair, read_database, read_file
+    from its_trainer.data import build_pair, read_database, read_file, wait_for_bars
 
     symbols = args.pair or parse_pair(settings.pair)
     data_file = args.data or settings.data_file
@@ -139,6 +147,11 @@ def _load_pair_data(settings: TrainerSettings, args: argparse.Namespace) -> tupl
         bars = read_file(Path(data_file), symbols, args.first, args.last)
         source = f"file:{Path(data_file).name}"
     else:
+        if args.wait_for_data > 0:
+            wait_for_bars(
+                connection_kwargs(settings), symbols, args.first, args.last, args.wait_for_data,
+                log=log.info,
+            )  # fmt: skip
         bars = read_database(connection_kwargs(settings), symbols, args.first, args.last)
         source = f"database:{settings.database_url}"
     return build_pair(bars, symbols, args.first, args.last), source

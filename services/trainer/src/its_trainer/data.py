@@ -3,7 +3,8 @@ precomputed arrays the environment steps through (features, prices, episode boun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -134,6 +135,54 @@ def read_database(
                 last_close=None if before is None else float(before[0]),
             )
     return out
+
+
+def bars_present(
+    conn_kwargs: dict[str, Any], symbols: Sequence[str], first: date, last: date
+) -> str:
+    """What is missing for training on [first, last] ("" = every symbol has bars there)."""
+    start, end = _utc_bounds(first, last)
+    with psycopg.connect(**conn_kwargs) as conn:
+        missing = [
+            symbol
+            for symbol in symbols
+            if conn.execute(
+                "SELECT 1 FROM market_data WHERE symbol = %s AND ts >= %s AND ts < %s"
+                " AND source <> %s LIMIT 1",
+                (symbol, start, end, SOURCE_REST_PROVISIONAL),
+            ).fetchone()
+            is None
+        ]
+    return f"no bars of {', '.join(missing)} from {first} to {last}" if missing else ""
+
+
+def wait_for_bars(
+    conn_kwargs: dict[str, Any],
+    symbols: Sequence[str],
+    first: date,
+    last: date,
+    timeout_s: float,
+    *,
+    poll_s: float = 30.0,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Wait until the database holds bars of every symbol in the range (a fresh install: the
+    schema and the data arrive after the trainer Job starts). DataError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_problem = ""
+    while True:
+        try:
+            problem = bars_present(conn_kwargs, symbols, first, last)
+        except psycopg.Error as exc:  # unreachable, or the schema not migrated yet
+            problem = f"database not ready: {type(exc).__name__}: {exc}"
+        if not problem:
+            return
+        if time.monotonic() >= deadline:
+            raise DataError(f"gave up after {timeout_s:.0f}s: {problem}")
+        if problem != last_problem:
+            log(f"waiting for training data: {problem}")
+            last_problem = problem
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
 @dataclass(frozen=True)

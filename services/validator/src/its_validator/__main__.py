@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    return run_service(settings, service_main, version=__version__)
+    return run_service(settings, service_main, version=__version__, needs_schema=True)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,12 @@ class ValidatorMetrics:
             ["symbol", "reason"],
             registry=registry,
         )
+        self.failures = Counter(
+            "its_validator_check_failures",
+            "Check rounds that failed (Redis or database error), by error type",
+            ["error"],
+            registry=registry,
+        )
         self.divergent = Gauge(
             "its_validator_divergent", "1 while a symbol diverges", ["symbol"], registry=registry
         )
@@ -157,8 +163,10 @@ async def run_validator(validator: Validator, stopping: asyncio.Event) -> None:
     while not stopping.is_set():
         try:
             await validator.check_once()
-        except (RedisError, psycopg.OperationalError, OSError) as exc:
-            log.warning("price check failed: %s", exc)
+        except (RedisError, psycopg.Error, OSError) as exc:
+            # Any database error (a missing table too) is one failed round, not a crash.
+            validator.metrics.failures.labels(type(exc).__name__).inc()
+            log.warning("price check failed: %s: %s", type(exc).__name__, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), validator.settings.interval_s)
 

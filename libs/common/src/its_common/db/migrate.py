@@ -83,28 +83,42 @@ def preloads_timescale(shared_preload_libraries: str) -> bool:
     return "timescaledb" in names
 
 
-def timescale_available(conn: psycopg.Connection) -> bool:
-    """TimescaleDB can be used: the extension is installed and the server preloads it.
+# ``shared_preload_libraries`` is readable only by superusers (and pg_read_all_settings); for
+# other roles pg_settings hides it, and the ``timescaledb.*`` settings, which exist only once the
+# library is loaded (pg_settings never lists placeholders), tell instead.
+TIMESCALE_PROBE_SQL = """SELECT
+    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+    (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'),
+    EXISTS (SELECT 1 FROM pg_settings WHERE name LIKE 'timescaledb.%%')"""
 
-    ``shared_preload_libraries`` is readable only by superusers (and pg_read_all_settings); for
-    other roles pg_settings hides it, and the ``timescaledb.*`` settings, which exist only once
-    the library is loaded (pg_settings never lists placeholders), tell instead."""
-    row = conn.execute(
-        """SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
-                  (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'),
-                  EXISTS (SELECT 1 FROM pg_settings WHERE name LIKE 'timescaledb.%%')"""
-    ).fetchone()
-    assert row is not None
-    installed, preload, loaded = bool(row[0]), row[1], bool(row[2])
+
+def timescale_usable(probe: tuple[object, ...] | None) -> bool | None:
+    """From the :data:`TIMESCALE_PROBE_SQL` row: True when TimescaleDB is installed and
+    preloaded, False when not installed, None when installed but not preloaded."""
+    assert probe is not None
+    installed, preload, loaded = bool(probe[0]), probe[1], bool(probe[2])
     if not installed:
         return False
-    if preloads_timescale(preload) if preload is not None else loaded:
+    if preloads_timescale(str(preload)) if preload is not None else loaded:
         return True
-    log.warning(
-        "timescaledb is installed but not in shared_preload_libraries: the TimescaleDB "
-        "migrations are skipped until the server preloads it"
-    )
-    return False
+    return None
+
+
+def timescale_available(conn: psycopg.Connection) -> bool:
+    """TimescaleDB can be used: the extension is installed and the server preloads it."""
+    usable = timescale_usable(conn.execute(TIMESCALE_PROBE_SQL).fetchone())
+    if usable is None:
+        log.warning(
+            "timescaledb is installed but not in shared_preload_libraries: the TimescaleDB "
+            "migrations are skipped until the server preloads it"
+        )
+    return bool(usable)
+
+
+def required_migrations(timescale: bool) -> list[Migration]:
+    """What a fully migrated database holds: every migration, the TimescaleDB-only ones only
+    where the extension is usable (plain PostgreSQL skips them)."""
+    return [m for m in discover() if timescale or not m.timescale_only]
 
 
 @contextmanager

@@ -1,9 +1,12 @@
-"""Waiting for the schema: services that need tables start before migrations may have run.
+"""Waiting for the schema: a service that needs the database waits for the migrations, alive.
 
-In Kubernetes the migration Job is a post-install hook, which runs only once the Deployments are
-ready; a service that crashed on a missing table would never get ready. So services wait here,
-alive and ready (their dependencies are reachable), until ``its-migrate`` has applied what they
-need.
+In Kubernetes every Deployment starts together with the migration Job (and on an upgrade the new
+pods may start before the Job has applied the new migrations). A service that used the database
+at once would crash on a missing table and crash-loop; instead the runtime
+(``run_service(needs_schema=True)``) starts the health endpoint, keeps ``/healthz`` at 200,
+reports ``/readyz`` 503 with the ``schema`` check naming what is missing, and starts the
+service's main only once every migration this code knows is recorded in ``schema_migrations``
+(a newer schema is fine: migrations only add).
 """
 
 from __future__ import annotations
@@ -11,47 +14,74 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import psycopg
 
+from its_common.backoff import Backoff
 from its_common.db.connect import connection_kwargs
+from its_common.db.migrate import TIMESCALE_PROBE_SQL, required_migrations, timescale_usable
 from its_common.settings import BaseServiceSettings
 
-log = logging.getLogger("its.db.schema")
+log = logging.getLogger("its.schema")
 
 
-async def schema_version(settings: BaseServiceSettings) -> int:
-    """The highest applied migration version; 0 when none (or the table does not exist yet)."""
-    kwargs = connection_kwargs(settings)
-    async with await psycopg.AsyncConnection.connect(**kwargs, autocommit=True) as conn:
+class SchemaNotReadyError(RuntimeError):
+    """The database is unreachable or lacks migrations (the message says which)."""
+
+
+async def missing_migrations(conn: psycopg.AsyncConnection) -> list[str]:
+    """Names of the migrations this code needs that the database has not recorded."""
+    table = await (await conn.execute("SELECT to_regclass('schema_migrations')")).fetchone()
+    applied: set[int] = set()
+    if table is not None and table[0] is not None:
+        rows = await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()
+        applied = {int(row[0]) for row in rows}
+    probe = await (await conn.execute(TIMESCALE_PROBE_SQL)).fetchone()
+    timescale = bool(timescale_usable(probe))
+    return [m.name for m in required_migrations(timescale) if m.version not in applied]
+
+
+class SchemaGate:
+    """Polls the database until the schema is current; ``check`` is a readiness check."""
+
+    def __init__(self, settings: BaseServiceSettings, poll_s: float = 1.0) -> None:
+        self.settings = settings
+        self.poll_s = poll_s
+        self.ready = False
+        self.problem = "not checked yet"
+
+    async def check(self) -> None:
+        """Readiness: passes once the schema was found current (never fails again after)."""
+        if not self.ready:
+            raise SchemaNotReadyError(self.problem)
+
+    async def probe(self) -> bool:
+        """One look at the database; updates ``ready`` and ``problem``."""
         try:
-            cursor = await conn.execute("SELECT max(version) FROM schema_migrations")
-        except psycopg.errors.UndefinedTable:
-            return 0
-        row = await cursor.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+            conn = await psycopg.AsyncConnection.connect(**connection_kwargs(self.settings))
+            async with conn:
+                missing = await missing_migrations(conn)
+        except (psycopg.Error, OSError) as exc:
+            self.problem = f"database unavailable: {type(exc).__name__}: {exc}"
+            return False
+        if missing:
+            self.problem = f"migrations not applied: {', '.join(missing)}"
+            return False
+        self.ready = True
+        self.problem = ""
+        return True
 
-
-async def wait_for_schema(
-    settings: BaseServiceSettings,
-    stopping: asyncio.Event,
-    min_version: int = 1,
-    poll_s: float = 2.0,
-) -> bool:
-    """Return True once migration ``min_version`` is applied; False if stopping came first."""
-    last_log = 0.0
-    while not stopping.is_set():
-        try:
-            version = await schema_version(settings)
-            reason = f"schema version {version}, need {min_version}: run its-migrate"
-        except psycopg.OperationalError as exc:
-            version, reason = 0, f"database unreachable: {exc}"
-        if version >= min_version:
-            return True
-        if time.monotonic() - last_log > 30:
-            log.warning("waiting for database migrations (%s)", reason)
-            last_log = time.monotonic()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), poll_s)
-    return False
+    async def wait(self, stopping: asyncio.Event) -> bool:
+        """Wait until the schema is current (True) or ``stopping`` is set (False)."""
+        backoff = Backoff(self.poll_s, max(self.poll_s, 5.0))
+        last = ""
+        while not stopping.is_set():
+            if await self.probe():
+                log.info("database schema is current")
+                return True
+            if self.problem != last:
+                log.warning("waiting for the database schema: %s", self.problem)
+                last = self.problem
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=backoff.next_delay())
+        return False
