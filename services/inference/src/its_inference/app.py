@@ -28,6 +28,7 @@ from its_common.features import FEATURE_SPEC_HASH
 from its_common.features.spec import BAR_MS
 from its_common.featureset import FeatureSet, decode_feature_set
 from its_common.heartbeat import instance_name
+from its_common.leader.gate import lead
 from its_common.runtime import ServiceContext
 from its_common.streams import (
     EntryFormatError,
@@ -407,6 +408,16 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     except BundleError as exc:
         log.error("no usable model bundle: %s", exc)
         raise
+    # One inference leads (its_common.leader); a standby has its bundle loaded and waits hot.
+    await lead(ctx, lambda _leadership: serve(ctx, bundle, metrics))
+
+
+async def serve(
+    ctx: ServiceContext[InferenceSettings], bundle: Bundle, metrics: InferenceMetrics
+) -> None:
+    settings = ctx.settings
+    redis = ctx.require_redis()
+    root = Path(settings.bundle_dir)
     if settings.write_signals and not await wait_for_schema(settings, ctx.stopping):
         return
     conn = await connect_signals(settings)
