@@ -16,6 +16,7 @@ The test drives the "cluster" through methods: :meth:`put_pod`, :meth:`delete_po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import threading
@@ -36,6 +37,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "jobs": ("batch/v1", "Job"),
     "leases": ("coordination.k8s.io/v1", "Lease"),
 }
+NO_ROUTE = "the server could not find the requested resource"
 GROUP = {"pods": "", "configmaps": "", "jobs": "batch", "leases": "coordination.k8s.io"}
 
 
@@ -69,8 +71,8 @@ def matches(selector: str | None, labels: dict[str, str]) -> bool:
     """Equality-based label selectors (``a=b``, ``a==b``, ``a!=b``, ``a``, ``!a``), comma-joined."""
     if not selector:
         return True
-    for term in selector.split(","):
-        term = term.strip()
+    for raw in selector.split(","):
+        term = raw.strip()
         if "!=" in term:
             key, value = term.split("!=", 1)
             if labels.get(key) == value:
@@ -295,7 +297,7 @@ class FakeKubeApi:
             return (
                 plural,
                 ns,
-                status(404, "NotFound", "the server could not find the requested resource"),
+                status(404, "NotFound", NO_ROUTE),
             )
         if "group" in request.match_info:
             prefix = f"{request.match_info['group']}/{request.match_info['version']}"
@@ -303,13 +305,13 @@ class FakeKubeApi:
                 return (
                     plural,
                     ns,
-                    status(404, "NotFound", "the server could not find the requested resource"),
+                    status(404, "NotFound", NO_ROUTE),
                 )
         elif RESOURCES[plural][0] != "v1":
             return (
                 plural,
                 ns,
-                status(404, "NotFound", "the server could not find the requested resource"),
+                status(404, "NotFound", NO_ROUTE),
             )
         return plural, ns, None
 
@@ -343,7 +345,8 @@ class FakeKubeApi:
             return status(
                 400,
                 "BadRequest",
-                "the namespace of the provided object does not match the namespace sent on the request",
+                "the namespace of the provided object does not match the namespace sent on the"
+                " request",
             )
         if self.get(plural, ns, name) is not None:
             return status(
@@ -477,10 +480,8 @@ class FakeKubeApi:
                 if left <= 0:
                     break
                 async with self._changed:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
-                    except TimeoutError:
-                        pass
         except (ConnectionResetError, asyncio.CancelledError):
             return response
         await response.write_eof()

@@ -51,7 +51,7 @@ async def test_a_stale_resource_version_is_a_409_conflict_and_the_round_is_lost(
     a = make_lease(kubeconfig, "pod-a")
     assert await a.acquire_or_renew() == 0
     # Another writer changes the Lease between a's read and its update.
-    kube_api.after_get = lambda plural, ns, name: kube_api.touch(plural, ns, name)
+    kube_api.after_get = kube_api.touch
     assert await a.acquire_or_renew() is None
     assert a.conflicts == 1
     kube_api.after_get = None

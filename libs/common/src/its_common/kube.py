@@ -38,10 +38,14 @@ def connect(kubeconfig: str | None = None, namespace: str | None = None) -> Kube
     the kubeconfig's current context. ``namespace`` overrides the pod's or the context's."""
     configuration = client.Configuration()
     if kubeconfig is None and in_cluster():
-        config.load_incluster_config(client_configuration=configuration)
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         default_ns = (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
     else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+        _, active = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
         default_ns = str((active or {}).get("context", {}).get("namespace") or "default")
     return KubeTarget(client.ApiClient(configuration), namespace or default_ns)

@@ -399,7 +399,7 @@ async def session_history(redis: aioredis.Redis, stream: str) -> RawEntries:
 
 async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     settings = ctx.settings
-    redis = ctx.require_redis()
+    ctx.require_redis()
     metrics = InferenceMetrics(ctx.registry)
     torch.set_num_threads(settings.torch_threads)
     root = Path(settings.bundle_dir)

@@ -10,6 +10,7 @@ long GC, a frozen VM) finds its deadline passed the moment it resumes, before it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -68,10 +69,8 @@ class LeaderElector:
                     self.leading.set()
                     log.info("leading %s (fencing token %d)", self.name, token)
                 interval = self.timing.renew_s if self._token is not None else self.timing.retry_s
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), interval)
-                except TimeoutError:
-                    pass
         finally:
             if self._token is not None and not self.lost.is_set():
                 self._token = None

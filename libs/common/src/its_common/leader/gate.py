@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,9 @@ def build_lease(ctx: ServiceContext[Any]) -> Lease | None:
     return RedisLease(ctx.require_redis(), name, identity(), timing)
 
 
-async def lead(ctx: ServiceContext[Any], body: Callable[[Leadership], Awaitable[None]]) -> None:
+async def lead(
+    ctx: ServiceContext[Any], body: Callable[[Leadership], Coroutine[Any, Any, None]]
+) -> None:
     """Run ``body`` only while this process holds the service's lease (see the module doc)."""
     lease = build_lease(ctx)
     if lease is None:

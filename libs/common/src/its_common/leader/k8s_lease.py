@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from its_common.leader.lease import LeaseTiming
 
@@ -81,7 +81,7 @@ class KubernetesLease:
         record = (
             str(spec.holder_identity),
             str(spec.renew_time),
-            str(lease.metadata.resource_version),
+            str(_meta(lease).resource_version),
         )
         mono = time.monotonic()
         if record != self._observed:
@@ -117,8 +117,8 @@ class KubernetesLease:
             metadata=client.V1ObjectMeta(
                 name=self.name,
                 namespace=self.namespace,
-                resource_version=lease.metadata.resource_version,
-                labels=lease.metadata.labels,
+                resource_version=_meta(lease).resource_version,
+                labels=_meta(lease).labels,
             ),
             spec=spec,
         )
@@ -144,3 +144,7 @@ class KubernetesLease:
         spec.holder_identity = ""
         spec.renew_time = datetime.now(UTC)
         self._replace(lease, spec)
+
+
+def _meta(lease: client.V1Lease) -> client.V1ObjectMeta:
+    return lease.metadata or client.V1ObjectMeta()

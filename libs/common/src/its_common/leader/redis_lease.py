@@ -64,7 +64,7 @@ class RedisLease:
         self.timing = timing
 
     async def acquire_or_renew(self) -> int | None:
-        token = await self.redis.eval(  # type: ignore[misc]
+        token = await self.redis.eval(
             ACQUIRE_OR_RENEW,
             2,
             lease_key(self.name),
@@ -76,9 +76,12 @@ class RedisLease:
         return None if value < 0 else value
 
     async def release(self) -> None:
-        await self.redis.eval(RELEASE, 1, lease_key(self.name), self.identity)  # type: ignore[misc]
+        await self.redis.eval(RELEASE, 1, lease_key(self.name), self.identity)
 
     async def holder(self) -> str | None:
         """The identity holding the lease now (None when free)."""
         raw = await self.redis.get(lease_key(self.name))
-        return None if raw is None else bytes(raw).decode().split("|", 1)[0]
+        if raw is None:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return text.split("|", 1)[0]
