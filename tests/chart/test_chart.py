@@ -235,8 +235,9 @@ def test_each_enabled_service_gets_deployment_service_and_account(
     assert deployments == [f"its-{s}" for s in services]
     for s in services:
         sa = find(objects, "ServiceAccount", f"its-{s}")
-        assert sa["automountServiceAccountToken"] is False
         deployment = find(objects, "Deployment", f"its-{s}")
+        api_client = pod_template_metadata(deployment)["labels"].get("its.io/kubernetes-api")
+        assert sa["automountServiceAccountToken"] is (api_client == "true")
         spec = pod_spec(deployment)
         assert spec["serviceAccountName"] == f"its-{s}"
         assert spec["enableServiceLinks"] is False
@@ -548,7 +549,10 @@ def test_network_policies_cover_every_workload(scenario: tuple[str, list[Obj]]) 
         assert any("egress" not in p["spec"] for p in egress)  # default deny applies
         assert (("TCP", 6379) in ports) == (labels.get("its.io/redis-client") == "true")
         assert (("TCP", 5432) in ports) == (labels.get("its.io/database-client") == "true")
-        assert (("TCP", 443) in ports) == (labels.get("its.io/internet-client") == "true")
+        api_client = labels.get("its.io/kubernetes-api") == "true"  # the API server: 443/6443
+        internet = labels.get("its.io/internet-client") == "true"
+        assert (("TCP", 443) in ports) == (internet or api_client)
+        assert (("TCP", 6443) in ports) == api_client
         if w["kind"] == "Deployment":
             ingress_ports = {
                 p["port"]
