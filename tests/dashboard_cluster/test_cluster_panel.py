@@ -10,11 +10,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import Browser, async_playwright, expect
 
 from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import free_port
@@ -62,7 +63,7 @@ def dashboard(redis_server, database_url, kubeconfig, tmp_path) -> Iterator[str]
             process.wait()
 
 
-async def cluster_view(url: str) -> dict | None:
+async def cluster_view(url: str) -> dict[str, Any] | None:
     try:
         async with aiohttp.ClientSession() as session, session.get(url + "/api/cluster") as r:
             return await r.json() if r.status == 200 else None
@@ -70,13 +71,13 @@ async def cluster_view(url: str) -> dict | None:
         return None
 
 
-async def pods_shown(url: str, count: int) -> dict | bool:
+async def pods_shown(url: str, count: int) -> dict[str, Any] | bool:
     view = await cluster_view(url)
     return view if view is not None and len(view["pods"]) == count else False
 
 
 @pytest.fixture
-async def page_browser() -> AsyncIterator:
+async def page_browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield browser
@@ -131,6 +132,8 @@ async def test_the_cluster_panel_lists_the_release_pods_and_follows_changes(
         "Pending", timeout=15000
     )
     await expect(rows).to_have_count(2, timeout=15000)
-    names = {p["name"] for p in (await cluster_view(dashboard))["pods"]}
+    final = await cluster_view(dashboard)
+    assert final is not None
+    names = {p["name"] for p in final["pods"]}
     assert names == {"its-trader-5c8b-fghij", "its-loader-1"}
     await page.close()

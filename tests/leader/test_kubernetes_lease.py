@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from its_common import kube
 from its_common.leader.elector import LeaderElector
@@ -60,13 +60,14 @@ async def test_a_stale_resource_version_is_a_409_conflict_and_the_round_is_lost(
     # The client sees the API's Status object: 409 Conflict with its reason.
     api = client.CoordinationV1Api(kube.connect(str(kubeconfig)).api)
     lease = api.read_namespaced_lease("its-trader", NAMESPACE)
+    assert lease.metadata is not None
     stale = lease.metadata.resource_version
     kube_api.touch("leases", NAMESPACE, "its-trader")
     lease.metadata.resource_version = stale
     with pytest.raises(ApiException) as conflict:
         api.replace_namespaced_lease("its-trader", NAMESPACE, lease)
     assert conflict.value.status == 409
-    assert '"reason":"Conflict"' in conflict.value.body.replace(" ", "")
+    assert '"reason":"Conflict"' in str(conflict.value.body).replace(" ", "")
     with pytest.raises(ApiException) as missing:
         api.read_namespaced_lease("nope", NAMESPACE)
     assert missing.value.status == 404

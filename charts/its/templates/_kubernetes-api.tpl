@@ -38,3 +38,33 @@ true
   value: {{ $le.retrySeconds | toString | quote }}
 {{- end }}
 {{- end -}}
+
+{{- /* Inference reads the bundle promoted by its-ops from the ConfigMap <release>-model
+(its_common.promotion), mounted optional: it exists after the first promotion. */ -}}
+{{- define "its.ops.promotion" -}}
+{{- and .root.Values.kubernetesApi.opsConfigMap (eq .component "inference") -}}
+{{- end -}}
+
+{{- define "its.ops.env" -}}
+{{- if eq (include "its.ops.promotion" .) "true" }}
+- name: ITS_INFERENCE_BUNDLE_VERSION_FILE
+  value: /etc/its/model/bundle
+{{- end }}
+{{- end -}}
+
+{{- define "its.ops.volumeMounts" -}}
+{{- if eq (include "its.ops.promotion" .) "true" }}
+- name: promoted-model
+  mountPath: /etc/its/model
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "its.ops.volumes" -}}
+{{- if eq (include "its.ops.promotion" .) "true" }}
+- name: promoted-model
+  configMap:
+    name: {{ .root.Release.Name }}-model
+    optional: true
+{{- end }}
+{{- end -}}

@@ -124,12 +124,12 @@ class ClusterPanel:
         selector = self.settings.cluster_selector
         listed = core.list_namespaced_pod(namespace, label_selector=selector)
         with self._lock:
-            self._pods = {p.metadata.name: p for p in listed.items if p.metadata}
+            self._pods = {str(p.metadata.name): p for p in listed.items if p.metadata}
         self.error = None
         self.updated_ms = int(time.time() * 1000)
         version = listed.metadata.resource_version if listed.metadata else None
-        stream = watch.Watch()
-        for event in stream.stream(
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in stream.stream(  # type: ignore[no-untyped-call]
             core.list_namespaced_pod,
             namespace,
             label_selector=selector,
@@ -137,14 +137,14 @@ class ClusterPanel:
             timeout_seconds=WATCH_TIMEOUT_S,
         ):
             if self._stop.is_set():
-                stream.stop()
+                stream.stop()  # type: ignore[no-untyped-call]
                 break
             pod = event["object"]
             if not isinstance(pod, client.V1Pod) or pod.metadata is None:
                 continue  # a watch ERROR (e.g. 410 Gone): the next round re-lists
             with self._lock:
                 if event["type"] == "DELETED":
-                    self._pods.pop(pod.metadata.name, None)
+                    self._pods.pop(str(pod.metadata.name), None)
                 else:
-                    self._pods[pod.metadata.name] = pod
+                    self._pods[str(pod.metadata.name)] = pod
             self.updated_ms = int(time.time() * 1000)
