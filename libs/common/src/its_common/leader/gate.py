@@ -82,29 +82,35 @@ async def lead(
         await body(Leadership(None))
         return
     elector = LeaderElector(lease, lease_timing(ctx.settings))
-    election = asyncio.create_task(elector.run(ctx.stopping), name="leader-election")
+    # The election stops only after the body has finished (a SIGTERM'd leader keeps its lease
+    # through its shutdown grace, so no standby acts while it still flushes).
+    halt = asyncio.Event()
+    election = asyncio.create_task(elector.run(halt), name="leader-election")
     ctx.status = "standby"
     ctx.health.role = "standby"
     log.info("standby for lease %s as %s", lease.name, lease.identity)
+    leading = asyncio.ensure_future(elector.leading.wait())
+    stop = asyncio.ensure_future(ctx.stopping.wait())
     try:
-        waiting = {asyncio.ensure_future(elector.leading.wait()), election}
-        stop = asyncio.ensure_future(ctx.stopping.wait())
-        await asyncio.wait({*waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
+        await asyncio.wait({leading, stop, election}, return_when=asyncio.FIRST_COMPLETED)
         if not elector.leading.is_set():
             return  # stopped while standby
         ctx.status = "running"
         ctx.health.role = "leader"
         main = asyncio.create_task(body(Leadership(elector)), name="leader-body")
         lost = asyncio.ensure_future(elector.lost.wait())
-        await asyncio.wait({main, lost}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({main, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
         if not main.done():
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await main
             raise LeadershipLostError(f"lease {lease.name} lost: stopping to restart as standby")
-        lost.cancel()
         main.result()
     finally:
-        ctx.stopping.set()  # ends the election loop, which releases a held lease
+        leading.cancel()
+        stop.cancel()
+        halt.set()  # ends the election loop, which releases a held lease
         await asyncio.gather(election, return_exceptions=True)
