@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import helm_python as helm
 import kubernetes_validate
 import pytest
 
@@ -122,3 +123,18 @@ def test_a_disabled_singleton_gets_no_lease_grant(render: Render) -> None:
     assert role["rules"][0]["resourceNames"] == ["its-trader", "its-inference"]
     binding = find(objects, "RoleBinding", "its-leases")
     assert [s["name"] for s in binding["subjects"]] == ["its-trader", "its-inference"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"services": {"trader": {"replicas": 2}}},  # two traders without a lease
+        {"services": {"features": {"replicas": 2}}},
+        {"leaderElection": {"enabled": True}, "services": {"inference": {"replicas": 3}}},
+    ],
+)
+def test_singleton_replicas_are_one_or_two_with_leader_election(
+    render: Render, values: dict[str, Any]
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match="replicas"):
+        render(values)
