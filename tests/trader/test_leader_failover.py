@@ -1,6 +1,7 @@
 """Two trader processes under a Redis lease: the standby waits hot, takes over when the leader is
-paused (SIGSTOP), and the old leader, resumed (SIGCONT), records and sends nothing: its lease is
-gone (the local deadline passed while it was stopped) and the database fence has moved on."""
+paused (SIGSTOP) in the middle of a decision, and the old leader, resumed (SIGCONT), records and
+sends nothing: its lease is gone (the local deadline passed while it was stopped) and the
+database fence has moved on to the new leader's token."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from its_common.leader.redis_lease import lease_key
 from its_common.localstack.servers import free_port
@@ -79,6 +82,7 @@ async def test_a_paused_leader_loses_the_lease_and_never_records_an_order_after_
     await feed.prices(NVDA=100.0, MSFT=400.0)
     a = TraderProcess("trader-a", redis_server.url, db_url, tmp_path / "a.log")
     b: TraderProcess | None = None
+    blocker = psycopg.connect(db_url)
     try:
         await wait_until(lambda: a.role() == "leader", 30, 0.1)
         a_token = int((await redis_client.get(lease_key("trader"))).decode().split("|")[1])
@@ -89,20 +93,31 @@ async def test_a_paused_leader_loses_the_lease_and_never_records_an_order_after_
         standby = await wait_until(b.readiness, 30, 0.1)
         assert standby["status"] == "ready" and standby["role"] == "standby", standby
 
+        # The leader takes a decision and is caught in the middle of it: its first read of the
+        # orders table waits on a lock the test holds; then it is paused (SIGSTOP).
+        blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        await publish(redis_client, decision(feed.t, 8))  # buy / buy
+        await wait_until(lambda: waiting_on_orders(db_url) == 1, 20, 0.1)
         a.process.send_signal(signal.SIGSTOP)
-        first = decision(feed.t, 8)  # buy / buy, reaches the stopped leader's socket
-        await publish(redis_client, first)
+
+        # The standby takes over (lease 2 s) and raises the fence before anything else.
         await wait_until(lambda: b.role() == "leader", 20, 0.1)
         b_token = int((await redis_client.get(lease_key("trader"))).decode().split("|")[1])
         assert b_token > a_token
-        assert scalar(db_url, "SELECT token FROM leader_fence WHERE name = 'trader'") == b_token
+        await wait_until(lambda: fence(db_url) == b_token, 20, 0.1)
 
+        # The old leader resumes, still inside its decision, and the lock goes away: it must
+        # neither record nor send the order it was about to place.
         a.process.send_signal(signal.SIGCONT)
+        blocker.rollback()
         assert await wait_until(lambda: a.process.poll() is not None, 20, 0.1)
         assert a.process.returncode != 0
         a_log = a.log.read_text(errors="replace")
         assert "lost the lease trader" in a_log or "not the leader of trader" in a_log, a_log[
             -3000:
+        ]
+        assert query(db_url, "SELECT count(*) FROM orders WHERE fence_token = %s", a_token) == [
+            (0,)
         ]
 
         # The new leader trades: a later decision is recorded under its token.
@@ -111,6 +126,7 @@ async def test_a_paused_leader_loses_the_lease_and_never_records_an_order_after_
         await publish(redis_client, decision(feed.t, 8))
         await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM orders") >= 2, 20, 0.1)
     finally:
+        blocker.close()
         a.stop()
         if b is not None:
             b.stop()
@@ -118,3 +134,19 @@ async def test_a_paused_leader_loses_the_lease_and_never_records_an_order_after_
     assert rows and all(token == b_token for _, token in rows), rows
     sim = scalar(db_url, "SELECT count(*) FROM sim_orders")
     assert sim == len(rows)
+
+
+def waiting_on_orders(db_url: str) -> int:
+    """Sessions of this database waiting on a lock in a query on the orders table."""
+    return int(
+        scalar(
+            db_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query ILIKE '%%FROM orders%%'",
+        )
+    )
+
+
+def fence(db_url: str) -> int | None:
+    rows = query(db_url, "SELECT token FROM leader_fence WHERE name = 'trader'")
+    return int(rows[0][0]) if rows else None
