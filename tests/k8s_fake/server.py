@@ -253,6 +253,9 @@ class FakeKubeApi:
     def delete_pod(self, ns: str, name: str) -> None:
         self._write("pods", ns, name, None, "DELETED")
 
+    def delete_object(self, plural: str, ns: str, name: str) -> None:
+        self._write(plural, ns, name, None, "DELETED")
+
     def set_job_status(self, ns: str, name: str, job_status: Obj) -> None:
         job = copy.deepcopy(self.objects[("jobs", ns, name)])
         job["status"] = job_status

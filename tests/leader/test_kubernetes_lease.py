@@ -5,6 +5,7 @@ release, and the elector on top."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from kubernetes import client
@@ -29,13 +30,17 @@ def make_lease(kubeconfig, identity: str, name: str = "its-trader") -> Kubernete
 async def test_create_then_renew_then_refuse_another_holder(kube_api, kubeconfig):
     a = make_lease(kubeconfig, "pod-a")
     b = make_lease(kubeconfig, "pod-b")
-    assert await a.acquire_or_renew() == 0  # created (404 first), leaseTransitions 0
+    before = int(time.time() * 1e6)
+    first = await a.acquire_or_renew()  # created (404 first): the token is the clock in µs
+    assert first is not None and before <= first <= time.time() * 1e6
     created = kube_api.get("leases", NAMESPACE, "its-trader")
     assert created is not None
     assert created["apiVersion"] == "coordination.k8s.io/v1"
     assert created["spec"]["holderIdentity"] == "pod-a"
     assert created["spec"]["leaseDurationSeconds"] == 1
-    assert await a.acquire_or_renew() == 0  # renewed: a PUT with the read resourceVersion
+    assert created["metadata"]["annotations"]["its.io/fencing-token"] == str(first)
+    assert created["spec"]["leaseTransitions"] == 0
+    assert await a.acquire_or_renew() == first  # renewed: a PUT with the read resourceVersion
     renewed = kube_api.get("leases", NAMESPACE, "its-trader")
     assert renewed is not None
     assert int(renewed["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
@@ -49,13 +54,14 @@ async def test_a_stale_resource_version_is_a_409_conflict_and_the_round_is_lost(
     kube_api, kubeconfig
 ):
     a = make_lease(kubeconfig, "pod-a")
-    assert await a.acquire_or_renew() == 0
+    token = await a.acquire_or_renew()
+    assert token is not None
     # Another writer changes the Lease between a's read and its update.
     kube_api.after_get = kube_api.touch
     assert await a.acquire_or_renew() is None
     assert a.conflicts == 1
     kube_api.after_get = None
-    assert await a.acquire_or_renew() == 0  # the next round reads the new version
+    assert await a.acquire_or_renew() == token  # the next round reads the new version
 
     # The client sees the API's Status object: 409 Conflict with its reason.
     api = client.CoordinationV1Api(kube.connect(str(kubeconfig)).api)
@@ -99,7 +105,8 @@ async def test_a_create_race_is_a_409_already_exists(kube_api, kubeconfig):
 async def test_takeover_after_the_holder_stops_renewing_and_a_higher_token(kube_api, kubeconfig):
     a = make_lease(kubeconfig, "pod-a")
     b = make_lease(kubeconfig, "pod-b")
-    assert await a.acquire_or_renew() == 0
+    first = await a.acquire_or_renew()
+    assert first is not None
     # a stops renewing. b judges expiry on its own clock: leaseDurationSeconds after it first
     # saw this record unchanged.
     tokens: list[int] = []
@@ -111,11 +118,12 @@ async def test_takeover_after_the_holder_stops_renewing_and_a_higher_token(kube_
         return token is not None
 
     await wait_until(b_takes, 10, 0.1)
-    assert tokens == [1]
+    assert tokens == [first + 1]
     lease = kube_api.get("leases", NAMESPACE, "its-trader")
     assert lease is not None
     assert lease["spec"]["holderIdentity"] == "pod-b"
     assert lease["spec"]["leaseTransitions"] == 1
+    assert lease["metadata"]["annotations"]["its.io/fencing-token"] == str(first + 1)
     assert await a.acquire_or_renew() is None  # the old holder sees b and stays out
 
 
@@ -125,6 +133,7 @@ async def test_electors_hand_over_on_release(kube_api, kubeconfig):
     stop_first, stop_second = asyncio.Event(), asyncio.Event()
     run_first = asyncio.create_task(first.run(stop_first))
     await wait_until(first.is_leader, 10, 0.02)
+    first_token = first.fence_token()
     run_second = asyncio.create_task(second.run(stop_second))
     try:
         stop_first.set()
@@ -132,8 +141,20 @@ async def test_electors_hand_over_on_release(kube_api, kubeconfig):
         lease = kube_api.get("leases", NAMESPACE, "its-inference")
         assert lease is not None and lease["spec"]["holderIdentity"] in ("", "pod-b")
         await wait_until(second.is_leader, 10, 0.02)
-        assert second.fence_token() == 1
+        assert second.fence_token() == first_token + 1
     finally:
         stop_first.set()
         stop_second.set()
         await asyncio.gather(run_first, run_second)
+
+
+async def test_a_recreated_lease_outranks_the_tokens_of_the_deleted_one(kube_api, kubeconfig):
+    a = make_lease(kubeconfig, "pod-a")
+    b = make_lease(kubeconfig, "pod-b")
+    old = await a.acquire_or_renew()
+    assert old is not None
+    # Someone deletes the Lease (the database fence keeps the last token it saw): the next
+    # holder's token is still larger, as it starts from the clock.
+    kube_api.delete_object("leases", NAMESPACE, "its-trader")
+    new = await b.acquire_or_renew()
+    assert new is not None and new > old

@@ -78,3 +78,13 @@ async def test_a_standby_elector_takes_over_when_the_leader_stops_and_releases(r
         stop_first.set()
         stop_second.set()
         await asyncio.gather(run_first, run_second)
+
+
+async def test_a_lost_token_counter_restarts_above_the_old_tokens(redis_client):
+    a = RedisLease(redis_client, "trader", "pod-a", FAST)
+    old = await a.acquire_or_renew()
+    assert old is not None
+    await redis_client.flushdb()  # Redis lost its data; the database fence keeps `old`
+    b = RedisLease(redis_client, "trader", "pod-b", FAST)
+    new = await b.acquire_or_renew()
+    assert new is not None and new > old

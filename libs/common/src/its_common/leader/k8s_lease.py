@@ -4,7 +4,9 @@ Read, then create (404) or replace with the read ``resourceVersion``: a concurre
 the API answer 409 Conflict and this round is lost, never both. As client-go does, expiry is
 judged on the local monotonic clock: another holder's lease is expired once its record has not
 changed for ``leaseDurationSeconds`` since this process first saw it (no trust in clocks of other
-nodes). The fencing token is ``leaseTransitions``, incremented at every change of holder.
+nodes). The fencing token is the annotation ``its.io/fencing-token``: the clock in microseconds
+when the Lease is created (so a deleted and re-created Lease never goes below tokens the database
+fence has already seen), plus one at every change of holder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from its_common.leader.lease import LeaseTiming
 
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
+TOKEN_ANNOTATION = "its.io/fencing-token"
 
 
 class KubernetesLease:
@@ -59,10 +62,11 @@ class KubernetesLease:
             return self._create(now)
         spec = lease.spec or client.V1LeaseSpec()
         transitions = int(spec.lease_transitions or 0)
+        token = _token(lease, transitions)
         if spec.holder_identity == self.identity:
             spec.renew_time = now
             spec.lease_duration_seconds = self._duration()
-            return transitions if self._replace(lease, spec) else None
+            return token if self._replace(lease, spec, token) else None
         if not self._expired(lease, spec):
             return None
         spec.holder_identity = self.identity
@@ -70,7 +74,7 @@ class KubernetesLease:
         spec.renew_time = now
         spec.lease_duration_seconds = self._duration()
         spec.lease_transitions = transitions + 1
-        return transitions + 1 if self._replace(lease, spec) else None
+        return token + 1 if self._replace(lease, spec, token + 1) else None
 
     def _duration(self) -> int:
         return math.ceil(self.timing.lease_s)
@@ -91,9 +95,13 @@ class KubernetesLease:
         return mono - self._observed_at >= duration
 
     def _create(self, now: datetime) -> int | None:
+        token = int(now.timestamp() * 1_000_000)
         body = client.V1Lease(
             metadata=client.V1ObjectMeta(
-                name=self.name, namespace=self.namespace, labels=self.labels or None
+                name=self.name,
+                namespace=self.namespace,
+                labels=self.labels or None,
+                annotations={TOKEN_ANNOTATION: str(token)},
             ),
             spec=client.V1LeaseSpec(
                 holder_identity=self.identity,
@@ -110,15 +118,21 @@ class KubernetesLease:
                 self.conflicts += 1
                 return None
             raise
-        return 0
+        return token
 
-    def _replace(self, lease: client.V1Lease, spec: client.V1LeaseSpec) -> bool:
+    def _replace(
+        self, lease: client.V1Lease, spec: client.V1LeaseSpec, token: int | None = None
+    ) -> bool:
+        annotations = dict(_meta(lease).annotations or {})
+        if token is not None:
+            annotations[TOKEN_ANNOTATION] = str(token)
         body = client.V1Lease(
             metadata=client.V1ObjectMeta(
                 name=self.name,
                 namespace=self.namespace,
                 resource_version=_meta(lease).resource_version,
                 labels=_meta(lease).labels,
+                annotations=annotations or None,
             ),
             spec=spec,
         )
@@ -148,3 +162,12 @@ class KubernetesLease:
 
 def _meta(lease: client.V1Lease) -> client.V1ObjectMeta:
     return lease.metadata or client.V1ObjectMeta()
+
+
+def _token(lease: client.V1Lease, transitions: int) -> int:
+    """The Lease's fencing token (a Lease made by another tool has none: its transitions)."""
+    raw = (_meta(lease).annotations or {}).get(TOKEN_ANNOTATION)
+    try:
+        return int(raw) if raw is not None else transitions
+    except ValueError:
+        return transitions

@@ -1,7 +1,9 @@
 """The lease outside a cluster: a Redis key with a fencing token.
 
 ``its:leader:<name>`` holds ``<identity>|<token>`` with a PX expiry; ``its:leader:<name>:token``
-is the counter INCRemented at every new holding, so a later holder always has a larger token.
+is the counter INCRemented at every new holding, so a later holder always has a larger token (a
+new counter starts at the Redis clock in microseconds, so a lost counter never restarts below the
+tokens the database fence has already seen).
 Taking, extending and releasing are Lua scripts: each check and its write are one atomic step.
 """
 
@@ -35,9 +37,17 @@ if v then
   end
   return -1
 end
-local token = redis.call('INCR', KEYS[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- A new counter starts at the clock in microseconds: tokens stay above any earlier ones (the
+  -- database fence keeps the highest seen) even when Redis lost the old counter.
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+end
+redis.call('INCR', KEYS[2])
+-- The counter's own text: Lua's number formatting would round a 16-digit token.
+local token = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
+return tonumber(token)
 """
 
 RELEASE: Final = """
