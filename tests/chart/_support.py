@@ -104,7 +104,10 @@ def workload_problems(workload: Obj) -> list[str]:
     problems: list[str] = []
     spec = pod_spec(workload)
     psc = spec.get("securityContext", {})
-    if spec.get("automountServiceAccountToken") is not False:
+    # Only pods labelled its.io/kubernetes-api (Cluster panel, leader election) get a token;
+    # tests/chart/test_kubernetes_api.py checks which ones and their Roles.
+    api_client = pod_template_metadata(workload).get("labels", {}).get("its.io/kubernetes-api")
+    if spec.get("automountServiceAccountToken") is not (api_client == "true"):
         problems.append(f"{name}: automountServiceAccountToken is not false")
     if psc.get("runAsNonRoot") is not True:
         problems.append(f"{name}: pod runAsNonRoot is not true")

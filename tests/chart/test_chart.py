@@ -239,8 +239,9 @@ def test_each_enabled_service_gets_deployment_service_and_account(
     assert deployments == [f"its-{s}" for s in services]
     for s in services:
         sa = find(objects, "ServiceAccount", f"its-{s}")
-        assert sa["automountServiceAccountToken"] is False
         deployment = find(objects, "Deployment", f"its-{s}")
+        api_client = pod_template_metadata(deployment)["labels"].get("its.io/kubernetes-api")
+        assert sa["automountServiceAccountToken"] is (api_client == "true")
         spec = pod_spec(deployment)
         assert spec["serviceAccountName"] == f"its-{s}"
         assert spec["enableServiceLinks"] is False
@@ -530,8 +531,13 @@ def test_network_policies_cover_every_workload(scenario: tuple[str, list[Obj]]) 
         assert any("egress" not in p["spec"] for p in egress)  # default deny applies
         assert (("TCP", 6379) in ports) == (labels.get("its.io/redis-client") == "true")
         assert (("TCP", 5432) in ports) == (labels.get("its.io/database-client") == "true")
-        internet = {labels.get("its.io/internet-client"), labels.get("its.io/notify-client")}
-        assert (("TCP", 443) in ports) == ("true" in internet)
+        api_client = labels.get("its.io/kubernetes-api") == "true"  # the API server: 443/6443
+        internet = "true" in {
+            labels.get("its.io/internet-client"),
+            labels.get("its.io/notify-client"),
+        }
+        assert (("TCP", 443) in ports) == (internet or api_client)
+        assert (("TCP", 6443) in ports) == api_client
         if w["kind"] == "Deployment":
             ingress_ports = {
                 p["port"]
@@ -609,6 +615,24 @@ def test_singletons_run_one_replica_recreated(render: Render) -> None:
         assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     for name in ("loader", "router", "dashboard"):
         assert "strategy" not in find(objects, "Deployment", f"its-{name}")["spec"]  # rolling
+
+
+def test_elected_singletons_run_two_replicas_rolling_one_at_a_time(render: Render) -> None:
+    values = {
+        "leaderElection": {"enabled": True},
+        "services": {name: {"replicas": 2} for name in SINGLETONS},
+    }
+    objects = parse_manifests(render(values))
+    for name in SINGLETONS:
+        spec = find(objects, "Deployment", f"its-{name}")["spec"]
+        assert spec["replicas"] == 2
+        # the new pod starts as a standby before an old one stops: never zero candidates
+        assert spec["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+    with pytest.raises(helm.HelmValuesError):
+        render({**values, "services": {"trader": {"replicas": 3}}})
 
 
 @pytest.mark.parametrize("name", SINGLETONS)

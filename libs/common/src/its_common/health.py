@@ -32,6 +32,8 @@ class HealthState:
     checks: dict[str, ReadinessCheck] = field(default_factory=dict)
     alive: bool = True
     detail: str = "running"
+    role: str | None = None
+    """``leader`` or ``standby`` for a service under leader election (its_common.leader)."""
 
     async def readiness(self) -> dict[str, str]:
         """``{check: "ok" | error}`` for every registered check, run concurrently."""
@@ -63,7 +65,9 @@ def build_app(state: HealthState, configure: HttpConfigure | None = None) -> web
     async def readyz(_: web.Request) -> web.Response:
         checks = await state.readiness()
         ready = state.alive and all(result == "ok" for result in checks.values())
-        body = {"status": "ready" if ready else "not_ready", "checks": checks}
+        body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": checks}
+        if state.role is not None:
+            body["role"] = state.role
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -180,6 +180,32 @@ class BaseServiceSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT"),
         pattern=r"^https?://",
+    )
+    # Leader election of the singletons (its_common.leader): off, auto (a Kubernetes Lease in a
+    # pod, a Redis lease elsewhere), redis or kubernetes.
+    leader_election: Literal["off", "auto", "redis", "kubernetes"] = Field(
+        default="off", validation_alias=shared_env("leader_election")
+    )
+    leader_lease_name: str = Field(
+        default="",
+        validation_alias=shared_env("leader_lease_name"),
+        description="Lease name (default: the service name)",
+    )
+    leader_lease_s: float = Field(default=10.0, gt=0, validation_alias=shared_env("leader_lease_s"))
+    leader_renew_s: float = Field(default=3.0, gt=0, validation_alias=shared_env("leader_renew_s"))
+    leader_renew_deadline_s: float = Field(
+        default=7.0, gt=0, validation_alias=shared_env("leader_renew_deadline_s")
+    )
+    leader_retry_s: float = Field(default=1.0, gt=0, validation_alias=shared_env("leader_retry_s"))
+    kubeconfig: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KUBECONFIG", "ITS_KUBECONFIG"),
+        description="kubeconfig outside a cluster (in a pod the ServiceAccount is used)",
+    )
+    kube_namespace: str | None = Field(
+        default=None,
+        validation_alias=shared_env("kube_namespace"),
+        description="Kubernetes namespace (default: the pod's or the kubeconfig context's)",
     )
 
     @field_validator("symbols", mode="before")

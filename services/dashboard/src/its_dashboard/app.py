@@ -31,6 +31,7 @@ from its_common.redaction import redact
 from its_common.runtime import ServiceContext
 from its_common.streams import now_ms
 from its_dashboard import __version__
+from its_dashboard.cluster import ClusterPanel
 from its_dashboard.config import DashboardSettings
 from its_dashboard.data import NoData, Panel, Sources, guard, ok
 from its_dashboard.market import market_open_now, replay_state
@@ -63,6 +64,7 @@ class Dashboard:
         self.clients: Gauge | None = None
         self.refresh_seconds: Histogram | None = None
         self.control_requests: Counter | None = None
+        self.cluster = ClusterPanel(settings)  # its own route and page module (cluster.js)
 
     # --- wiring --------------------------------------------------------------------------------
     def add_routes(self, app: web.Application, ctx: ServiceContext[DashboardSettings]) -> None:
@@ -83,10 +85,12 @@ class Dashboard:
         app.router.add_post("/api/kill", self.api_kill)
         app.router.add_post("/api/resume", self.api_resume)
         app.router.add_static("/static/", STATIC, follow_symlinks=False)
+        self.cluster.add_routes(app)
 
     async def main(self, ctx: ServiceContext[DashboardSettings]) -> None:
         assert self.sources is not None, "add_routes runs before main"
         db_task = asyncio.create_task(self._connect_database(ctx), name="dashboard-db")
+        cluster_task = asyncio.create_task(self.cluster.run(ctx.stopping), name="cluster")
         try:
             async with aiohttp.ClientSession() as session:
                 while not ctx.stopping.is_set():
@@ -103,7 +107,8 @@ class Dashboard:
             async with self.updated:
                 self.updated.notify_all()  # live-update streams see `stopping` and end
             db_task.cancel()
-            await asyncio.gather(db_task, return_exceptions=True)
+            cluster_task.cancel()
+            await asyncio.gather(db_task, cluster_task, return_exceptions=True)
             if self.sources.pool is not None:
                 await self.sources.pool.close()
 

@@ -39,6 +39,11 @@ class DashboardSettings(BaseServiceSettings):
     accept_hit_ratio: float = Field(0.95, ge=0, le=1)
     accept_latency_p95_ms: float = Field(150.0, gt=0)
     accept_price_diff_pct: float = Field(0.1, gt=0)
+    cluster_selector: str = Field(
+        "app.kubernetes.io/part-of=its",
+        min_length=1,
+        description="label selector of the pods in the Cluster panel (the chart: its release)",
+    )
 
     @field_validator("loader_streams", mode="before")
     @classmethod

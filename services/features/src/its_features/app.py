@@ -34,6 +34,7 @@ from its_common.featureset import (
     encode_feature_set,
 )
 from its_common.heartbeat import instance_name
+from its_common.leader.gate import lead
 from its_common.runtime import ServiceContext
 from its_common.streams import (
     EntryFormatError,
@@ -403,6 +404,11 @@ class SymbolFollower:
 
 
 async def main(ctx: ServiceContext[FeaturesSettings]) -> None:
+    """One features process leads (its_common.leader); a standby waits hot for the lease."""
+    await lead(ctx, lambda _leadership: run_features(ctx))
+
+
+async def run_features(ctx: ServiceContext[FeaturesSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = FeaturesMetrics(ctx.registry)

@@ -27,6 +27,8 @@ from its_common.features import FEATURE_SPEC_HASH
 from its_common.features.spec import BAR_MS
 from its_common.featureset import FeatureSet, decode_feature_set
 from its_common.heartbeat import instance_name
+from its_common.leader.gate import lead
+from its_common.promotion import read_pinned
 from its_common.runtime import ServiceContext
 from its_common.streams import (
     EntryFormatError,
@@ -333,11 +335,12 @@ class InferenceProcessor:
 async def watch_bundles(
     processor: InferenceProcessor,
     root: Path,
-    pinned: str,
+    pinned: Callable[[], str],
     interval_s: float,
     stopping: asyncio.Event,
 ) -> None:
-    """Stage a newer bundle when one appears (refused ones are logged once each)."""
+    """Stage a newer (or newly promoted) bundle when one appears (refused ones are logged once
+    each); ``pinned()`` is read every round: a promotion or rollback by its-ops."""
     refused: set[str] = set()
     while not stopping.is_set():
         try:
@@ -346,7 +349,7 @@ async def watch_bundles(
         except TimeoutError:
             pass
         try:
-            path = await asyncio.to_thread(bundles.find_bundle, root, pinned)
+            path = await asyncio.to_thread(bundles.find_bundle, root, pinned())
         except BundleError:
             continue
         current = processor.staged.path if processor.staged else processor.policy.bundle.path
@@ -360,6 +363,11 @@ async def watch_bundles(
             log.error("bundle %s refused: %s", path, exc)
             continue
         processor.stage(bundle)
+
+
+def pinned_bundle(settings: InferenceSettings) -> str:
+    """The promoted bundle (its_common.promotion file), else ``ITS_INFERENCE_BUNDLE_VERSION``."""
+    return read_pinned(settings.bundle_version_file, settings.bundle_version)
 
 
 async def connect_signals(settings: InferenceSettings) -> psycopg.AsyncConnection[Any] | None:
@@ -397,15 +405,25 @@ async def session_history(redis: aioredis.Redis, stream: str) -> RawEntries:
 
 async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     settings = ctx.settings
-    redis = ctx.require_redis()
+    ctx.require_redis()
     metrics = InferenceMetrics(ctx.registry)
     torch.set_num_threads(settings.torch_threads)
     root = Path(settings.bundle_dir)
     try:
-        bundle = await asyncio.to_thread(bundles.load, root, settings.bundle_version)
+        bundle = await asyncio.to_thread(bundles.load, root, pinned_bundle(settings))
     except BundleError as exc:
         log.error("no usable model bundle: %s", exc)
         raise
+    # One inference leads (its_common.leader); a standby has its bundle loaded and waits hot.
+    await lead(ctx, lambda _leadership: serve(ctx, bundle, metrics))
+
+
+async def serve(
+    ctx: ServiceContext[InferenceSettings], bundle: Bundle, metrics: InferenceMetrics
+) -> None:
+    settings = ctx.settings
+    redis = ctx.require_redis()
+    root = Path(settings.bundle_dir)
     conn = await connect_signals(settings)
     processor = InferenceProcessor(redis, LivePolicy(bundle), metrics, conn)
     stream = Stream.FEATURES.value
@@ -416,7 +434,11 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
         log.info("warm-up: %d minutes of the current session replayed", replayed)
     watcher = asyncio.create_task(
         watch_bundles(
-            processor, root, settings.bundle_version, settings.reload_interval_s, ctx.stopping
+            processor,
+            root,
+            lambda: pinned_bundle(settings),
+            settings.reload_interval_s,
+            ctx.stopping,
         ),
         name="bundle-watcher",
     )

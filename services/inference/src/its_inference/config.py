@@ -25,6 +25,11 @@ class InferenceSettings(BaseServiceSettings):
         "",
         description="pin a bundle: the name of a subdirectory of the bundle dir; empty = newest",
     )
+    bundle_version_file: str = Field(
+        "",
+        description="a file naming the promoted bundle (its-ops promote; its_common.promotion); "
+        "its content, when there is one, overrides bundle_version, read at every bundle check",
+    )
     reload_interval_s: float = Field(
         30.0,
         gt=0,

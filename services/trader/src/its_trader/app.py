@@ -17,6 +17,7 @@ from its_common.backoff import Backoff
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.decisions import Decision, decode_decision
+from its_common.leader.gate import Leadership, lead
 from its_common.runtime import ServiceContext
 from its_common.streams import EntryFormatError, Stream
 from its_common.tasks import run_essential
@@ -197,10 +198,19 @@ async def _sleep(stopping: asyncio.Event, seconds: float) -> bool:
 
 
 async def main(ctx: ServiceContext[TraderSettings]) -> None:
+    """One trader leads (its_common.leader); a standby waits hot and starts once it leads."""
+    await lead(ctx, lambda leadership: run_trader(ctx, leadership))
+
+
+async def run_trader(ctx: ServiceContext[TraderSettings], leadership: Leadership) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = TraderMetrics(ctx.registry)
     trader = build_trader(settings, redis, metrics, ctx.registry)
+    trader.fence = leadership.fence
+    token = leadership.fence()
+    if token is not None:  # a new leader raises the fence first: an old one is refused from now
+        await trader.store.claim_fence(token)
     await trader.start()
     await trader.broker.subscribe(list(trader.symbols.current))  # prices for the validator
 

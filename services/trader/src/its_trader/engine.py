@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -90,6 +90,9 @@ class Trader:
         self.clock = MarketClock(redis, config.clock)
         self.foreign_alerted: set[str] = set()
         self.symbols = LiveSymbols(redis, config.symbols)  # its_common.symbols: one live list
+        # The leadership's fencing token (its_common.leader.gate.Leadership.fence): None with
+        # leader election off; raises NotLeaderError once the lease is not held.
+        self.fence: Callable[[], int | None] = lambda: None
 
     # -- time and prices ---------------------------------------------------------------------
 
@@ -296,7 +299,7 @@ class Trader:
                 continue
             await self.store.record_order(
                 cid, self.broker.account, self.broker.name, intent.symbol, intent.side,
-                intent.quantity, decision.ts_ms, intent.reason,
+                intent.quantity, decision.ts_ms, intent.reason, fence_token=self.fence(),
             )  # fmt: skip
             self.risk.record_order(intent, market_now, mono)
             signed = intent.quantity if intent.side == "BUY" else -intent.quantity
@@ -320,6 +323,7 @@ class Trader:
             return sent
 
     async def _place(self, cid: str, intent: OrderIntent, not_before_ms: int) -> bool:
+        self.fence()  # never send an order without the lease (raises NotLeaderError)
         request = OrderRequest(cid, intent.symbol, intent.side, intent.quantity, not_before_ms)
         try:
             placed = await self.broker.place_market_order(request)
@@ -380,7 +384,7 @@ class Trader:
             cid = f"its-flat-{tag}-{position.symbol}"
             if await self.store.record_order(
                 cid, self.broker.account, self.broker.name, intent.symbol, side,
-                intent.quantity, None, "flatten",
+                intent.quantity, None, "flatten", fence_token=self.fence(),
             ) or await self.store.order_status(cid) == "recorded":  # fmt: skip
                 await self._send(cid, intent, 0)
                 sent += 1

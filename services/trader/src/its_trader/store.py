@@ -17,7 +17,13 @@ from psycopg.types.json import Jsonb
 from its_trader.broker import AccountSummary, BrokerPosition, Execution
 
 SERVICE: Final = "trader"
+FENCE_NAME: Final = "trader"
+"""The trader's row in ``leader_fence`` (one trader leads per database)."""
 FINAL_STATUSES: Final = ("filled", "cancelled", "rejected", "expired")
+
+
+class FencedOutError(RuntimeError):
+    """An order refused in the database: its fencing token is lower than one already seen."""
 
 
 def ms_to_dt(ms: int) -> datetime:
@@ -41,9 +47,8 @@ class TraderStore:
 
     async def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._lock:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = await psycopg.AsyncConnection.connect(**self._kwargs, autocommit=True)
-            cur = await self._conn.execute(sql.encode(), params)
+            conn = await self._connection()
+            cur = await conn.execute(sql.encode(), params)
             return await cur.fetchall() if cur.description else []
 
     # -- durable state -----------------------------------------------------------------------
@@ -73,18 +78,54 @@ class TraderStore:
         quantity: int,
         decision_ts_ms: int | None,
         reason: str,
+        fence_token: int | None = None,
     ) -> bool:
-        """Insert the order as ``recorded`` (before it is sent); False when it already exists."""
-        rows = await self._execute(
+        """Insert the order as ``recorded`` (before it is sent); False when it already exists.
+
+        With a fencing token (leader election on) the insert runs in one transaction after the
+        lease's ``leader_fence`` row is raised to the token; a lower token than one already seen
+        (a newer leader exists) raises :class:`FencedOutError` and records nothing.
+        """
+        sql = (
             "INSERT INTO orders (client_order_id, account, broker, symbol, side, quantity,"
-            " status, decision_ts, reason) VALUES (%s,%s,%s,%s,%s,%s,'recorded',%s,%s)"
-            " ON CONFLICT (client_order_id) DO NOTHING RETURNING 1",
-            (
-                client_order_id, account, broker, symbol, side, quantity,
-                None if decision_ts_ms is None else ms_to_dt(decision_ts_ms), reason,
-            ),
+            " status, decision_ts, reason, fence_token)"
+            " VALUES (%s,%s,%s,%s,%s,%s,'recorded',%s,%s,%s)"
+            " ON CONFLICT (client_order_id) DO NOTHING RETURNING 1"
+        )
+        params = (
+            client_order_id, account, broker, symbol, side, quantity,
+            None if decision_ts_ms is None else ms_to_dt(decision_ts_ms), reason, fence_token,
         )  # fmt: skip
-        return bool(rows)
+        if fence_token is None:
+            return bool(await self._execute(sql, params))
+        async with self._lock:
+            conn = await self._connection()
+            async with conn.transaction():
+                await self._raise_fence(conn, fence_token)
+                cur = await conn.execute(sql.encode(), params)
+                return bool(await cur.fetchall())
+
+    async def claim_fence(self, token: int) -> None:
+        """Raise the lease's fence to ``token`` (a new leader, before its first order)."""
+        async with self._lock:
+            conn = await self._connection()
+            async with conn.transaction():
+                await self._raise_fence(conn, token)
+
+    async def _raise_fence(self, conn: psycopg.AsyncConnection[Any], token: int) -> None:
+        cur = await conn.execute(
+            b"INSERT INTO leader_fence (name, token) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+            b" SET token = EXCLUDED.token, updated_at = now()"
+            b" WHERE leader_fence.token <= EXCLUDED.token RETURNING token",
+            (FENCE_NAME, token),
+        )
+        if await cur.fetchone() is None:
+            raise FencedOutError(f"fencing token {token} is stale: a newer trader leads")
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(**self._kwargs, autocommit=True)
+        return self._conn
 
     async def order_status(self, client_order_id: str) -> str | None:
         rows = await self._execute(
