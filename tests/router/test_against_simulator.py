@@ -294,3 +294,17 @@ def test_a_dead_writer_ends_the_router_with_a_non_zero_exit(tmp_path: Path, redi
         assert "injected writer fault" in log
         assert "essential task 'writer'" in log
         assert r.xlen(Stream.TRADES) > 0  # it did write before the fault
+
+
+def test_a_lost_connection_is_published_as_disconnected_until_subscribed_again(
+    tmp_path: Path, redis_server, r
+) -> None:
+    """While the router cannot reach the feed, ``its:feed:state`` must not keep saying
+    ``subscribed``: the alerter's feed_disconnected rule reads it."""
+    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+        sim.faults(refuse_connections_s=3)
+        sim.drop()
+        wait_until(lambda: r.hget("its:feed:state", "state") == b"disconnected", 20, "disconnected")
+        wait_until(lambda: r.hget("its:feed:state", "state") == b"subscribed", 30, "subscribed")
+        assert "disconnected" in feed_states(r)

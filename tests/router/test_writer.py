@@ -111,3 +111,30 @@ async def test_events_are_held_while_redis_is_down_and_overflow_becomes_a_gap(tm
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_restart_gap_is_published_only_when_the_first_event_is_newer(redis_client: Any):
+    """A router restarting behind the stored feed clock (the feed replays older events) has
+    missed nothing between the two: no empty ``restart`` window (the alerter would report a 0 s
+    data gap). A first event newer than the stored clock still closes a real window."""
+    publisher = StatusPublisher(redis_client)
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        publish_gap=publisher.publish_gap,
+    )
+    stored_clock = 1_764_081_000_050
+    writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
+    writer.hold_frames([frame(0)])  # events at ...000 to ...009: not newer than the clock
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0
+
+    writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
+    writer.hold_frames([frame(100)])  # the first event at ...100: 50 ms after the clock
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (stored_clock, 1_764_081_000_100, "restart")
+    ]

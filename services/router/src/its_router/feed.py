@@ -119,6 +119,8 @@ class FeedClient:
                     exc,
                     delay,
                 )
+                # Not "subscribed" any more: the alerter's feed_disconnected rule reads this.
+                await self.status.publish("disconnected", f"{type(exc).__name__}: {exc}")
             self._disconnected(cause)
             if stopping.is_set():
                 return

@@ -177,8 +177,15 @@ class StreamWriter:
         self.open_gaps.append(OpenGap(symbols, reason, start - pad_ms, pad_ms))
 
     def _close_open_gaps(self, first_event_ms: int) -> None:
+        """Close the open gaps at the first event after them. A first event not newer than the
+        gap's start (a restart behind the stored feed clock, a feed replaying older events) means
+        nothing was missed in between: no empty window is published (the alerter would report
+        it as a 0 s data gap)."""
         for gap in self.open_gaps:
-            end = max(gap.start_ms, first_event_ms + gap.pad_ms)
+            end = first_event_ms + gap.pad_ms
+            if end <= gap.start_ms:
+                log.info("gap (%s) closed empty: the first event is not newer", gap.reason)
+                continue
             self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
         self.open_gaps.clear()
 
