@@ -138,3 +138,26 @@ async def test_a_restart_gap_is_published_only_when_the_first_event_is_newer(red
     assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
         (stored_clock, 1_764_081_000_100, "restart")
     ]
+
+
+async def test_an_invalid_event_becomes_a_gap_window_around_it(redis_client: Any):
+    """A malformed frame's events go to the dead-letter stream; the trades in it are still the
+    exchange's trades, so the window they lie in (from the newest event before the bad frame to
+    the first event after it) is published as a gap for the loader to backfill."""
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    writer.hold_frames([frame(0)])  # events at ...000 to ...009
+    writer.hold_frames([Frame(streams.now_ms(), b'[{"ev":"T","sym":"NVDA","p":')])
+    writer.hold_frames([frame(20)])  # the next events: ...020 on
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.symbols, g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (("NVDA",), 1_764_081_000_009, 1_764_081_000_020, "invalid_event")
+    ]
+    assert await redis_client.xlen(Stream.DEAD_LETTER) == 1

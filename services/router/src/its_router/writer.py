@@ -127,9 +127,14 @@ class StreamWriter:
             self.metrics.feed_status.labels(status.status).inc()
         if batch.event_count == 0 and not batch.dead_letters:
             return
+        before = self.seen_event_ms
         if batch.min_event_ms is not None and batch.max_event_ms is not None:
             self._close_open_gaps(batch.min_event_ms)
             self.seen_event_ms = max(self.seen_event_ms or 0, batch.max_event_ms)
+        if batch.dead_letters:
+            # The invalid events were the exchange's events all the same: the window they lie
+            # in (from the newest event before this batch to the first one after it) is a gap.
+            self.open_gap(tuple(self.symbols()), "invalid_event", since_ms=before)
         self.held.append(batch)
         self.held_events += batch.event_count
         while self.held_events > self.hold_max_events and len(self.held) > 1:
