@@ -163,3 +163,21 @@ async def test_startup_windows_read_provisional_bars_again(db_url):
     async with await psycopg.AsyncConnection.connect(db_url) as aconn:
         windows = await startup_windows(aconn, ["NVDA"], initial_sessions=1, now=now)
     assert windows == [("NVDA", MINUTES[11], NOW_MS)]
+
+
+async def test_a_gap_window_starting_inside_a_minute_backfills_that_minute_bar(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    """A window opens at the newest event seen, seconds into a minute; that minute's bar is sent
+    when the minute ends, inside the window, so it was missed too (the chaos suite found 09:53
+    missing after a reconnect window starting at 09:53:05.9)."""
+    bars = rest_as_of_now(rest_server)
+    await set_market_clock(redis_client, NOW_MS)
+    loader = start_loader(make_settings(redis_server.url, db_url, rest_server.url, streams="gaps"))
+    window = GapWindow(("NVDA",), MINUTES[10] + 5_900, MINUTES[13], reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    for minute in (10, 11, 12):
+        assert row(db_url, minute) == ("polygon_rest", bars[minute]["v"]), minute
+    assert row(db_url, 9) is None and row(db_url, 13) is None
+    await loader.stop()
