@@ -254,14 +254,16 @@ async def audit_day(
 
 
 async def write_audit(conn: psycopg.AsyncConnection[Any], report: AuditReport) -> int:
-    """Replace the day's gap_audit rows of the audited symbols with this report's findings."""
+    """Replace the day's ``subject = 'bars'`` gap_audit rows of the audited symbols with this
+    report's findings (the trades audit keeps its own, ``subject = 'trades'``)."""
     if not report.trading_day:
         return 0
     written = 0
     async with conn.transaction(), conn.cursor() as cur:
         for result in report.symbols:
             await cur.execute(
-                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s",
+                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s"
+                " AND subject = 'bars'",
                 (report.day, result.symbol),
             )
             rows = [
@@ -276,8 +278,8 @@ async def write_audit(conn: psycopg.AsyncConnection[Any], report: AuditReport) -
             ]
             if rows:
                 await cur.executemany(
-                    """INSERT INTO gap_audit (audit_date, symbol, minute_ts, kind, detail)
-                       VALUES (%s, %s, %s, %s, %s::jsonb)""",
+                    """INSERT INTO gap_audit (audit_date, symbol, subject, minute_ts, kind, detail)
+                       VALUES (%s, %s, 'bars', %s, %s, %s::jsonb)""",
                     rows,
                 )
                 written += len(rows)

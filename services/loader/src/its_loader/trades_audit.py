@@ -12,12 +12,14 @@ path (:func:`its_loader.trades_backfill.backfill_trades_window`; duplicates are 
 primary key), and the findings say so (``repaired``). ``extra`` and ``mismatch`` minutes are
 reported only: REST is the reference, but the audit never deletes or rewrites stored trades.
 
-Findings are printed (or returned as JSON); they are not written to ``gap_audit`` (whose kinds are
-the bar audit's) and no alert event is published.
+Findings are printed (or returned as JSON) and, like the bars audit's, replace the day's earlier
+``gap_audit`` rows of the symbol, with ``subject = 'trades'`` (the bars audit's rows are
+``subject = 'bars'``; one minute can have both). No alert event of its own is published.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -233,3 +235,43 @@ def trades_as_dict(report: TradesAuditReport) -> dict[str, Any]:
 
 def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
+
+
+async def write_trades_audit(conn: psycopg.AsyncConnection[Any], report: TradesAuditReport) -> int:
+    """Replace the day's ``subject = 'trades'`` gap_audit rows of the audited symbols."""
+    if not report.trading_day:
+        return 0
+    written = 0
+    async with conn.transaction(), conn.cursor() as cur:
+        for result in report.symbols:
+            await cur.execute(
+                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s"
+                " AND subject = 'trades'",
+                (report.day, result.symbol),
+            )
+            rows = [
+                (
+                    report.day,
+                    result.symbol,
+                    datetime.fromtimestamp(f.minute_ms / 1000, UTC),
+                    f.kind,
+                    json.dumps(
+                        {
+                            "stored_trades": f.stored[0],
+                            "stored_volume": f.stored[1],
+                            "rest_trades": f.rest[0],
+                            "rest_volume": f.rest[1],
+                            "repaired": bool(f.repaired),
+                        }
+                    ),
+                )
+                for f in result.findings
+            ]
+            if rows:
+                await cur.executemany(
+                    """INSERT INTO gap_audit (audit_date, symbol, subject, minute_ts, kind, detail)
+                       VALUES (%s, %s, 'trades', %s, %s, %s::jsonb)""",
+                    rows,
+                )
+                written += len(rows)
+    return written
