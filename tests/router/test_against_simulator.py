@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +311,27 @@ def test_a_lost_connection_is_published_as_disconnected_until_subscribed_again(
         wait_until(lambda: r.hget("its:feed:state", "state") == b"disconnected", 20, "disconnected")
         wait_until(lambda: r.hget("its:feed:state", "state") == b"subscribed", 30, "subscribed")
         assert "disconnected" in feed_states(r)
+
+
+def test_a_frozen_router_dropped_as_a_slow_reader_reconnects(
+    tmp_path: Path, redis_server, r
+) -> None:
+    """The router stops reading (SIGSTOP) long enough for its watchdog to see silence, the
+    simulator closes it as a slow reader (1011); once continued it must reconnect and go on
+    (the chaos suite found it silent for good after this, connected to nothing)."""
+    with (
+        simulator(tmp_path) as sim,
+        router(
+            tmp_path, redis_server.url, sim, ITS_STALE_AFTER_S="2", ITS_WATCHDOG_ALWAYS="true"
+        ) as rt,
+    ):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+        os.kill(rt.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(3)  # the fault lasts this long; nothing is awaited
+            sim.drop(1011)
+        finally:
+            os.kill(rt.process.pid, signal.SIGCONT)
+        resumed = feed_clock(r)
+        wait_until(lambda: feed_clock(r) > resumed + 60_000, 30, "the feed a minute on")
+        assert rt.process.poll() is None

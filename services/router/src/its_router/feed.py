@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -159,9 +160,7 @@ class FeedClient:
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_until_done(tasks)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -312,3 +311,18 @@ class FeedClient:
             raise RuntimeError(self.fatal)
         if not self.subscribed:
             raise RuntimeError("feed not connected")
+
+
+async def cancel_until_done(tasks: list[asyncio.Task[Any]], every_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until all have ended, cancelling again the ones still running.
+
+    One cancellation is not always enough: on Python 3.11 a cancellation that races with the
+    completion of an inner ``wait_for`` (a Redis reply arriving at the same moment, as after a
+    SIGSTOP) is lost, and the task carries on. Awaiting it unbounded left the router connected
+    to nothing, for good (found by the chaos suite's slow-reader fault)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+    await asyncio.gather(*tasks, return_exceptions=True)
