@@ -29,7 +29,11 @@ class ServiceProcess:
 
 
 def start_service(
-    name: str, log_dir: Path, env: dict[str, str], port: int | None = None, argv: list[str] | None = None
+    name: str,
+    log_dir: Path,
+    env: dict[str, str],
+    port: int | None = None,
+    argv: list[str] | None = None,
 ) -> ServiceProcess:
     """Start ``its-<name>`` (or ``argv``) and wait for its health endpoint (log appended)."""
     port = port or free_port()

@@ -81,7 +81,9 @@ async def test_duplicate_and_resent_bars_keep_one_row_with_the_newest_values(
     await loader.stop()
 
 
-async def test_rest_rows_win_over_older_websocket_bars_not_over_corrections(redis_server, redis_client, db_url, start_loader):
+async def test_rest_rows_win_over_older_websocket_bars_not_over_corrections(
+    redis_server, redis_client, db_url, start_loader
+):
     loader = start_loader(make_settings(redis_server.url, db_url, streams="bars"))
     await add_bars(redis_client, [bar("NVDA", 0, close=10.0)], received_ms=T0 + 61_000)
     await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM market_data") == 1)

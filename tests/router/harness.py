@@ -70,7 +70,9 @@ class Sim:
 
     def drop(self, code: int | None = None) -> None:
         """Drop every WebSocket connection (aborted, or closed with ``code``)."""
-        status, body = http("POST", f"{self.rest_url}/admin/drop", {} if code is None else {"code": code})
+        status, body = http(
+            "POST", f"{self.rest_url}/admin/drop", {} if code is None else {"code": code}
+        )
         assert status == 200, body
 
 

@@ -1,0 +1,136 @@
+"""One chaos run: start the stack, apply the schedule, let the data settle, check, stop, report.
+
+Every wait is a condition with a generous bound; a bound that runs out is a reported problem,
+never a hang. The window compared with REST ends at least 17 market minutes after the last
+fault (late reports and finality), so every fault lies inside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.chaos import checks
+from tests.chaos.checks import Check
+from tests.chaos.faults import FaultResult, FaultRunner
+from tests.chaos.memory import BOUNDS_MIB, MemorySampler
+from tests.chaos.progress import probe
+from tests.chaos.report import held, render
+from tests.chaos.schedule import Variant, build_schedule
+from tests.chaos.stack import ChaosStack, StackConfig
+
+MINUTE_MS = 60_000
+START_TIMEOUT_S = 180.0
+SETTLE_TIMEOUT_S = 180.0
+# Minutes at a session's start whose features are not complete yet (no decision expected).
+WARMUP_MINUTES = 5
+
+
+@dataclass
+class Outcome:
+    held: bool
+    text: str
+    wall_s: float
+    results: list[FaultResult] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
+def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached within {timeout_s:.0f}s")
+
+
+def _eventually(make: Callable[[], Check], timeout_s: float) -> Check:
+    """The check once it holds, or its last result when ``timeout_s`` runs out (gap backfills
+    and the loader's last batches may still be landing when the feed has moved on)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = make()
+        if result.ok or time.monotonic() >= deadline:
+            return result
+        time.sleep(2)
+
+
+def run(
+    variant: Variant,
+    seed: int,
+    work_dir: Path,
+    *,
+    soak_minutes: float = 30.0,
+    rounds: int | None = None,
+    say: Callable[[str], None] = print,
+    config: StackConfig | None = None,
+) -> Outcome:
+    started = time.monotonic()
+    stack = ChaosStack(work_dir, config or StackConfig())
+    results: list[FaultResult] = []
+    found: list[Check] = []
+    sampler: MemorySampler | None = None
+    failure: str | None = None
+    try:
+        say(f"starting the stack in {work_dir}")
+        stack.start()
+        sampler = MemorySampler(stack).start()
+        first_feed = _wait(stack.feed_clock_ms, START_TIMEOUT_S, "the first feed event")
+        _wait(probe(stack, "decisions"), START_TIMEOUT_S, "the first decision")
+        say(f"stack up after {time.monotonic() - started:.0f}s; applying faults")
+        faults = FaultRunner(stack)
+        for planned in build_schedule(variant, seed, rounds):
+            minutes = (time.monotonic() - started) / 60
+            if _round_done(variant, rounds, planned.round, results, minutes, soak_minutes):
+                break
+            result = faults.apply(planned)
+            results.append(result)
+            recovery = "-" if result.recovery_s is None else f"{result.recovery_s:.1f}s"
+            problems = "".join(f"; {p}" for p in result.problems)
+            say(
+                f"[{time.monotonic() - started:5.0f}s] round {planned.round} {planned.kind}: "
+                f"recovered in {recovery}{problems}"
+            )
+        after_faults = stack.feed_clock_ms()
+        settled = after_faults + checks.SETTLE_MS + checks.LATE_REPORT_MS + 2 * MINUTE_MS
+        _wait(lambda: stack.feed_clock_ms() > settled, SETTLE_TIMEOUT_S, "the feed past the faults")
+        lo, hi = checks.window(first_feed, stack.feed_clock_ms())
+        ranges = checks.session_ranges(lo, hi)
+        say(f"checking {len(ranges)} session range(s) against REST")
+        found.append(_eventually(lambda: checks.check_bars(stack, ranges), 60))
+        found.append(_eventually(lambda: checks.check_trades(stack, ranges), 60))
+        found.append(checks.check_orders(stack))
+        found.append(checks.check_decisions(stack, ranges, WARMUP_MINUTES, results))
+        found.append(checks.check_alerts(stack, results))
+    except Exception as exc:  # reported as the run's failure; the stack is still stopped
+        failure = f"{type(exc).__name__}: {exc}"
+    finally:
+        peaks = sampler.stop() if sampler is not None else {}
+        stack.stop()
+    found.append(checks.check_memory(peaks, BOUNDS_MIB))
+    found.append(checks.check_nothing_left(stack))
+    if failure is not None:
+        broken = Check("run completed")
+        broken.differ(failure)
+        found.insert(0, broken)
+    wall_s = time.monotonic() - started
+    text = render(variant, seed, results, found, wall_s)
+    return Outcome(held(results, found), text, wall_s, results, found)
+
+
+def _round_done(
+    variant: Variant,
+    rounds: int | None,
+    number: int,
+    results: list[FaultResult],
+    minutes: float,
+    soak_minutes: float,
+) -> bool:
+    """The soak stops at the first round boundary after ``soak_minutes``."""
+    if variant != "soak" or rounds is not None or not results:
+        return False
+    return results[-1].round < number and minutes >= soak_minutes
