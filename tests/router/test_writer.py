@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from its_common import streams
 from its_common.backoff import Backoff
-from its_common.events import Trade, encode_frame
+from its_common.events import MinuteAgg, Trade, encode_frame
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream
@@ -132,11 +132,11 @@ async def test_a_restart_gap_is_published_only_when_the_first_event_is_newer(red
     assert await redis_client.xlen(Stream.GAPS) == 0
 
     writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
-    writer.hold_frames([frame(100)])  # the first event at ...100: 50 ms after the clock
+    writer.hold_frames([frame(100)])  # events at ...100 to ...109: after the clock
     assert await writer.flush()
     gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
     assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
-        (stored_clock, 1_764_081_000_100, "restart")
+        (stored_clock, 1_764_081_000_109, "restart")
     ]
 
 
@@ -154,10 +154,34 @@ async def test_an_invalid_event_becomes_a_gap_window_around_it(redis_client: Any
     )
     writer.hold_frames([frame(0)])  # events at ...000 to ...009
     writer.hold_frames([Frame(streams.now_ms(), b'[{"ev":"T","sym":"NVDA","p":')])
-    writer.hold_frames([frame(20)])  # the next events: ...020 on
+    writer.hold_frames([frame(20)])  # the next events: ...020 to ...029
     assert await writer.flush()
     gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
     assert [(g.symbols, g.start_ms, g.end_ms, g.reason) for g in gaps] == [
-        (("NVDA",), 1_764_081_000_009, 1_764_081_000_020, "invalid_event")
+        (("NVDA",), 1_764_081_000_009, 1_764_081_000_029, "invalid_event")
     ]
     assert await redis_client.xlen(Stream.DEAD_LETTER) == 1
+
+
+async def test_a_gap_closed_by_a_minute_bar_reaches_the_end_of_that_minute(redis_client: Any):
+    """After a reconnect the first event may be the bar of a minute whose trades were not
+    received (the bar comes at the minute's end; its ``s`` is the minute's start). The window
+    must reach the bar's end, or that minute's trades are never backfilled (the chaos suite
+    found 13:09:00-13:10:00 missing after a router restart closed at a 13:09 bar)."""
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    minute = 1_764_081_060_000
+    writer.open_gap(("NVDA",), "restart", since_ms=minute - 30_000)
+    bar = MinuteAgg(
+        symbol="NVDA", volume=100, open=1.0, close=1.0, high=1.0, low=1.0,
+        start=minute, end=minute + 60_000,
+    )  # fmt: skip
+    writer.hold_frames([Frame(streams.now_ms(), encode_frame([bar]))])
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms) for g in gaps] == [(minute - 30_000, minute + 60_000)]

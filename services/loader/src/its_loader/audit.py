@@ -262,8 +262,7 @@ async def write_audit(conn: psycopg.AsyncConnection[Any], report: AuditReport) -
     async with conn.transaction(), conn.cursor() as cur:
         for result in report.symbols:
             await cur.execute(
-                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s"
-                " AND subject = 'bars'",
+                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s AND subject = 'bars'",
                 (report.day, result.symbol),
             )
             rows = [
