@@ -7,7 +7,7 @@ SERVICE_DIRS := $(sort $(patsubst %/pyproject.toml,%,$(wildcard services/*/pypro
 PYPROJECTS := libs/common/pyproject.toml $(addsuffix /pyproject.toml,$(SERVICE_DIRS)) requirements-dev.txt
 EDITABLES := -e 'libs/common[local,model,simmarket]' $(foreach s,$(SERVICE_DIRS),-e $(s))
 
-.PHONY: venv run test lint typecheck pytest bench clean distclean
+.PHONY: venv run test lint typecheck pytest bench chaos clean distclean
 
 venv: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ test: lint typecheck pytest
 ## Benchmarks (figures printed as ratios against a ceiling measured in the same run).
 bench: venv
 	$(BIN)/python -m tests.bench
+
+## Whole-stack chaos run: seeded faults, then every bar and trade checked against REST truth.
+## VARIANT=short (a fault of each kind, part of `make test`) or soak (every fault, >= 30 min).
+VARIANT ?= short
+SEED ?= 1
+chaos: venv
+	$(BIN)/python -m tests.chaos --variant $(VARIANT) --seed $(SEED)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
-from its_router.status import StatusPublisher
+from its_router.status import StatusPublisher, decode_status
 from its_router.writer import StreamWriter
 
 
@@ -185,3 +185,27 @@ async def test_a_gap_closed_by_a_minute_bar_reaches_the_end_of_that_minute(redis
     assert await writer.flush()
     gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
     assert [(g.start_ms, g.end_ms) for g in gaps] == [(minute - 30_000, minute + 60_000)]
+
+
+async def test_a_feed_state_not_published_while_redis_was_down_is_published_again(
+    tmp_path: Path,
+):
+    """A state change that could not be written (Redis paused or down) must not leave the old
+    state standing: the alerter kept firing feed_disconnected for minutes after the feed was
+    subscribed again (the chaos suite's max_connections fault followed by a Redis pause)."""
+    server = RedisServer(tmp_path / "redis").start()
+    client = streams.connect(server.url, health_check_interval=0)
+    publisher = StatusPublisher(client)
+    try:
+        await publisher.publish("max_connections", "another client")
+        await asyncio.to_thread(server.stop)
+        await publisher.publish("subscribed", "NVDA")  # lost: Redis is down
+        await asyncio.to_thread(server.start)
+        await publisher.retry()
+        assert (await client.hget("its:feed:state", "state")) == b"subscribed"
+        await publisher.retry()  # nothing pending: no second entry
+        states = [decode_status(f).state for _, f in await client.xrange(Stream.FEED_STATUS)]
+        assert states == ["max_connections", "subscribed"]
+    finally:
+        await client.aclose()
+        server.stop()

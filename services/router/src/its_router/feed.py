@@ -261,6 +261,7 @@ class FeedClient:
             last = self.last_message_ms or started
             if self.last_message_ms:
                 self.metrics.last_message_ts.set(self.last_message_ms / 1000)
+            await self.status.retry()  # a state Redis did not take (paused, restarting)
             silent = now_ms() - max(last, started)
             if silent < stale_ms:
                 continue
