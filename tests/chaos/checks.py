@@ -201,9 +201,11 @@ def check_decisions(
     ranges: list[tuple[int, int]],
     warmup_min: int,
     results: list[FaultResult],
+    first_feed_ms: int,
 ) -> Check:
     """Every session minute has a decision (a ``signals`` row), or a counted reason: the first
-    ``warmup_min`` minutes of a session (warm-up), or a fault's outage (:func:`outage_windows`)."""
+    ``warmup_min`` minutes the stack saw of a session (warm-up), or a fault's outage
+    (:func:`outage_windows`)."""
     check = Check("a decision every minute")
     outages = outage_windows(stack, results)
     reasons: Counter[str] = Counter()
@@ -218,7 +220,7 @@ def check_decisions(
     warm = 0
     for lo, hi in ranges:
         session = calendar.session(_dt(lo).astimezone(calendar.NEW_YORK).date())
-        opened = _ms(session.open) if session else lo
+        opened = max(_ms(session.open) if session else lo, first_feed_ms)
         for minute in range(lo, hi, MINUTE_MS):
             check.compared += 1
             if minute in decided:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,13 @@ from tests.chaos.faults import FaultResult, FaultRunner
 from tests.chaos.memory import BOUNDS_MIB, MemorySampler
 from tests.chaos.progress import probe
 from tests.chaos.report import held, render
-from tests.chaos.schedule import Variant, build_schedule
+from tests.chaos.schedule import PlannedFault, Variant, build_schedule, lanes
 from tests.chaos.stack import ChaosStack, StackConfig
 
 MINUTE_MS = 60_000
 START_TIMEOUT_S = 180.0
 SETTLE_TIMEOUT_S = 180.0
-# Minutes at a session's start whose features are not complete yet (no decision expected).
+# Minutes after the first bar the stack saw of a session whose features are not complete yet.
 WARMUP_MINUTES = 5
 
 
@@ -83,18 +84,27 @@ def run(
         _wait(probe(stack, "decisions"), START_TIMEOUT_S, "the first decision")
         say(f"stack up after {time.monotonic() - started:.0f}s; applying faults")
         faults = FaultRunner(stack)
-        for planned in build_schedule(variant, seed, rounds):
+        plan = build_schedule(variant, seed, rounds)
+
+        def apply_all(lane: list[PlannedFault]) -> None:
+            for planned in lane:
+                result = faults.apply(planned)
+                results.append(result)
+                recovery = "-" if result.recovery_s is None else f"{result.recovery_s:.1f}s"
+                problems = "".join(f"; {p}" for p in result.problems)
+                say(
+                    f"[{time.monotonic() - started:5.0f}s] round {planned.round} {planned.kind}: "
+                    f"recovered in {recovery}{problems}"
+                )
+
+        for number in sorted({f.round for f in plan}):
             minutes = (time.monotonic() - started) / 60
-            if _round_done(variant, rounds, planned.round, results, minutes, soak_minutes):
+            if variant == "soak" and rounds is None and number > 1 and minutes >= soak_minutes:
                 break
-            result = faults.apply(planned)
-            results.append(result)
-            recovery = "-" if result.recovery_s is None else f"{result.recovery_s:.1f}s"
-            problems = "".join(f"; {p}" for p in result.problems)
-            say(
-                f"[{time.monotonic() - started:5.0f}s] round {planned.round} {planned.kind}: "
-                f"recovered in {recovery}{problems}"
-            )
+            with ThreadPoolExecutor(2) as pool:
+                for future in [pool.submit(apply_all, lane) for lane in lanes(plan, number)]:
+                    future.result()
+        results.sort(key=lambda r: r.started)
         after_faults = stack.feed_clock_ms()
         settled = after_faults + checks.SETTLE_MS + checks.LATE_REPORT_MS + 2 * MINUTE_MS
         _wait(lambda: stack.feed_clock_ms() > settled, SETTLE_TIMEOUT_S, "the feed past the faults")
@@ -104,7 +114,7 @@ def run(
         found.append(_eventually(lambda: checks.check_bars(stack, ranges), 60))
         found.append(_eventually(lambda: checks.check_trades(stack, ranges), 60))
         found.append(checks.check_orders(stack))
-        found.append(checks.check_decisions(stack, ranges, WARMUP_MINUTES, results))
+        found.append(checks.check_decisions(stack, ranges, WARMUP_MINUTES, results, first_feed))
         found.append(checks.check_alerts(stack, results))
     except Exception as exc:  # reported as the run's failure; the stack is still stopped
         failure = f"{type(exc).__name__}: {exc}"
@@ -120,17 +130,3 @@ def run(
     wall_s = time.monotonic() - started
     text = render(variant, seed, results, found, wall_s)
     return Outcome(held(results, found), text, wall_s, results, found)
-
-
-def _round_done(
-    variant: Variant,
-    rounds: int | None,
-    number: int,
-    results: list[FaultResult],
-    minutes: float,
-    soak_minutes: float,
-) -> bool:
-    """The soak stops at the first round boundary after ``soak_minutes``."""
-    if variant != "soak" or rounds is not None or not results:
-        return False
-    return results[-1].round < number and minutes >= soak_minutes

@@ -1,9 +1,12 @@
 """The seeded fault schedule: which faults, in which order, how long each lasts.
 
 The short variant applies every kind once; the soak variant repeats every kind in rounds (each
-round in its own seeded order) until it has run at least ``soak_minutes``. The same seed gives
-the same schedule; the trigger moments themselves are conditions on the running stack (a minute
-boundary on the feed clock, a batch in the loader's hands, a decision just taken).
+round in its own seeded order) until it has run at least ``soak_minutes``. Within a round, the
+kills of the services downstream of storage run in a second lane, at the same time as the feed
+and infrastructure faults (their alerts and progress are independent), which halves a round.
+The same seed gives the same schedule; the trigger moments themselves are conditions on the
+running stack (a minute boundary on the feed clock, a batch in the loader's hands, a decision
+just taken).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ KINDS: Final = (
 )
 
 
+# Faults of the second lane: services downstream of storage, each with its own alert.
+DOWNSTREAM: Final = frozenset({"kill_features", "kill_inference", "kill_trader"})
+
+
 @dataclass(frozen=True)
 class PlannedFault:
     kind: str
@@ -49,7 +56,7 @@ class Durations:
 
 
 DURATIONS: Final[dict[Variant, Durations]] = {
-    "short": Durations(redis_pause_s=8, feed_fault_s=5, slow_reader_s=3),
+    "short": Durations(redis_pause_s=5, feed_fault_s=4, slow_reader_s=3),
     # the issue's 30 s Redis pause; longer feed faults
     "soak": Durations(redis_pause_s=30, feed_fault_s=10, slow_reader_s=5),
 }
@@ -76,3 +83,12 @@ def build_schedule(variant: Variant, seed: int, rounds: int | None = None) -> li
         rng.shuffle(kinds)
         plan += [PlannedFault(kind, number, hold_for(kind, durations)) for kind in kinds]
     return plan
+
+
+def lanes(plan: list[PlannedFault], number: int) -> tuple[list[PlannedFault], list[PlannedFault]]:
+    """Round ``number`` of ``plan`` as its two lanes (each in schedule order)."""
+    round_faults = [f for f in plan if f.round == number]
+    return (
+        [f for f in round_faults if f.kind not in DOWNSTREAM],
+        [f for f in round_faults if f.kind in DOWNSTREAM],
+    )

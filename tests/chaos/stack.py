@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.processes import REPO, ServiceProcess, start_service, stop_process
 from tests.router.harness import SIM_KEY, Sim, router_env, simulator
 
 SYMBOLS = ("NVDA", "MSFT")
-# Services in start order (downstream first, so nothing the feed sends waits for a consumer).
+# Every service the stack runs; the router starts last (see ChaosStack.start).
 SERVICES = ("trader", "inference", "features", "loader", "validator", "alerter", "router")
 HEARTBEAT_MAX_AGE_S = 3
 
@@ -113,8 +114,11 @@ class ChaosStack:
                 "ITS_WATCHDOG_ALWAYS": "true",
             },
         }
-        for name in SERVICES:
-            self.start_service(name)
+        # Everything but the router starts at once (each waits for its own health endpoint);
+        # the router last, so every consumer group exists before the feed flows.
+        with ThreadPoolExecutor(len(SERVICES)) as pool:
+            list(pool.map(self.start_service, [n for n in SERVICES if n != "router"]))
+        self.start_service("router")
 
     def start_service(self, name: str) -> ServiceProcess:
         previous = self.services.get(name)
