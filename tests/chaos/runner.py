@@ -20,7 +20,7 @@ from tests.chaos.faults import FaultResult, FaultRunner
 from tests.chaos.memory import BOUNDS_MIB, MemorySampler
 from tests.chaos.progress import probe
 from tests.chaos.report import held, render
-from tests.chaos.schedule import PlannedFault, Variant, build_schedule, lanes
+from tests.chaos.schedule import PlannedFault, Variant, build_schedule, lanes, solo
 from tests.chaos.stack import ChaosStack, StackConfig
 
 MINUTE_MS = 60_000
@@ -104,6 +104,7 @@ def run(
             with ThreadPoolExecutor(2) as pool:
                 for future in [pool.submit(apply_all, lane) for lane in lanes(plan, number)]:
                     future.result()
+            apply_all(solo(plan, number))
         results.sort(key=lambda r: r.started)
         after_faults = stack.feed_clock_ms()
         settled = after_faults + checks.SETTLE_MS + checks.LATE_REPORT_MS + 2 * MINUTE_MS

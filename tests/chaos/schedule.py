@@ -39,6 +39,8 @@ KINDS: Final = (
 
 # Faults of the second lane: services downstream of storage, each with its own alert.
 DOWNSTREAM: Final = frozenset({"kill_features", "kill_inference", "kill_trader"})
+# Faults that run alone: without the alerter no other fault's alert can fire.
+SOLO: Final = frozenset({"kill_alerter"})
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,15 @@ def build_schedule(variant: Variant, seed: int, rounds: int | None = None) -> li
 
 
 def lanes(plan: list[PlannedFault], number: int) -> tuple[list[PlannedFault], list[PlannedFault]]:
-    """Round ``number`` of ``plan`` as its two lanes (each in schedule order)."""
-    round_faults = [f for f in plan if f.round == number]
+    """Round ``number`` of ``plan`` as its two concurrent lanes (each in schedule order),
+    without the :data:`SOLO` faults."""
+    round_faults = [f for f in plan if f.round == number and f.kind not in SOLO]
     return (
         [f for f in round_faults if f.kind not in DOWNSTREAM],
         [f for f in round_faults if f.kind in DOWNSTREAM],
     )
+
+
+def solo(plan: list[PlannedFault], number: int) -> list[PlannedFault]:
+    """Round ``number``'s faults that run alone, after both lanes."""
+    return [f for f in plan if f.round == number and f.kind in SOLO]

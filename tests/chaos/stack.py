@@ -30,7 +30,7 @@ from tests.router.harness import SIM_KEY, Sim, router_env, simulator
 SYMBOLS = ("NVDA", "MSFT")
 # Every service the stack runs; the router starts last (see ChaosStack.start).
 SERVICES = ("trader", "inference", "features", "loader", "validator", "alerter", "router")
-HEARTBEAT_MAX_AGE_S = 3
+HEARTBEAT_MAX_AGE_S = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class ChaosStack:
     pids: set[int] = field(default_factory=set)
     ports: set[int] = field(default_factory=set)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
+    down: set[str] = field(default_factory=set)  # killed on purpose, not restarted yet
 
     def __post_init__(self) -> None:
         self.redis = RedisServer(self.work_dir / "redis")
@@ -130,6 +131,7 @@ class ChaosStack:
         )
         self.services[name] = handle
         self._remember(handle.process, handle.port)
+        self.down.discard(name)
         return handle
 
     def stop(self) -> None:
@@ -152,7 +154,8 @@ class ChaosStack:
     # -- faults on processes ----------------------------------------------------------------
 
     def kill(self, name: str) -> None:
-        """kill -9 of one service (the runner restarts it)."""
+        """kill -9 of one service (the runner restarts it: :meth:`start_service`)."""
+        self.down.add(name)
         process = self.services[name].process
         process.kill()
         process.wait(10)
@@ -179,8 +182,8 @@ class ChaosStack:
     def dead_services(self) -> dict[str, int]:
         return {
             name: code
-            for name, handle in self.services.items()
-            if (code := handle.process.poll()) is not None
+            for name, handle in list(self.services.items())
+            if name not in self.down and (code := handle.process.poll()) is not None
         }
 
     # -- what the runner watches ------------------------------------------------------------
