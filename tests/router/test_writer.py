@@ -204,7 +204,8 @@ async def test_a_feed_state_not_published_while_redis_was_down_is_published_agai
         await publisher.retry()
         assert (await client.hget("its:feed:state", "state")) == b"subscribed"
         await publisher.retry()  # nothing pending: no second entry
-        states = [decode_status(f).state for _, f in await client.xrange(Stream.FEED_STATUS)]
+        entries: Any = await client.xrange(Stream.FEED_STATUS)
+        states = [decode_status(fields).state for _, fields in entries]
         assert states == ["max_connections", "subscribed"]
     finally:
         await client.aclose()
