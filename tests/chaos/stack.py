@@ -10,6 +10,7 @@ prove that nothing is left behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +145,8 @@ class ChaosStack:
         if self.client is not None:
             self.client.close()
         self.postgres.stop()
+        if self.postgres.relocated:  # root: the throwaway data lives in /var/lib/its-local
+            shutil.rmtree(self.postgres.server_dir, ignore_errors=True)
         self.redis.stop()
 
     def _remember(self, process: subprocess.Popen[Any] | None, *ports: int) -> None:
