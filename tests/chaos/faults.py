@@ -121,7 +121,10 @@ class FaultRunner:
         result.ended = datetime.now(UTC)
         dead = self.stack.dead_services()
         if dead:
+            # Reported, then restarted as the local supervisor would, so the run goes on.
             result.problems.append(f"services ended: {dead}")
+            for name in dead:
+                self.stack.start_service(name)
         return result
 
     # -- helpers ----------------------------------------------------------------------------
