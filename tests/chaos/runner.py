@@ -12,7 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tests.chaos import checks
 from tests.chaos.checks import Check
@@ -22,6 +21,7 @@ from tests.chaos.progress import probe
 from tests.chaos.report import held, render
 from tests.chaos.schedule import PlannedFault, Variant, build_schedule, lanes, solo
 from tests.chaos.stack import ChaosStack, StackConfig
+from tests.router.harness import wait_until
 
 MINUTE_MS = 60_000
 START_TIMEOUT_S = 180.0
@@ -37,16 +37,6 @@ class Outcome:
     wall_s: float
     results: list[FaultResult] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
-
-
-def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached within {timeout_s:.0f}s")
 
 
 def _eventually(make: Callable[[], Check], timeout_s: float) -> Check:
@@ -80,8 +70,8 @@ def run(
         say(f"starting the stack in {work_dir}")
         stack.start()
         sampler = MemorySampler(stack).start()
-        first_feed = _wait(stack.feed_clock_ms, START_TIMEOUT_S, "the first feed event")
-        _wait(probe(stack, "decisions"), START_TIMEOUT_S, "the first decision")
+        first_feed = wait_until(stack.feed_clock_ms, START_TIMEOUT_S, "the first feed event")
+        wait_until(probe(stack, "decisions"), START_TIMEOUT_S, "the first decision")
         say(f"stack up after {time.monotonic() - started:.0f}s; applying faults")
         faults = FaultRunner(stack)
         plan = build_schedule(variant, seed, rounds)
@@ -108,7 +98,9 @@ def run(
         results.sort(key=lambda r: r.started)
         after_faults = stack.feed_clock_ms()
         settled = after_faults + checks.SETTLE_MS + checks.LATE_REPORT_MS + 2 * MINUTE_MS
-        _wait(lambda: stack.feed_clock_ms() > settled, SETTLE_TIMEOUT_S, "the feed past the faults")
+        wait_until(
+            lambda: stack.feed_clock_ms() > settled, SETTLE_TIMEOUT_S, "the feed past the faults"
+        )
         lo, hi = checks.window(first_feed, stack.feed_clock_ms())
         ranges = checks.session_ranges(lo, hi)
         say(f"checking {len(ranges)} session range(s) against REST")

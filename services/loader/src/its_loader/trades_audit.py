@@ -19,7 +19,6 @@ Findings are printed (or returned as JSON) and, like the bars audit's, replace t
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import psycopg
 
 from its_common import calendar
 from its_common.streams import now_ms
+from its_loader.audit import replace_audit_rows
 from its_loader.finality import MINUTE_MS, final_until_ms, is_final
 from its_loader.rest import PolygonRest
 from its_loader.trades_backfill import NS_PER_MS, backfill_trades_window
@@ -241,37 +241,21 @@ async def write_trades_audit(conn: psycopg.AsyncConnection[Any], report: TradesA
     """Replace the day's ``subject = 'trades'`` gap_audit rows of the audited symbols."""
     if not report.trading_day:
         return 0
-    written = 0
-    async with conn.transaction(), conn.cursor() as cur:
-        for result in report.symbols:
-            await cur.execute(
-                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s"
-                " AND subject = 'trades'",
-                (report.day, result.symbol),
+    findings = {
+        result.symbol: [
+            (
+                f.minute_ms,
+                f.kind,
+                {
+                    "stored_trades": f.stored[0],
+                    "stored_volume": f.stored[1],
+                    "rest_trades": f.rest[0],
+                    "rest_volume": f.rest[1],
+                    "repaired": bool(f.repaired),
+                },
             )
-            rows = [
-                (
-                    report.day,
-                    result.symbol,
-                    datetime.fromtimestamp(f.minute_ms / 1000, UTC),
-                    f.kind,
-                    json.dumps(
-                        {
-                            "stored_trades": f.stored[0],
-                            "stored_volume": f.stored[1],
-                            "rest_trades": f.rest[0],
-                            "rest_volume": f.rest[1],
-                            "repaired": bool(f.repaired),
-                        }
-                    ),
-                )
-                for f in result.findings
-            ]
-            if rows:
-                await cur.executemany(
-                    """INSERT INTO gap_audit (audit_date, symbol, subject, minute_ts, kind, detail)
-                       VALUES (%s, %s, 'trades', %s, %s, %s::jsonb)""",
-                    rows,
-                )
-                written += len(rows)
-    return written
+            for f in result.findings
+        ]
+        for result in report.symbols
+    }
+    return await replace_audit_rows(conn, report.day, "trades", findings)
