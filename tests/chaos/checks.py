@@ -272,15 +272,17 @@ def check_memory(peaks: dict[str, int], bounds_mib: dict[str, int]) -> Check:
     return check
 
 
-def check_nothing_left(stack: ChaosStack) -> Check:
-    """After stop: no process the run started is alive, no child of the runner, ports free."""
+def check_nothing_left(stack: ChaosStack, children_before: set[int]) -> Check:
+    """After stop: no process the run started is alive, no new descendant of the runner (a
+    pytest session's own servers were there before), every port free."""
     check = Check("nothing left running")
     for pid in sorted(stack.pids):
         check.compared += 1
         if _alive(pid):
             check.differ(f"pid {pid} still running")
-    for pid in _descendants(os.getpid()):
-        check.differ(f"child pid {pid} still running")
+    for pid in descendants():
+        if pid not in children_before:
+            check.differ(f"child pid {pid} still running")
     for port in sorted(stack.ports):
         check.compared += 1
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -300,7 +302,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int | None = None) -> list[int]:
+    """Every live descendant process of ``root`` (default: this process)."""
+    root = os.getpid() if root is None else root
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -61,6 +61,7 @@ def run(
     config: StackConfig | None = None,
 ) -> Outcome:
     started = time.monotonic()
+    children_before = set(checks.descendants())
     stack = ChaosStack(work_dir, config or StackConfig())
     results: list[FaultResult] = []
     found: list[Check] = []
@@ -115,7 +116,7 @@ def run(
         peaks = sampler.stop() if sampler is not None else {}
         stack.stop()
     found.append(checks.check_memory(peaks, BOUNDS_MIB))
-    found.append(checks.check_nothing_left(stack))
+    found.append(checks.check_nothing_left(stack, children_before))
     if failure is not None:
         broken = Check("run completed")
         broken.differ(failure)
