@@ -252,7 +252,7 @@ def check_alerts(stack: ChaosStack, results: list[FaultResult]) -> Check:
         def resolved(alert: Any = alert, result: FaultResult = result) -> bool:
             return alert_in(stack, alert, "resolved", result.started)
 
-        if not alert_in(stack, alert, "firing", result.started):
+        if not result.alert_fired:
             check.differ(f"{result.kind}: {alert.fingerprint} did not fire")
         elif _poll(resolved, ALERT_TIMEOUT_S) is None:
             check.differ(f"{result.kind}: {alert.fingerprint} fired but never resolved")
