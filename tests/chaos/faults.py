@@ -23,7 +23,7 @@ from its_common.streams import Stream
 from tests.chaos.progress import probe, wait_progress
 from tests.chaos.schedule import PlannedFault
 from tests.chaos.stack import ChaosStack
-from tests.router.harness import SIM_KEY
+from tests.router.harness import SIM_KEY, http
 
 TRIGGER_TIMEOUT_S = 60.0
 ALERT_TIMEOUT_S = 60.0
@@ -129,6 +129,20 @@ class FaultRunner:
         return result
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _feed_up(self) -> None:
+        """Before a fault on the router's connection: wait (bounded) until it is subscribed
+        (after an earlier fault it may still be reconnecting, and a second client would then
+        take a free key instead of the router's connection)."""
+        client, sim = self.stack.client, self.stack.sim
+        assert client is not None and sim is not None
+
+        def subscribed() -> bool:
+            status, body = http("GET", f"{sim.rest_url}/admin/status")
+            state = client.hget("its:feed:state", "state")
+            return status == 200 and body["subscribed"] >= 1 and state == b"subscribed"
+
+        _poll(subscribed, ALERT_TIMEOUT_S)
 
     def _quiet(self, kind: str) -> None:
         """Before a fault with an alert: wait (bounded) until that alert is not firing (an
@@ -265,6 +279,7 @@ class FaultRunner:
     def _feed_drop(self, result: FaultResult, _: PlannedFault) -> None:
         """Every connection aborted; new ones refused for the hold time."""
         assert self.stack.sim is not None
+        self._feed_up()
         before = probe(self.stack, "feed")()
         result.started = datetime.now(UTC)
         self.stack.sim.faults(refuse_connections_s=result.hold_s)
@@ -285,6 +300,7 @@ class FaultRunner:
     def _max_connections(self, result: FaultResult, _: PlannedFault) -> None:
         """A second client with the router's key: the simulator closes the older connection."""
         assert self.stack.sim is not None
+        self._feed_up()
         before = probe(self.stack, "feed")()
         result.started = datetime.now(UTC)
         with connect(self.stack.sim.ws_url, open_timeout=30) as intruder:
@@ -298,6 +314,7 @@ class FaultRunner:
         """The router stops reading (SIGSTOP); the simulator gives up on it as on a reader whose
         buffer overflowed (close 1011), then the router continues and reconnects."""
         assert self.stack.sim is not None
+        self._feed_up()
         before = probe(self.stack, "feed")()
         result.started = datetime.now(UTC)
         self.stack.signal_service("router", signal.SIGSTOP)
