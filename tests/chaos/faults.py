@@ -125,8 +125,19 @@ class FaultRunner:
             # Reported, then restarted as the local supervisor would, so the run goes on.
             result.problems.append(f"services ended: {dead}")
             for name in dead:
-                self.stack.start_service(name)
+                self._start(result, name)
         return result
+
+    def _start(self, result: FaultResult, name: str, attempts: int = 3) -> None:
+        """(Re)start ``name`` as a supervisor would: a start that fails is a problem of this
+        fault and is tried again (bounded), so the run goes on to its checks."""
+        for _ in range(attempts):
+            try:
+                self.stack.start_service(name)
+                return
+            except AssertionError as exc:
+                result.problems.append(f"{name} failed to start: {str(exc)[-200:]}")
+        raise RuntimeError(f"{name} did not start in {attempts} attempts")
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -185,7 +196,7 @@ class FaultRunner:
         if alert is not None:
             self._expect_alert(result, alert)
         restarted = time.monotonic()
-        self.stack.start_service(service)
+        self._start(result, service)
         self._recover(result, stage, before, restarted)
 
     def _sim_fault(

@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,8 @@ import redis.asyncio as aioredis
 import torch
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from redis.exceptions import RedisError
 
-from its_common.backoff import Backoff
+from its_common.backoff import until_redis_answers
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
@@ -30,7 +29,6 @@ from its_common.features import FEATURE_SPEC_HASH
 from its_common.features.spec import BAR_MS
 from its_common.featureset import FeatureSet, decode_feature_set
 from its_common.heartbeat import instance_name
-from its_common.redaction import redact
 from its_common.runtime import ServiceContext
 from its_common.streams import (
     EntryFormatError,
@@ -421,22 +419,6 @@ async def session_history(redis: aioredis.Redis, stream: str) -> RawEntries:
     return out
 
 
-async def retry_redis(
-    step: Callable[[], Awaitable[None]], what: str, stopping: asyncio.Event
-) -> bool:
-    """Run ``step`` until Redis lets it through (a transient outage is no reason to end);
-    False when the service stops first."""
-    backoff = Backoff(0.5, 10.0)
-    while not stopping.is_set():
-        try:
-            await step()
-            return True
-        except (RedisError, OSError) as exc:
-            log.warning("%s: Redis unavailable (%s); retrying", what, redact(str(exc)))
-            await backoff.sleep(stopping)
-    return False
-
-
 async def main(ctx: ServiceContext[InferenceSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
@@ -463,7 +445,7 @@ async def main(ctx: ServiceContext[InferenceSettings]) -> None:
             replayed = processor.warm(await session_history(redis, stream))
             log.info("warm-up: %d minutes of the current session replayed", replayed)
 
-    if not await retry_redis(start_up, "start-up", ctx.stopping):
+    if not await until_redis_answers(start_up, "start-up", ctx.stopping):
         return
     watcher = asyncio.create_task(
         watch_bundles(
