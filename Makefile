@@ -16,7 +16,7 @@ TORCH_VERSION = $(shell sed -n 's/^torch==//p' $(LOCK))
 # `make venv TORCH_INDEX_URL=...`.
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: venv lock run test lint typecheck pytest bench clean distclean
+.PHONY: venv lock run test lint typecheck pytest bench chaos clean distclean
 
 venv: $(VENV)/.installed
 
@@ -77,6 +77,13 @@ test: lint typecheck pytest
 ## Benchmarks (figures printed as ratios against a ceiling measured in the same run).
 bench: venv
 	$(BIN)/python -m tests.bench
+
+## Whole-stack chaos run: seeded faults, then every bar and trade checked against REST truth.
+## VARIANT=short (a fault of each kind, part of `make test`) or soak (every fault, >= 30 min).
+VARIANT ?= short
+SEED ?= 1
+chaos: venv
+	$(BIN)/python -m tests.chaos --variant $(VARIANT) --seed $(SEED)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

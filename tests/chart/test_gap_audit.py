@@ -1,4 +1,4 @@
-"""The nightly gap-audit CronJob (loader image, `its-loader audit --repair`)."""
+"""The nightly gap-audit CronJob (loader image, `its-loader audit --trades --repair`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_gap_audit_cronjob_defaults(render: Render) -> None:
     pod = spec["jobTemplate"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["its-loader"]
-    assert container["args"] == ["audit", "--repair"]
+    assert container["args"] == ["audit", "--trades", "--repair"]
     assert container["image"].startswith("its-loader:")
     env = env_of(container)
     assert env["DATABASE_PASSWORD_FILE"]["value"] == "/var/run/secrets/its/database/password"
@@ -52,7 +52,7 @@ def test_gap_audit_can_be_disabled_or_configured(render: Render) -> None:
     }
     cron = find(parse_manifests(render(values)), "CronJob", "its-gap-audit")
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["audit", "--fail-on-gaps"]
+    assert container["args"] == ["audit", "--trades", "--fail-on-gaps"]
     assert cron["spec"]["schedule"] == "0 2 * * 2-6"
 
 

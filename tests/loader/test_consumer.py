@@ -81,7 +81,9 @@ async def test_duplicate_and_resent_bars_keep_one_row_with_the_newest_values(
     await loader.stop()
 
 
-async def test_rest_rows_are_authoritative(redis_server, redis_client, db_url, start_loader):
+async def test_rest_rows_win_over_older_websocket_bars_not_over_corrections(
+    redis_server, redis_client, db_url, start_loader
+):
     loader = start_loader(make_settings(redis_server.url, db_url, streams="bars"))
     await add_bars(redis_client, [bar("NVDA", 0, close=10.0)], received_ms=T0 + 61_000)
     await wait_until(lambda: scalar(db_url, "SELECT count(*) FROM market_data") == 1)
@@ -90,13 +92,21 @@ async def test_rest_rows_are_authoritative(redis_server, redis_client, db_url, s
         await prepare_session(conn)
         assert await store_bars(conn, bar_payload_rows([rest])) == (1, False)  # REST replaces WS
         assert await store_bars(conn, bar_payload_rows([rest])) == (0, False)  # identical
-    # A later WebSocket bar never replaces the REST row.
-    await add_bars(redis_client, [bar("NVDA", 0, close=10.9)], received_ms=T0 + 999_000)
+    # A WebSocket bar received before the REST read (a late delivery) never replaces it.
+    await add_bars(redis_client, [bar("NVDA", 0, close=10.9)], received_ms=T0 + 80_000)
     await wait_until(
         lambda: loader.metric("its_loader_entries_total", stream="1m", outcome="loaded") == 2
     )
     rows = query(db_url, "SELECT close, volume, trade_count, source, revision FROM market_data")
     assert rows == [(11.0, 500.0, 42, "polygon_rest", 2)]
+    # One received after it is a correction (late reports re-sent as a corrected bar, up to
+    # 15 minutes later): newer than what REST said then, it replaces the REST row.
+    await add_bars(redis_client, [bar("NVDA", 0, close=10.7)], received_ms=T0 + 999_000)
+    await wait_until(
+        lambda: loader.metric("its_loader_entries_total", stream="1m", outcome="loaded") == 3
+    )
+    rows = query(db_url, "SELECT close, source, revision FROM market_data")
+    assert rows == [(10.7, "polygon_ws", 3)]
     await loader.stop()
 
 

@@ -163,3 +163,49 @@ async def test_startup_windows_read_provisional_bars_again(db_url):
     async with await psycopg.AsyncConnection.connect(db_url) as aconn:
         windows = await startup_windows(aconn, ["NVDA"], initial_sessions=1, now=now)
     assert windows == [("NVDA", MINUTES[11], NOW_MS)]
+
+
+async def test_a_gap_window_starting_inside_a_minute_backfills_that_minute_bar(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    """A window opens at the newest event seen, seconds into a minute; that minute's bar is sent
+    when the minute ends, inside the window, so it was missed too (the chaos suite found 09:53
+    missing after a reconnect window starting at 09:53:05.9)."""
+    bars = rest_as_of_now(rest_server)
+    await set_market_clock(redis_client, NOW_MS)
+    loader = start_loader(
+        make_settings(redis_server.url, db_url, rest_server.url, streams="gaps", late_reports_s=0)
+    )
+    window = GapWindow(("NVDA",), MINUTES[10] + 5_900, MINUTES[13], reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    for minute in (10, 11, 12):
+        assert row(db_url, minute) == ("polygon_rest", bars[minute]["v"]), minute
+    assert row(db_url, 9) is None and row(db_url, 13) is None
+    await loader.stop()
+
+
+async def test_a_gap_window_also_reads_the_minutes_late_reports_may_have_corrected(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    """Late reports (trades printed minutes after they happened) re-send an earlier minute's
+    bar; those sent during a gap are lost with it. The backfill reads the window from
+    ``late_reports_s`` before its start, so the corrected bars (and late trades) come from REST
+    (the chaos suite found 10:05 short of a late trade after a reconnect window at 10:08)."""
+    bars = rest_as_of_now(rest_server)
+    await set_market_clock(redis_client, NOW_MS)
+    stale = {**bars[17], "v": bars[17]["v"] - 100}  # the bar as the WebSocket sent it first
+    await add_bars(redis_client, [as_ws("NVDA", stale)])
+    loader = start_loader(
+        make_settings(
+            redis_server.url, db_url, rest_server.url, streams="bars,gaps", late_reports_s=180
+        )
+    )
+    await wait_until(lambda: row(db_url, 17) is not None)
+    window = GapWindow(("NVDA",), MINUTES[20] + 5_000, MINUTES[22], reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    for minute in range(17, 22):  # 20:05 - 3 minutes = 17:05: from minute 17 on
+        assert row(db_url, minute) == ("polygon_rest", bars[minute]["v"]), minute
+    assert row(db_url, 16) is None
+    await loader.stop()

@@ -10,7 +10,7 @@ from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
 from its_loader.__main__ import main as cli_main
 from its_loader.store import prepare_session, store_trades, trade_payload
 
-from .conftest import scalar
+from .conftest import query, scalar
 from .polygon_rest import synthetic_trade
 from .test_backfill_audit import DAY, MINUTES, cli_env
 from .test_trades_backfill import IN_PROGRESS, NOW_MS, as_ws, rest_trades
@@ -35,11 +35,16 @@ async def test_trades_audit_finds_missing_minutes_and_repair_fills_them(
     assert await asyncio.to_thread(cli_main, argv) == 0
     out = capfd.readouterr().out
     assert "TRADES MISSING (minutes missing 3, mismatch 0, extra 1)" in out
+    # Written to gap_audit, apart from the bars audit's rows (subject).
+    assert audit_rows(db_url, "trades") == {"missing": 3, "extra": 1}
 
     assert await asyncio.to_thread(cli_main, [*argv, "--repair", "--fail-on-gaps"]) == 1
     assert await asyncio.to_thread(cli_main, [*argv, "--fail-on-gaps"]) == 0
     out = capfd.readouterr().out
     assert "OK: no missing trades (minutes missing 0, mismatch 0, extra 1)" in out
+    assert audit_rows(db_url, "trades") == {"extra": 1}  # the day's rows replaced
+    detail = query(db_url, "SELECT detail FROM gap_audit WHERE subject = 'trades'")[0][0]
+    assert detail["stored_trades"] == 1 and detail["rest_trades"] == 0
     final = [t for t in trades if t["sip_timestamp"] < MINUTES[IN_PROGRESS] * 1_000_000]
     unfinal_stored = [t for t in trades[::3] if t not in final]
     total = len(final) + len(unfinal_stored) + 1
@@ -48,3 +53,10 @@ async def test_trades_audit_finds_missing_minutes_and_repair_fills_them(
         scalar(db_url, "SELECT count(DISTINCT (symbol, ts, exchange, trade_id)) FROM trades")
         == total
     )
+
+
+def audit_rows(db_url: str, subject: str) -> dict[str, int]:
+    rows = query(
+        db_url, "SELECT kind, count(*) FROM gap_audit WHERE subject = %s GROUP BY kind", subject
+    )
+    return {str(kind): int(count) for kind, count in rows}

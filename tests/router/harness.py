@@ -68,8 +68,11 @@ class Sim:
         status, body = http("PUT", f"{self.rest_url}/admin/faults", changes)
         assert status == 200, body
 
-    def drop(self) -> None:
-        status, body = http("POST", f"{self.rest_url}/admin/drop", {})
+    def drop(self, code: int | None = None) -> None:
+        """Drop every WebSocket connection (aborted, or closed with ``code``)."""
+        status, body = http(
+            "POST", f"{self.rest_url}/admin/drop", {} if code is None else {"code": code}
+        )
         assert status == 200, body
 
 
@@ -127,6 +130,19 @@ class Router:
         return self.log_file.read_text(errors="replace")
 
 
+def router_env(redis_url: str, sim: Sim) -> dict[str, str]:
+    """The router's environment against ``sim``: quick reconnects for tests."""
+    return {
+        "REDIS_URL": redis_url,
+        "ITS_POLYGON_WS_URL": sim.ws_url,
+        "ITS_POLYGON_REST_URL": sim.rest_url,
+        "POLYGON_API_KEY": SIM_KEY,
+        "ITS_BACKOFF_INITIAL_S": "0.1",
+        "ITS_BACKOFF_MAX_S": "1",
+        "ITS_SYMBOLS_POLL_S": "0.3",
+    }
+
+
 @contextmanager
 def router(log_dir: Path, redis_url: str, sim: Sim, **env: str) -> Iterator[Router]:
     with router_process(log_dir, redis_url, sim, None, env) as handle:
@@ -141,15 +157,9 @@ def router_process(
     http_port = free_port()
     environment = {
         **os.environ,
-        "REDIS_URL": redis_url,
-        "ITS_POLYGON_WS_URL": sim.ws_url,
-        "ITS_POLYGON_REST_URL": sim.rest_url,
-        "POLYGON_API_KEY": SIM_KEY,
+        **router_env(redis_url, sim),
         "ITS_HTTP_PORT": str(http_port),
         "ITS_HEARTBEAT_INTERVAL_S": "1",
-        "ITS_BACKOFF_INITIAL_S": "0.1",
-        "ITS_BACKOFF_MAX_S": "1",
-        "ITS_SYMBOLS_POLL_S": "0.3",
         **env,
     }
     log_dir.mkdir(parents=True, exist_ok=True)

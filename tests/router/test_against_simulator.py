@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +297,41 @@ def test_a_dead_writer_ends_the_router_with_a_non_zero_exit(tmp_path: Path, redi
         assert "injected writer fault" in log
         assert "essential task 'writer'" in log
         assert r.xlen(Stream.TRADES) > 0  # it did write before the fault
+
+
+def test_a_lost_connection_is_published_as_disconnected_until_subscribed_again(
+    tmp_path: Path, redis_server, r
+) -> None:
+    """While the router cannot reach the feed, ``its:feed:state`` must not keep saying
+    ``subscribed``: the alerter's feed_disconnected rule reads it."""
+    with simulator(tmp_path) as sim, router(tmp_path, redis_server.url, sim):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+        sim.faults(refuse_connections_s=3)
+        sim.drop()
+        wait_until(lambda: r.hget("its:feed:state", "state") == b"disconnected", 20, "disconnected")
+        wait_until(lambda: r.hget("its:feed:state", "state") == b"subscribed", 30, "subscribed")
+        assert "disconnected" in feed_states(r)
+
+
+def test_a_frozen_router_dropped_as_a_slow_reader_reconnects(
+    tmp_path: Path, redis_server, r
+) -> None:
+    """The router stops reading (SIGSTOP) long enough for its watchdog to see silence, the
+    simulator closes it as a slow reader (1011); once continued it must reconnect and go on
+    (the chaos suite found it silent for good after this, connected to nothing)."""
+    with (
+        simulator(tmp_path) as sim,
+        router(
+            tmp_path, redis_server.url, sim, ITS_STALE_AFTER_S="2", ITS_WATCHDOG_ALWAYS="true"
+        ) as rt,
+    ):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first trades")
+        os.kill(rt.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(3)  # the fault lasts this long; nothing is awaited
+            sim.drop(1011)
+        finally:
+            os.kill(rt.process.pid, signal.SIGCONT)
+        resumed = feed_clock(r)
+        wait_until(lambda: feed_clock(r) > resumed + 60_000, 30, "the feed a minute on")
+        assert rt.process.poll() is None

@@ -11,13 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from its_common import streams
 from its_common.backoff import Backoff
-from its_common.events import Trade, encode_frame
+from its_common.events import MinuteAgg, Trade, encode_frame
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
-from its_router.status import StatusPublisher
+from its_router.status import StatusPublisher, decode_status
 from its_router.writer import StreamWriter
 
 
@@ -111,3 +111,102 @@ async def test_events_are_held_while_redis_is_down_and_overflow_becomes_a_gap(tm
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_restart_gap_is_published_only_when_the_first_event_is_newer(redis_client: Any):
+    """A router restarting behind the stored feed clock (the feed replays older events) has
+    missed nothing between the two: no empty ``restart`` window (the alerter would report a 0 s
+    data gap). A first event newer than the stored clock still closes a real window."""
+    publisher = StatusPublisher(redis_client)
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        publish_gap=publisher.publish_gap,
+    )
+    stored_clock = 1_764_081_000_050
+    writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
+    writer.hold_frames([frame(0)])  # events at ...000 to ...009: not newer than the clock
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0
+
+    writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
+    writer.hold_frames([frame(100)])  # events at ...100 to ...109: after the clock
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (stored_clock, 1_764_081_000_109, "restart")
+    ]
+
+
+async def test_an_invalid_event_becomes_a_gap_window_around_it(redis_client: Any):
+    """A malformed frame's events go to the dead-letter stream; the trades in it are still the
+    exchange's trades, so the window they lie in (from the newest event before the bad frame to
+    the first event after it) is published as a gap for the loader to backfill."""
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    writer.hold_frames([frame(0)])  # events at ...000 to ...009
+    writer.hold_frames([Frame(streams.now_ms(), b'[{"ev":"T","sym":"NVDA","p":')])
+    writer.hold_frames([frame(20)])  # the next events: ...020 to ...029
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.symbols, g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (("NVDA",), 1_764_081_000_009, 1_764_081_000_029, "invalid_event")
+    ]
+    assert await redis_client.xlen(Stream.DEAD_LETTER) == 1
+
+
+async def test_a_gap_closed_by_a_minute_bar_reaches_the_end_of_that_minute(redis_client: Any):
+    """After a reconnect the first event may be the bar of a minute whose trades were not
+    received (the bar comes at the minute's end; its ``s`` is the minute's start). The window
+    must reach the bar's end, or that minute's trades are never backfilled (the chaos suite
+    found 13:09:00-13:10:00 missing after a router restart closed at a 13:09 bar)."""
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    minute = 1_764_081_060_000
+    writer.open_gap(("NVDA",), "restart", since_ms=minute - 30_000)
+    bar = MinuteAgg(
+        symbol="NVDA", volume=100, open=1.0, close=1.0, high=1.0, low=1.0,
+        start=minute, end=minute + 60_000,
+    )  # fmt: skip
+    writer.hold_frames([Frame(streams.now_ms(), encode_frame([bar]))])
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms) for g in gaps] == [(minute - 30_000, minute + 60_000)]
+
+
+async def test_a_feed_state_not_published_while_redis_was_down_is_published_again(
+    tmp_path: Path,
+):
+    """A state change that could not be written (Redis paused or down) must not leave the old
+    state standing: the alerter kept firing feed_disconnected for minutes after the feed was
+    subscribed again (the chaos suite's max_connections fault followed by a Redis pause)."""
+    server = RedisServer(tmp_path / "redis").start()
+    client = streams.connect(server.url, health_check_interval=0)
+    publisher = StatusPublisher(client)
+    try:
+        await publisher.publish("max_connections", "another client")
+        await asyncio.to_thread(server.stop)
+        await publisher.publish("subscribed", "NVDA")  # lost: Redis is down
+        await asyncio.to_thread(server.start)
+        await publisher.retry()
+        assert (await client.hget("its:feed:state", "state")) == b"subscribed"
+        await publisher.retry()  # nothing pending: no second entry
+        entries: Any = await client.xrange(Stream.FEED_STATUS)
+        states = [decode_status(fields).state for _, fields in entries]
+        assert states == ["max_connections", "subscribed"]
+    finally:
+        await client.aclose()
+        server.stop()

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from its_common.redaction import redact
+
+log = logging.getLogger("its.backoff")
 
 
 @dataclass
@@ -39,6 +47,24 @@ class Backoff:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=delay)
         return delay
+
+
+async def until_redis_answers(
+    step: Callable[[], Awaitable[None]], what: str, stopping: asyncio.Event
+) -> bool:
+    """Run ``step`` (a service's start-up reads of Redis) until Redis lets it through: a
+    transient outage (paused, restarting, still loading its data) is no reason to end.
+    Returns False when ``stopping`` is set first."""
+    backoff = Backoff(0.5, 10.0)
+    while not stopping.is_set():
+        try:
+            await step()
+            return True
+        except (RedisError, OSError) as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            log.warning("%s: Redis unavailable (%s); retrying", what, reason)
+            await backoff.sleep(stopping)
+    return False
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from its_common.backoff import Backoff
+from its_common.backoff import Backoff, until_redis_answers
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
@@ -413,11 +413,17 @@ async def run_features(ctx: ServiceContext[FeaturesSettings]) -> None:
     redis = ctx.require_redis()
     metrics = FeaturesMetrics(ctx.registry)
     clock = MarketClock(redis, settings.clock)
-    now = await wait_for_market_time(clock, ctx.stopping)
-    if now is None:
-        return
     live = LiveSymbols(redis, settings.symbols)
-    symbols = await live.refresh()
+    started: list[tuple[int, tuple[str, ...]]] = []
+
+    async def start_up() -> None:
+        now = await wait_for_market_time(clock, ctx.stopping)
+        if now is not None:
+            started.append((now, await live.refresh()))
+
+    if not await until_redis_answers(start_up, "start-up", ctx.stopping) or not started:
+        return
+    now, symbols = started[0]
     assembler = await build_assembler(settings, symbols, now, metrics)
     processor = FeaturesProcessor(redis, assembler, metrics, settings.cache_ttl_s)
     follower = SymbolFollower(processor, live, settings, metrics)

@@ -18,6 +18,7 @@ import torch
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from its_common.backoff import until_redis_answers
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
@@ -48,6 +49,8 @@ log = logging.getLogger("its.inference")
 tracer = trace.get_tracer("its.inference")
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1)
+# Signals rows kept back while the database is unavailable (a day has 390 minutes).
+MAX_UNWRITTEN_SIGNALS = 2_000
 INSERT_SIGNAL = (
     "INSERT INTO signals (ts, model_version, action, action_name, confidence, features)"
     " VALUES (to_timestamp(%s / 1000.0), %s, %s, %s, %s, %s)"
@@ -131,11 +134,17 @@ class InferenceProcessor:
         metrics: InferenceMetrics,
         conn: psycopg.AsyncConnection[Any] | None = None,
         clock: Callable[[], float] = time.time,
+        write_signals: bool | None = None,
     ) -> None:
         self.redis = redis
         self.policy = policy
         self.metrics = metrics
         self.conn = conn
+        # Whether signals are written at all (default: when built with a connection; the
+        # service says so itself, its connection may come later); rows a database outage kept
+        # back go with the next write.
+        self.write_enabled = conn is not None if write_signals is None else write_signals
+        self.unwritten: list[tuple[Any, ...]] = []
         self.clock = clock
         self.staged: Bundle | None = None
         self._announced: str | None = None
@@ -301,9 +310,12 @@ class InferenceProcessor:
         return [decision for decision, _ in made]
 
     async def write_signals(self, made: Sequence[tuple[Decision, FeatureSet]]) -> None:
-        if self.conn is None:
+        """Insert the decisions' ``signals`` rows, with those a database outage kept back
+        (bounded by :data:`MAX_UNWRITTEN_SIGNALS`; the oldest beyond it are counted and logged
+        as lost)."""
+        if not self.write_enabled:
             return
-        rows = [
+        rows = self.unwritten + [
             (
                 d.ts_ms,
                 d.model_version,
@@ -321,15 +333,26 @@ class InferenceProcessor:
             )
             for d, fs in made
         ]
+        self.unwritten = []
+        if self.conn is None:
+            self._keep_unwritten(rows, "no database connection")
+            return
         try:
             async with self.conn.cursor() as cur:
-                await cur.executemany(INSERT_SIGNAL, rows)
+                await cur.executemany(INSERT_SIGNAL, rows)  # ON CONFLICT DO NOTHING: idempotent
         except psycopg.Error as exc:
-            self.metrics.signal_failures.inc(len(rows))
-            log.warning("signals not written (%d decisions): %s", len(rows), exc)
+            self._keep_unwritten(rows, str(exc))
             if isinstance(exc, psycopg.OperationalError) or self.conn.closed:
                 await self.conn.close()
                 self.conn = None  # reconnected by the service loop
+
+    def _keep_unwritten(self, rows: list[tuple[Any, ...]], why: str) -> None:
+        lost = max(0, len(rows) - MAX_UNWRITTEN_SIGNALS)
+        if lost:
+            self.metrics.signal_failures.inc(lost)
+            log.error("%d signals rows lost (more than %d kept back)", lost, MAX_UNWRITTEN_SIGNALS)
+        self.unwritten = rows[lost:]
+        log.warning("signals not written yet (%d rows kept for the next write): %s", len(rows), why)
 
 
 async def watch_bundles(
@@ -425,13 +448,20 @@ async def serve(
     redis = ctx.require_redis()
     root = Path(settings.bundle_dir)
     conn = await connect_signals(settings)
-    processor = InferenceProcessor(redis, LivePolicy(bundle), metrics, conn)
+    processor = InferenceProcessor(
+        redis, LivePolicy(bundle), metrics, conn, write_signals=settings.write_signals
+    )
     stream = Stream.FEATURES.value
-    await ensure_group(redis, stream, settings.group, start="$")
-    await processor.announce()
-    if settings.warm_up:
-        replayed = processor.warm(await session_history(redis, stream))
-        log.info("warm-up: %d minutes of the current session replayed", replayed)
+
+    async def start_up() -> None:
+        await ensure_group(redis, stream, settings.group, start="$")
+        await processor.announce()
+        if settings.warm_up:
+            replayed = processor.warm(await session_history(redis, stream))
+            log.info("warm-up: %d minutes of the current session replayed", replayed)
+
+    if not await until_redis_answers(start_up, "start-up", ctx.stopping):
+        return
     watcher = asyncio.create_task(
         watch_bundles(
             processor,

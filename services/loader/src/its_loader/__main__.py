@@ -42,7 +42,12 @@ from its_loader.config import LoaderSettings
 from its_loader.finality import final_until_ms
 from its_loader.rest import BackfillError, PolygonRest
 from its_loader.store import prepare_session
-from its_loader.trades_audit import audit_trades_day, format_trades_report, trades_as_dict
+from its_loader.trades_audit import (
+    audit_trades_day,
+    format_trades_report,
+    trades_as_dict,
+    write_trades_audit,
+)
 
 
 def _date(value: str) -> date:
@@ -79,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--symbol", action="append", help="ticker (default: ITS_SYMBOLS)")
     audit.add_argument("--repair", action="store_true", help="upsert REST bars for the gaps")
     audit.add_argument("--no-event", action="store_true", help="do not publish the event")
-    audit.add_argument("--no-write", action="store_true", help="do not write gap_audit rows")
+    audit.add_argument(
+        "--no-write", action="store_true", help="do not write gap_audit rows (bars or trades)"
+    )
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     audit.add_argument(
         "--trades",
@@ -187,6 +194,8 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
             return 1
         if not args.no_write:
             await write_audit(conn, report)
+            if trades is not None:
+                await write_trades_audit(conn, trades)
     if not args.no_event and report.trading_day:
         redis = connect(settings.redis_url_with_password())
         try:

@@ -124,6 +124,7 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
             metrics,
             trades=settings.backfill_trades,
             settle_wait_s=settings.settle_wait_s,
+            late_reports_ms=int(settings.late_reports_s * 1000),
             stopping=ctx.stopping,
         ),
     }

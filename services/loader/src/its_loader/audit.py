@@ -254,32 +254,42 @@ async def audit_day(
 
 
 async def write_audit(conn: psycopg.AsyncConnection[Any], report: AuditReport) -> int:
-    """Replace the day's gap_audit rows of the audited symbols with this report's findings."""
+    """Replace the day's ``subject = 'bars'`` gap_audit rows of the audited symbols with this
+    report's findings (the trades audit keeps its own, ``subject = 'trades'``)."""
     if not report.trading_day:
         return 0
+    findings = {
+        result.symbol: [(f.minute_ms, f.kind, f.detail) for f in result.findings]
+        for result in report.symbols
+    }
+    return await replace_audit_rows(conn, report.day, "bars", findings)
+
+
+async def replace_audit_rows(
+    conn: psycopg.AsyncConnection[Any],
+    day: date,
+    subject: str,
+    findings: dict[str, list[tuple[int, str, dict[str, Any]]]],
+) -> int:
+    """Replace ``day``'s gap_audit rows of ``subject`` (bars, trades) for each symbol with its
+    findings (minute start ms, kind, detail), in one transaction; returns rows written."""
     written = 0
     async with conn.transaction(), conn.cursor() as cur:
-        for result in report.symbols:
+        for symbol, rows in findings.items():
             await cur.execute(
-                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s",
-                (report.day, result.symbol),
+                "DELETE FROM gap_audit WHERE audit_date = %s AND symbol = %s AND subject = %s",
+                (day, symbol, subject),
             )
-            rows = [
-                (
-                    report.day,
-                    result.symbol,
-                    datetime.fromtimestamp(f.minute_ms / 1000, UTC),
-                    f.kind,
-                    json.dumps(f.detail),
-                )
-                for f in result.findings
-            ]
             if rows:
                 await cur.executemany(
-                    """INSERT INTO gap_audit (audit_date, symbol, minute_ts, kind, detail)
-                       VALUES (%s, %s, %s, %s, %s::jsonb)""",
-                    rows,
-                )
+                    """INSERT INTO gap_audit (audit_date, symbol, subject, minute_ts, kind, detail)
+                       VALUES (%s, %s, %s, %s, %s, %s::jsonb)""",
+                    [
+                        (day, symbol, subject, datetime.fromtimestamp(ms / 1000, UTC), kind,
+                         json.dumps(detail))
+                        for ms, kind, detail in rows
+                    ],
+                )  # fmt: skip
                 written += len(rows)
     return written
 

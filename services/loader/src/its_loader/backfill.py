@@ -25,7 +25,7 @@ import psycopg
 from its_common import calendar
 from its_common.db.sources import SOURCE_REST, SOURCE_REST_PROVISIONAL
 from its_common.streams import now_ms
-from its_loader.finality import is_final
+from its_loader.finality import MINUTE_MS, is_final
 from its_loader.metrics import LoaderMetrics
 from its_loader.rest import PolygonRest
 from its_loader.store import (
@@ -85,10 +85,12 @@ async def backfill_window(
 ) -> int:
     """Fetch one symbol's window from REST and upsert it; returns rows inserted or changed.
 
+    Every minute the window touches is read, also the one it starts in: a window opens at the
+    newest event seen, inside a minute whose bar is sent when it ends (inside the window).
     ``final_until`` (``finality.final_until_ms`` of the market clock's now) decides which bars
     are final; the others are stored provisional."""
     fetched = now_ms()
-    bars = await rest.minute_bars(symbol, start_ms, end_ms)
+    bars = await rest.minute_bars(symbol, start_ms // MINUTE_MS * MINUTE_MS, end_ms)
     rows = rest_rows(symbol, bars, fetched, final_until)
     stored = await store_rest_rows(conn, rows)
     provisional = sum(1 for row in rows if row.source == SOURCE_REST_PROVISIONAL)

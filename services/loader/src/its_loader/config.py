@@ -62,6 +62,12 @@ class LoaderSettings(BaseServiceSettings):
         True,
         description="gap windows backfill trades from /v3/trades too (not only minute bars)",
     )
+    late_reports_s: float = Field(
+        900.0,
+        ge=0,
+        description="gap windows are backfilled from this long before their start: trades "
+        "reported late (and the corrected bars re-sent for them) during a gap are lost with it",
+    )
     settle_wait_s: float = Field(
         150.0,
         ge=0,

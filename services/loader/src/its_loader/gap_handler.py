@@ -19,6 +19,8 @@ as a warning and counted as ``its_loader_gap_windows_total{outcome="unsettled"}`
 repairs those minutes later. When the wait ended because the
 service stops, the part not final yet is published again as a gap window (same symbols and
 reason, ``source=loader``) before the entry is acked, so the next loader reads it once final.
+Each window is read from ``late_reports_ms`` before its start: trades reported late during the
+gap (and the corrected bars re-sent for them) belong to minutes before it.
 A REST failure (after the client's retries) raises: the entry is not acked and is retried, then
 dead-lettered by the consumer framework's rules, and ``its_loader_gap_windows_total{outcome=
 "failed"}`` counts it.
@@ -67,6 +69,7 @@ class GapsHandler:
         settle_wait_s: float = 150.0,
         stopping: asyncio.Event | None = None,
         poll_s: float = 1.0,
+        late_reports_ms: int = 0,
     ) -> None:
         if clock.redis is None:
             raise ValueError("the gaps handler needs a market clock on Redis")
@@ -78,6 +81,7 @@ class GapsHandler:
         self.settle_wait_s = settle_wait_s
         self.stopping = stopping
         self.poll_s = poll_s
+        self.late_reports_ms = late_reports_ms
 
     def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> GapWindow:
         try:
@@ -155,12 +159,15 @@ class GapsHandler:
     async def _fill(
         self, conn: psycopg.AsyncConnection[Any], window: GapWindow, symbol: str, final_until: int
     ) -> int:
+        # Late reports sent during the gap belong to minutes before it: read those too (stored
+        # trades are not duplicated; a final REST bar replaces the bar sent before the report).
+        start = window.start_ms - self.late_reports_ms
         rows = await backfill_window(
-            self.rest, conn, symbol, window.start_ms, window.end_ms, final_until, self.metrics
+            self.rest, conn, symbol, start, window.end_ms, final_until, self.metrics
         )
         if self.trades:
             trades = await backfill_trades_window(
-                self.rest, conn, symbol, window.start_ms, window.end_ms, final_until, self.metrics
+                self.rest, conn, symbol, start, window.end_ms, final_until, self.metrics
             )
             # The consumer counts what write() returns under this handler's table (market_data).
             if self.metrics is not None:

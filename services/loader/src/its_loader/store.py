@@ -12,10 +12,12 @@ Dedupe rules for ``market_data`` (primary key ``(symbol, ts)``):
 * a REST bar of a minute not final yet is stored as ``polygon_rest_provisional``: it fills a
   hole and nothing more. It replaces only an older provisional row (a later REST read); any
   WebSocket bar and any final REST bar replace it; it never replaces either;
-* a WebSocket bar (``polygon_ws``) never replaces a final REST row; it replaces an older WebSocket
-  version of the same minute, "older" meaning an earlier receive time (``received_at``, the
-  entry's ``rt``), so a re-sent (corrected) bar wins even if a crashed consumer's older entry is
-  loaded after it;
+* a WebSocket bar (``polygon_ws``) replaces an older version of the same minute, "older" meaning
+  an earlier receive time (``received_at``, the entry's ``rt``; for REST rows the time of the
+  read), so a re-sent (corrected) bar wins even if a crashed consumer's older entry is loaded
+  after it. A final REST row is replaced only by a bar received *after* the REST read: a
+  correction for late reports (they come up to 15 minutes after the minute, past the settle
+  delay), which holds everything REST had then and more;
 * within one batch the newest version of a minute wins (final REST first, provisional REST last,
   then receive time, then stream order);
 * an identical re-delivery changes nothing; a real change bumps ``revision``.
@@ -75,6 +77,9 @@ WHERE (EXCLUDED.source = '{SOURCE_REST}'
        OR (m.source = '{SOURCE_REST_PROVISIONAL}'
            AND (EXCLUDED.source <> '{SOURCE_REST_PROVISIONAL}'
                 OR EXCLUDED.received_at >= m.received_at))
+       OR (m.source = '{SOURCE_REST}'
+           AND EXCLUDED.source <> '{SOURCE_REST_PROVISIONAL}'
+           AND EXCLUDED.received_at > m.received_at)
        OR (m.source NOT IN ('{SOURCE_REST}', '{SOURCE_REST_PROVISIONAL}')
            AND EXCLUDED.source <> '{SOURCE_REST_PROVISIONAL}'
            AND EXCLUDED.received_at >= m.received_at))

@@ -12,8 +12,9 @@ path (:func:`its_loader.trades_backfill.backfill_trades_window`; duplicates are 
 primary key), and the findings say so (``repaired``). ``extra`` and ``mismatch`` minutes are
 reported only: REST is the reference, but the audit never deletes or rewrites stored trades.
 
-Findings are printed (or returned as JSON); they are not written to ``gap_audit`` (whose kinds are
-the bar audit's) and no alert event is published.
+Findings are printed (or returned as JSON) and, like the bars audit's, replace the day's earlier
+``gap_audit`` rows of the symbol, with ``subject = 'trades'`` (the bars audit's rows are
+``subject = 'bars'``; one minute can have both). No alert event of its own is published.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import psycopg
 
 from its_common import calendar
 from its_common.streams import now_ms
+from its_loader.audit import replace_audit_rows
 from its_loader.finality import MINUTE_MS, final_until_ms, is_final
 from its_loader.rest import PolygonRest
 from its_loader.trades_backfill import NS_PER_MS, backfill_trades_window
@@ -233,3 +235,27 @@ def trades_as_dict(report: TradesAuditReport) -> dict[str, Any]:
 
 def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
+
+
+async def write_trades_audit(conn: psycopg.AsyncConnection[Any], report: TradesAuditReport) -> int:
+    """Replace the day's ``subject = 'trades'`` gap_audit rows of the audited symbols."""
+    if not report.trading_day:
+        return 0
+    findings = {
+        result.symbol: [
+            (
+                f.minute_ms,
+                f.kind,
+                {
+                    "stored_trades": f.stored[0],
+                    "stored_volume": f.stored[1],
+                    "rest_trades": f.rest[0],
+                    "rest_volume": f.rest[1],
+                    "repaired": bool(f.repaired),
+                },
+            )
+            for f in result.findings
+        ]
+        for result in report.symbols
+    }
+    return await replace_audit_rows(conn, report.day, "trades", findings)

@@ -30,6 +30,7 @@ _TAG: dict[type[Event], str] = {cls: tag for tag, cls in EVENT_TYPES.items()}
 _symbol = attrgetter("symbol")
 _timestamp = attrgetter("timestamp")
 _start = attrgetter("start")
+_end = attrgetter("end")
 
 
 class Frame(NamedTuple):
@@ -84,6 +85,9 @@ class Batch:
     event_count: int = 0
     min_event_ms: int | None = None
     max_event_ms: int | None = None
+    # How far on the feed's clock the batch reaches: the newest trade/quote time or aggregate
+    # *end* (a bar is sent when its minute ends). A gap closed by this batch ends here.
+    reach_ms: int | None = None
     symbols: set[str] = field(default_factory=set)
 
     @property
@@ -151,6 +155,9 @@ def _add_events(
         batch.min_event_ms = low
     if batch.max_event_ms is None or high > batch.max_event_ms:
         batch.max_event_ms = high
+    reach = high if kind in (Trade, Quote) else max(map(_end, events))
+    if batch.reach_ms is None or reach > batch.reach_ms:
+        batch.reach_ms = reach
     newest_trade = 0
     if kind is Trade:
         newest_trade = high

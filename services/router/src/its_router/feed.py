@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -119,6 +120,8 @@ class FeedClient:
                     exc,
                     delay,
                 )
+                # Not "subscribed" any more: the alerter's feed_disconnected rule reads this.
+                await self.status.publish("disconnected", f"{type(exc).__name__}: {exc}")
             self._disconnected(cause)
             if stopping.is_set():
                 return
@@ -157,9 +160,7 @@ class FeedClient:
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_until_done(tasks)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -260,6 +261,7 @@ class FeedClient:
             last = self.last_message_ms or started
             if self.last_message_ms:
                 self.metrics.last_message_ts.set(self.last_message_ms / 1000)
+            await self.status.retry()  # a state Redis did not take (paused, restarting)
             silent = now_ms() - max(last, started)
             if silent < stale_ms:
                 continue
@@ -310,3 +312,18 @@ class FeedClient:
             raise RuntimeError(self.fatal)
         if not self.subscribed:
             raise RuntimeError("feed not connected")
+
+
+async def cancel_until_done(tasks: list[asyncio.Task[Any]], every_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait until all have ended, cancelling again the ones still running.
+
+    One cancellation is not always enough: on Python 3.11 a cancellation that races with the
+    completion of an inner ``wait_for`` (a Redis reply arriving at the same moment, as after a
+    SIGSTOP) is lost, and the task carries on. Awaiting it unbounded left the router connected
+    to nothing, for good (found by the chaos suite's slow-reader fault)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -36,6 +36,14 @@ def decode_status(fields: dict[bytes, bytes]) -> FeedStatus:
 @dataclass
 class StatusPublisher:
     redis: aioredis.Redis
+    # The newest state that could not be written (Redis down or paused): published again by
+    # retry(), or it would stand in for the real one until the next change.
+    unpublished: tuple[str, str] | None = None
+
+    async def retry(self) -> None:
+        """Publish the newest state again if it could not be written."""
+        if self.unpublished is not None:
+            await self.publish(*self.unpublished)
 
     async def publish(self, state: str, detail: str = "") -> None:
         status = FeedStatus(state=state, detail=detail, ts_ms=now_ms())
@@ -58,7 +66,10 @@ class StatusPublisher:
                 )
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("feed status %s not published: %s", state, exc)
+            self.unpublished = (state, detail)
+            log.warning("feed status %s not published (retried): %s", state, exc)
+            return
+        self.unpublished = None
 
     async def publish_gap(self, window: GapWindow) -> None:
         """Publish a missed window; raises on Redis errors so the caller can keep and retry it."""

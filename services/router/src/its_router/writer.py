@@ -127,9 +127,14 @@ class StreamWriter:
             self.metrics.feed_status.labels(status.status).inc()
         if batch.event_count == 0 and not batch.dead_letters:
             return
-        if batch.min_event_ms is not None and batch.max_event_ms is not None:
-            self._close_open_gaps(batch.min_event_ms)
+        before = self.seen_event_ms
+        if batch.reach_ms is not None and batch.max_event_ms is not None:
+            self._close_open_gaps(batch.reach_ms)
             self.seen_event_ms = max(self.seen_event_ms or 0, batch.max_event_ms)
+        if batch.dead_letters:
+            # The invalid events were the exchange's events all the same: the window they lie
+            # in (from the newest event before this batch to the first one after it) is a gap.
+            self.open_gap(tuple(self.symbols()), "invalid_event", since_ms=before)
         self.held.append(batch)
         self.held_events += batch.event_count
         while self.held_events > self.hold_max_events and len(self.held) > 1:
@@ -176,9 +181,18 @@ class StreamWriter:
             return
         self.open_gaps.append(OpenGap(symbols, reason, start - pad_ms, pad_ms))
 
-    def _close_open_gaps(self, first_event_ms: int) -> None:
+    def _close_open_gaps(self, reach_ms: int) -> None:
+        """Close the open gaps at how far the first batch after them reaches (its newest event,
+        a bar's end: late reports and bars carry older times than the moment they are sent, so
+        the oldest time would cut the window short). A batch not reaching past the gap's start
+        (a restart behind the stored feed clock, a feed replaying older events) means nothing
+        was missed in between: no empty window is published (the alerter would report it as a
+        0 s data gap)."""
         for gap in self.open_gaps:
-            end = max(gap.start_ms, first_event_ms + gap.pad_ms)
+            end = reach_ms + gap.pad_ms
+            if end <= gap.start_ms:
+                log.info("gap (%s) closed empty: the feed did not reach past it", gap.reason)
+                continue
             self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
         self.open_gaps.clear()
 

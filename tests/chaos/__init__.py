@@ -1,0 +1,1 @@
+"""The whole-stack chaos suite: ``python -m tests.chaos --variant short|soak --seed N``."""
