@@ -210,6 +210,38 @@ async def test_a_window_ahead_of_the_market_clock_does_not_wait(
     await loader.stop()
 
 
+async def test_a_long_window_waits_while_an_accelerated_clock_catches_up(
+    redis_server, redis_client, db_url, rest_server, start_loader
+):
+    """A long outage at an accelerated feed (a 30 s Redis pause at 60x is 30 market minutes):
+    when the window arrives, the stored clock is still near its start, far more than the usual
+    horizon behind its end. The clock is moving fast enough to settle it within the wait, so
+    the handler waits and gets every trade (it used to give up at once: trades lost)."""
+    trades = rest_trades()
+    rest_server.add_trades("NVDA", trades)
+    clock_ms = MINUTES[FIRST] + 10_000
+    await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock_ms))
+    loader = start_loader(
+        make_settings(redis_server.url, db_url, rest_server.url, streams="gaps", settle_wait_s=120)
+    )
+    window = GapWindow(("NVDA",), MINUTES[FIRST], NOW_MS, reason="reconnect")
+    await redis_client.xadd(Stream.GAPS, encode_gap(window))
+
+    async def feed() -> None:  # the replay moves on: 15 market seconds per 0.1 s of wall time
+        nonlocal clock_ms
+        while clock_ms < MINUTES[16] + 1_000:
+            await asyncio.sleep(0.1)
+            clock_ms += 15_000
+            await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock_ms))
+
+    feeding = asyncio.create_task(feed())
+    await wait_until(lambda: loader.metric("its_loader_gap_windows_total", outcome="filled") == 1)
+    await feeding
+    assert loader.metric("its_loader_gap_windows_total", outcome="unsettled") == 0
+    assert scalar(db_url, "SELECT count(*) FROM trades") == len(trades)
+    await loader.stop()
+
+
 async def test_cli_backfill_with_trades_stores_the_final_minutes_trades(
     redis_server, redis_client, db_url, rest_server, monkeypatch
 ):

@@ -11,9 +11,12 @@ its last minutes are not final yet when the entry arrives, and their trades, whi
 for final minutes only, would never be read. So the handler first waits, on the market clock,
 until the window's last minute is final (polling it every ``poll_s``), for at most
 ``settle_wait_s`` of wall time (a stalled feed never settles anything) or until the service
-stops. Only a window that reaches "now" waits: one ending more than :data:`WAIT_HORIZON_MS`
-ahead of what is final is in the market clock's future (a window in wall-clock time during a
-replay, a window left from a later replayed day) and waiting would not settle it. What is
+stops. A window ending within :data:`WAIT_HORIZON_MS` of what is final waits. One further
+ahead waits only while the clock, as observed over the first polls, moves fast enough to settle
+it within the wait: after a long outage of an accelerated replay (30 s at 60x is 30 market
+minutes) the stored clock is still near the window's start when the entry arrives, and catches
+up in seconds; a window in the clock's future (wall-clock bounds during a replay, a window left
+from a later replayed day) would never settle, and a still or slow clock says so. What is
 still not final then is filled as far as the rule allows (bars provisional, no trades), logged
 as a warning and counted as ``its_loader_gap_windows_total{outcome="unsettled"}``; the gap audit
 repairs those minutes later. When the wait ended because the
@@ -52,6 +55,9 @@ log = logging.getLogger("its.loader.backfill")
 # The longest a window reaching "now" is ahead of the final minutes: the minute in progress, the
 # settle delay, and a minute of slack.
 WAIT_HORIZON_MS = 4 * MINUTE_MS
+# Polls of the market clock before a window further ahead than the horizon is judged by the
+# clock's speed (a still clock gives up after this many polls).
+RATE_POLLS = 2
 
 
 class GapsHandler:
@@ -114,15 +120,27 @@ class GapsHandler:
         """Wait until the window's last minute is final on the market clock (bounded: see the
         module docstring); returns ``final_until`` as it then is."""
         needed = -(-window.end_ms // MINUTE_MS) * MINUTE_MS  # the end of the window's last minute
-        deadline = time.monotonic() + self.settle_wait_s
+        started = time.monotonic()
+        deadline = started + self.settle_wait_s
+        first_clock: int | None = None
+        polls = 0
         while True:
-            final_until = final_until_ms(await self.clock.now_ms())
-            remaining = deadline - time.monotonic()
+            clock_ms = await self.clock.now_ms()
+            first_clock = clock_ms if first_clock is None else first_clock
+            final_until = final_until_ms(clock_ms)
+            now = time.monotonic()
+            remaining = deadline - now
             stopping = self.stopping is not None and self.stopping.is_set()
             if final_until >= needed:
                 return final_until
-            if remaining <= 0 or stopping or needed - final_until > WAIT_HORIZON_MS:
+            if remaining <= 0 or stopping:
                 break
+            if needed - final_until > WAIT_HORIZON_MS and polls >= RATE_POLLS:
+                # market ms per wall second, as observed since the first poll
+                speed = (clock_ms - first_clock) / max(now - started, 1e-3)
+                if speed <= 0 or (needed - final_until) / speed > remaining:
+                    break
+            polls += 1
             if self.stopping is None:
                 await asyncio.sleep(min(self.poll_s, remaining))
             else:
