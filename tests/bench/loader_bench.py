@@ -141,10 +141,16 @@ def payloads(rows: list[bytes], batch: int) -> list[bytes]:
 
 
 def measure_ceiling(url: str, table: str, columns: str, data: list[bytes]) -> float:
-    """Raw binary COPY of ``data`` into an empty ``LIKE table INCLUDING ALL``: rows/s."""
+    """Raw binary COPY of ``data`` into an empty ``LIKE table INCLUDING ALL`` with the table's
+    storage parameters (fillfactor): rows/s."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS ceiling")
         conn.execute(f"CREATE TABLE ceiling (LIKE {table} INCLUDING ALL)")
+        options = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (table,)
+        ).fetchone()
+        if options and options[0]:
+            conn.execute(f"ALTER TABLE ceiling SET ({', '.join(options[0])})")
         started = time.perf_counter()
         for payload in data:
             with (
