@@ -152,12 +152,13 @@ async def test_new_bars_by_copy_then_a_corrected_batch_replaces_them(conn, db_ur
     corrected = [replace(b, close=10.5, volume=250.0) for b in bars]
     later = bar_payload_ws([(T0 + 120_000, corrected)])
     # A unique batch of stored keys: the fast COPY conflicts and the upsert replaces every row.
-    assert await store_bars(conn, later.data, insert_first=True) == (10, False)
+    assert await store_bars(conn, later.data, insert_first=True, unique=True) == (10, False)
     rows = query(db_url, "SELECT DISTINCT close, volume, revision, source FROM market_data")
     assert rows == [(10.5, 250.0, 2, SOURCE_WS)]
     # The identical correction again changes nothing; an older version never wins.
-    assert await store_bars(conn, later.data, insert_first=True) == (0, False)
+    assert await store_bars(conn, later.data, insert_first=True, unique=True) == (0, False)
     older = bar_payload_ws([(T0 + 90_000, [replace(b, close=9.9) for b in bars])])
+    assert await store_bars(conn, older.data, unique=True) == (0, False)
     assert await store_bars(conn, older.data) == (0, False)
     assert scalar(db_url, "SELECT count(*) FROM market_data WHERE revision = 2") == 10
 

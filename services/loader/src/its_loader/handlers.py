@@ -72,7 +72,9 @@ class BarsHandler:
             return 0
         try_fast = prepared.unique and self._upsert_only == 0
         self._upsert_only = max(0, self._upsert_only - 1)
-        rows, fast = await store_bars(conn, prepared.data, insert_first=try_fast)
+        rows, fast = await store_bars(
+            conn, prepared.data, insert_first=try_fast, unique=prepared.unique
+        )
         if try_fast and not fast:
             self._upsert_only = FAST_PATH_PAUSE
         return rows

@@ -60,15 +60,23 @@ STAGING_DDL: Final = (
         received_at timestamptz) ON COMMIT DELETE ROWS""",
 )
 
-UPSERT_BARS: Final = f"""
+_STAGED_BAR_VALUES: Final = (
+    "symbol, ts, open, high, low, close, volume, vwap, trade_count, source, 1, received_at, now()"
+)
+# The newest version of each (symbol, minute) of the batch (see the dedupe rules above).
+_NEWEST_STAGED_BARS: Final = f"""
+SELECT DISTINCT ON (symbol, ts) {_STAGED_BAR_VALUES}
+FROM stage_bars
+ORDER BY symbol, ts, (source = '{SOURCE_REST}') DESC, (source = '{SOURCE_REST_PROVISIONAL}'),
+         received_at DESC, seq DESC"""
+# A batch known to hold each key once (BarPayload.unique) needs no sort.
+_ALL_STAGED_BARS: Final = f"SELECT {_STAGED_BAR_VALUES} FROM stage_bars"
+
+_UPSERT_BARS: Final = f"""
 INSERT INTO market_data AS m
     (symbol, ts, open, high, low, close, volume, vwap, trade_count, source, revision,
      received_at, updated_at)
-SELECT DISTINCT ON (symbol, ts)
-    symbol, ts, open, high, low, close, volume, vwap, trade_count, source, 1, received_at, now()
-FROM stage_bars
-ORDER BY symbol, ts, (source = '{SOURCE_REST}') DESC, (source = '{SOURCE_REST_PROVISIONAL}'),
-         received_at DESC, seq DESC
+{{rows}}
 ON CONFLICT (symbol, ts) DO UPDATE SET
     open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, vwap = EXCLUDED.vwap, trade_count = EXCLUDED.trade_count,
@@ -86,6 +94,8 @@ WHERE (EXCLUDED.source = '{SOURCE_REST}'
       (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
        EXCLUDED.vwap, EXCLUDED.trade_count, EXCLUDED.source)
 """
+UPSERT_BARS: Final = _UPSERT_BARS.format(rows=_NEWEST_STAGED_BARS)
+UPSERT_UNIQUE_BARS: Final = _UPSERT_BARS.format(rows=_ALL_STAGED_BARS)
 
 # The columns of a bar payload, in order. The same payload is COPYed into market_data directly
 # (fast path) or into stage_bars, whose ``seq`` identity then numbers the rows in stream order.
@@ -279,12 +289,15 @@ async def prepare_session(conn: psycopg.AsyncConnection[object]) -> None:
 
 
 async def store_bars(
-    conn: psycopg.AsyncConnection[object], payload: bytes, insert_first: bool = False
+    conn: psycopg.AsyncConnection[object],
+    payload: bytes,
+    insert_first: bool = False,
+    unique: bool = False,
 ) -> tuple[int, bool]:
     """Store a bar payload in one transaction; returns (rows inserted or changed, fast path used).
 
     ``insert_first`` (only for a batch without duplicate keys) tries COPY_NEW_BARS in a savepoint
-    before staging + upsert.
+    before staging + upsert; ``unique`` (the batch holds each key once) skips the upsert's sort.
     """
     async with conn.transaction(), conn.cursor() as cur:
         if insert_first:
@@ -296,7 +309,7 @@ async def store_bars(
                 pass  # some key exists: the savepoint is rolled back, upsert instead
         async with cur.copy(COPY_STAGE_BARS) as copy:
             await copy.write(payload)
-        await cur.execute(UPSERT_BARS)
+        await cur.execute(UPSERT_UNIQUE_BARS if unique else UPSERT_BARS)
         return max(cur.rowcount, 0), False
 
 

@@ -7,4 +7,4 @@
 -- about 1.4x faster at 70 than at 100. The cost is about 30% more pages for the uncompressed
 -- (last 7 days of) bars; compressed chunks are unaffected. TimescaleDB passes the setting on to
 -- existing and new chunks; pages already full keep their rows until rewritten.
-ALTER TABLE market_data SET (fillfactor = 70);
+ALTER TABLE market_data SET (fillfactor = 50);
