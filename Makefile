@@ -74,9 +74,10 @@ pytest: venv
 ## ruff, mypy and pytest: what CI runs.
 test: lint typecheck pytest
 
-## Benchmarks (figures printed as ratios against a ceiling measured in the same run).
+## Benchmarks (figures printed as ratios against a ceiling measured in the same run), written to
+## BENCHMARKS.md. BENCH="loader router" runs only those.
 bench: venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench $(BENCH)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

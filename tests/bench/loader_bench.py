@@ -44,6 +44,7 @@ from its_loader.consumer import ConsumerSettings, Handler, loader_consumer
 from its_loader.database import Database
 from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.metrics import LoaderMetrics
+from tests.bench.report import Figure
 
 ROWS = int(os.environ.get("ITS_BENCH_LOADER_ROWS", "300000"))
 EVENTS_PER_ENTRY = 100
@@ -330,6 +331,43 @@ def run() -> dict[str, Any]:
         and correction_of_new >= TARGET_CORRECTION_OF_NEW
         and all(f["stored_ok"] for f in figures.values()),
     }
+
+
+LABELS = {
+    "new_bars": "new bars (COPY straight into market_data)",
+    "corrected_bars": "corrected bars (staging + upsert)",
+    "new_trades": "new trades (COPY straight into trades)",
+    "duplicate_trades": "duplicate trades (staging + ON CONFLICT DO NOTHING)",
+}
+
+
+def figures(result: dict[str, Any]) -> list[Figure]:
+    """The rows of BENCHMARKS.md: each path against its same-run COPY ceiling, then the
+    correction path against the new-rows path."""
+    paths = result["paths"]
+    out = [
+        Figure(
+            f"loader {LABELS[name]}, {result['rows']:,} rows, {result['rows_per_transaction']:,}"
+            " per transaction",
+            p["loader_rows_per_s"],
+            "rows/s",
+            p["copy_ceiling_rows_per_s"],
+            "raw binary COPY of the same rows, same run",
+            f">= {TARGET_TRADES_ROWS_PER_S:,} rows/s" if name == "new_trades" else "",
+        )
+        for name, p in paths.items()
+    ]
+    out.append(
+        Figure(
+            "loader corrected bars against loader new bars",
+            paths["corrected_bars"]["loader_rows_per_s"],
+            "rows/s",
+            paths["new_bars"]["loader_rows_per_s"],
+            "loader new bars, same run",
+            f">= {TARGET_CORRECTION_OF_NEW:.2f}",
+        )
+    )
+    return out
 
 
 if __name__ == "__main__":
