@@ -103,8 +103,9 @@ def merge(existing: str, sections: dict[str, str]) -> str:
         pattern = re.compile(
             rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S
         )
-        if pattern.search(body):
-            body = pattern.sub(lambda _, text=text: text, body)  # type: ignore[misc]
+        found = pattern.search(body)
+        if found:
+            body = body[: found.start()] + text + body[found.end() :]
         else:
             body = body.rstrip("\n") + "\n\n" + text + "\n"
     return body
