@@ -218,25 +218,36 @@ class BarPayload:
 
 
 def bar_payload_ws(batches: Iterable[tuple[int, Sequence[MinuteAgg]]]) -> BarPayload:
-    """Binary COPY payload for WebSocket bars: ``[(received_ms, bars), ...]`` in stream order."""
+    """Binary COPY payload for WebSocket bars: ``[(received_ms, bars), ...]`` in stream order.
+
+    As in :func:`trade_payload`, one lookup and one ``pack`` per row: the encoded symbol and the
+    row's struct are built once per symbol and batch (the same rows as :func:`encode_bar`)."""
     out: list[bytes] = [COPY_HEADER]
+    append = out.append
     source = SOURCE_WS.encode()
-    seq = 0
-    symbols: dict[str, bytes] = {}
+    shapes: dict[str, tuple[Callable[..., bytes], int, bytes]] = {}
     keys: set[tuple[str, int]] = set()
+    rows = 0
     for received_ms, bars in batches:
+        received_pg = received_ms * 1000 - PG_EPOCH_US
         for bar in bars:
             keys.add((bar.symbol, bar.start))
-            sym = symbols.get(bar.symbol)
-            if sym is None:
-                sym = symbols[bar.symbol] = bar.symbol.encode()
-            encode_bar(
-                out, sym, bar.start, bar.open, bar.high, bar.low, bar.close, bar.volume,
-                bar.vwap, None, source, received_ms,
+            shape = shapes.get(bar.symbol)
+            if shape is None:
+                sym = bar.symbol.encode()
+                pack = _bar_struct(len(sym), len(source), False).pack
+                shape = shapes[bar.symbol] = (pack, len(sym), sym)
+            pack, sym_len, sym = shape
+            append(
+                pack(
+                    11, sym_len, sym, 8, bar.start * 1000 - PG_EPOCH_US, 8, bar.open, 8, bar.high,
+                    8, bar.low, 8, bar.close, 8, bar.volume, 8, bar.vwap, -1, len(source), source,
+                    8, received_pg,
+                )
             )  # fmt: skip
-            seq += 1
+        rows += len(bars)
     out.append(COPY_TRAILER)
-    return BarPayload(b"".join(out), seq, len(keys) == seq)
+    return BarPayload(b"".join(out), rows, len(keys) == rows)
 
 
 def bar_payload_rows(rows: Sequence[BarRow]) -> bytes:
