@@ -74,9 +74,10 @@ pytest: venv
 ## ruff, mypy and pytest: what CI runs.
 test: lint typecheck pytest
 
-## Benchmarks (figures printed as ratios against a ceiling measured in the same run).
+## Benchmarks (figures printed as ratios against a ceiling measured in the same run), written to
+## BENCHMARKS.md. BENCH="loader router" runs only those.
 bench: venv
-	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench $(BENCH)
 
 ## Whole-stack chaos run: seeded faults, then every bar and trade checked against REST truth.
 ## VARIANT=short (a fault of each kind, part of `make test`) or soak (every fault, >= 30 min).

@@ -1,21 +1,34 @@
-"""Loader throughput: minute bars from a filled Redis stream into ``market_data``.
+"""Loader throughput on its four paths, each against the same run's raw COPY ceiling.
 
 Starts its own Redis and PostgreSQL (``fast_unsafe=False``: fsync and synchronous commit on, as
-in production), fills ``its:stream:bars:1m`` with ``ROWS`` bars in entries of ``BARS_PER_ENTRY``
-(distinct (symbol, minute) keys, so every row is an insert), then runs one loader consumer
-(XREADGROUP, decode, binary COPY into staging, upsert, commit, XACK) until the stream is drained.
+in production) and measures, one after the other, one loader consumer (XREADGROUP, decode,
+binary COPY payload, store, commit, XACK) draining a filled stream:
 
-The ceiling is the same PostgreSQL's raw binary COPY of the same rows straight into an empty copy
-of ``market_data`` (same primary key), pre-encoded (no Python work inside the timing), committed
-in the same batch size. Printed: loader rows/s, ceiling rows/s and the ratio.
+* ``new_bars``: ``ROWS`` bars of distinct (symbol, minute) keys into an empty ``market_data``
+  (the fast path: binary COPY straight into the table);
+* ``corrected_bars``: the same keys again, every bar changed and received later (the
+  correction path: staging table + one ``INSERT ... ON CONFLICT DO UPDATE``); every row is
+  replaced (revision 2);
+* ``new_trades``: ``ROWS`` trades of distinct keys into an empty ``trades`` (fast path);
+* ``duplicate_trades``: the same trades again (every row conflicts: the conflict path), nothing
+  new is stored.
+
+Each scenario's ceiling is measured right before it, in the same run: a raw binary COPY of the
+same rows (pre-encoded, no Python work in the timing) into an empty table created ``LIKE`` the
+real one (same columns, same primary key), committed in the loader's transaction size. Printed:
+rows/s, ceiling rows/s and their ratio; the correction path also as a ratio of the new-bars path
+(target >= 0.5). The machine is shared: the ratios are the figures to compare across runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,106 +36,163 @@ import psycopg
 from prometheus_client import CollectorRegistry
 
 from its_common.db.migrate import apply_migrations
-from its_common.events import MinuteAgg
+from its_common.events import MinuteAgg, Trade
 from its_common.localstack.servers import PostgresServer, RedisServer
 from its_common.settings import BaseServiceSettings
 from its_common.streams import Stream, connect, encode_entry, ensure_group
-from its_loader.consumer import ConsumerSettings, loader_consumer
+from its_loader.consumer import ConsumerSettings, Handler, loader_consumer
 from its_loader.database import Database
-from its_loader.handlers import BarsHandler
+from its_loader.handlers import BarsHandler, TradesHandler
 from its_loader.metrics import LoaderMetrics
+from tests.bench.report import Figure
 
-ROWS = 300_000
-BARS_PER_ENTRY = 100
+ROWS = int(os.environ.get("ITS_BENCH_LOADER_ROWS", "300000"))
+EVENTS_PER_ENTRY = 100
 BATCH_ENTRIES = 100  # 10,000 rows per transaction
 SYMBOLS = 500
 T0 = 1_795_000_000_000
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+TARGET_TRADES_ROWS_PER_S = 150_000
+TARGET_CORRECTION_OF_NEW = 0.5
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+BAR_CEILING_COLUMNS = (
+    "symbol, ts, open, high, low, close, volume, vwap, trade_count, source, revision,"
+    " received_at, updated_at"
+)
+TRADE_CEILING_COLUMNS = (
+    "symbol, ts, trade_id, exchange, tape, price, size, conditions, sequence, received_at"
+)
 
 
-def make_bars() -> list[MinuteAgg]:
+def make_bars(correction: float = 0.0) -> list[MinuteAgg]:
     bars = []
     for i in range(ROWS):
         start = T0 + (i // SYMBOLS) * 60_000
-        price = 100.0 + (i % 97) * 0.01
+        price = 100.0 + (i % 97) * 0.01 + correction
         bars.append(
             MinuteAgg(
-                symbol=f"S{i % SYMBOLS:03d}", volume=1000.0 + i % 13, open=price,
-                close=price + 0.02, high=price + 0.05, low=price - 0.05, start=start,
+                symbol=f"S{i % SYMBOLS:03d}", volume=1000.0 + i % 13 + correction * 100,
+                open=price, close=price + 0.02, high=price + 0.05, low=price - 0.05, start=start,
                 end=start + 60_000, vwap=price + 0.01,
             )
         )  # fmt: skip
     return bars
 
 
-def ceiling_payloads(bars: list[MinuteAgg], batch: int) -> list[bytes]:
-    """Binary COPY data for market_data's own columns, pre-encoded, one per batch."""
-    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+def make_trades() -> list[Trade]:
+    """Trades of SYMBOLS symbols interleaved, a few ms apart, half with conditions (as Polygon)."""
+    conditions: tuple[tuple[int, ...], ...] = ((), (12,), (12, 37), (), (14, 41), ())
+    return [
+        Trade(
+            symbol=f"S{i % SYMBOLS:03d}", exchange=4 + i % 12, trade_id=str(52983525029461 + i),
+            tape=1 + i % 3, price=100.0 + (i % 97) * 0.01, size=1 + i % 300,
+            timestamp=T0 + i // 4, sequence=1000 + i, conditions=conditions[i % len(conditions)],
+        )
+        for i in range(ROWS)
+    ]  # fmt: skip
+
+
+def bar_ceiling_rows(bars: Sequence[MinuteAgg]) -> list[bytes]:
     source = b"polygon_ws"
     now_us = int(time.time() * 1e6) - PG_EPOCH_US
-    payloads = []
-    for lo in range(0, len(bars), batch):
-        parts = [header]
-        for b in bars[lo : lo + batch]:
-            sym = b.symbol.encode()
-            ts_us = b.start * 1000 - PG_EPOCH_US
-            parts.append(
-                struct.pack(
-                    f">h i{len(sym)}s iq idididididid i i{len(source)}s ii iq iq",
-                    13, len(sym), sym, 8, ts_us, 8, b.open, 8, b.high, 8, b.low, 8, b.close,
-                    8, b.volume, 8, b.vwap, -1, len(source), source, 4, 1, 8, now_us, 8, now_us,
-                )
-            )  # fmt: skip
-        parts.append(struct.pack(">h", -1))
-        payloads.append(b"".join(parts))
-    return payloads
+    rows = []
+    for b in bars:
+        sym = b.symbol.encode()
+        ts_us = b.start * 1000 - PG_EPOCH_US
+        rows.append(
+            struct.pack(
+                f">h i{len(sym)}s iq idididididid i i{len(source)}s ii iq iq",
+                13, len(sym), sym, 8, ts_us, 8, b.open, 8, b.high, 8, b.low, 8, b.close,
+                8, float(b.volume), 8, b.vwap, -1, len(source), source, 4, 1, 8, now_us,
+                8, now_us,
+            )
+        )  # fmt: skip
+    return rows
 
 
-def measure_ceiling(url: str, payloads: list[bytes]) -> float:
+def trade_ceiling_rows(trades: Sequence[Trade]) -> list[bytes]:
+    now_us = int(time.time() * 1e6) - PG_EPOCH_US
+    rows = []
+    for t in trades:
+        sym = t.symbol.encode()
+        tid = t.trade_id.encode()
+        n = len(t.conditions)
+        if n:
+            cond = struct.pack(
+                f">iiiii{'ih' * n}", 1, 0, 21, n, 1, *[v for c in t.conditions for v in (2, c)]
+            )
+            cond_field = struct.pack(">i", len(cond)) + cond
+        else:
+            cond_field = struct.pack(">i", -1)
+        rows.append(
+            struct.pack(
+                f">h i{len(sym)}s iq i{len(tid)}s ih ih id ii",
+                10, len(sym), sym, 8, t.timestamp * 1000 - PG_EPOCH_US, len(tid), tid,
+                2, t.exchange, 2, t.tape, 8, t.price, 4, t.size,
+            )
+            + cond_field
+            + struct.pack(">iq iq", 8, t.sequence, 8, now_us)
+        )  # fmt: skip
+    return rows
+
+
+def payloads(rows: list[bytes], batch: int) -> list[bytes]:
+    return [HEADER + b"".join(rows[lo : lo + batch]) + TRAILER for lo in range(0, len(rows), batch)]
+
+
+def measure_ceiling(url: str, table: str, columns: str, data: list[bytes]) -> float:
+    """Raw binary COPY of ``data`` into an empty ``LIKE table INCLUDING ALL`` with the table's
+    storage parameters (fillfactor): rows/s."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS ceiling")
-        conn.execute("CREATE TABLE ceiling (LIKE market_data INCLUDING ALL)")
+        conn.execute(f"CREATE TABLE ceiling (LIKE {table} INCLUDING ALL)")
+        options = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (table,)
+        ).fetchone()
+        if options and options[0]:
+            conn.execute(f"ALTER TABLE ceiling SET ({', '.join(options[0])})")
         started = time.perf_counter()
-        for payload in payloads:
+        for payload in data:
             with (
                 conn.transaction(),
                 conn.cursor() as cur,
-                cur.copy(
-                    "COPY ceiling (symbol, ts, open, high, low, close, volume, vwap, trade_count,"
-                    " source, revision, received_at, updated_at) FROM STDIN (FORMAT BINARY)"
-                ) as copy,
+                cur.copy(f"COPY ceiling ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
             ):
                 copy.write(payload)
         elapsed = time.perf_counter() - started
         count = conn.execute("SELECT count(*) FROM ceiling").fetchone()
-        assert count is not None and count[0] == ROWS
+        assert count is not None and count[0] == ROWS, count
         conn.execute("DROP TABLE ceiling")
     return ROWS / elapsed
 
 
-async def fill_stream(redis_url: str, bars: list[MinuteAgg]) -> None:
+async def fill_stream(redis_url: str, stream: Stream, kind: str, events: Sequence[Any]) -> int:
     client = connect(redis_url)
     try:
-        await ensure_group(client, Stream.BARS_1M, "loader")
+        await ensure_group(client, stream, "loader")
         pipe = client.pipeline(transaction=False)
-        for lo in range(0, len(bars), BARS_PER_ENTRY):
-            fields: dict[Any, Any] = encode_entry("AM", bars[lo : lo + BARS_PER_ENTRY])
-            pipe.xadd(Stream.BARS_1M, fields)
+        entries = 0
+        for lo in range(0, len(events), EVENTS_PER_ENTRY):
+            fields: dict[Any, Any] = encode_entry(kind, events[lo : lo + EVENTS_PER_ENTRY])
+            pipe.xadd(stream, fields)
+            entries += 1
         await pipe.execute()
+        return entries
     finally:
         await client.aclose()
 
 
-async def measure_loader(redis_url: str, db_url: str) -> tuple[float, int]:
+async def measure_loader(redis_url: str, db_url: str, handler: Handler[Any], entries: int) -> float:
+    """Rows/s of one consumer draining ``entries`` new entries of ``handler``'s stream."""
     client = connect(redis_url)
     settings = BaseServiceSettings(database_url=db_url, redis_url=redis_url)
     registry = CollectorRegistry()
     metrics = LoaderMetrics(registry)
     stopping = asyncio.Event()
-    counters: dict[str, float] = {}
     database = Database(settings)
-    consumer, _ = loader_consumer(
-        BarsHandler(),
+    consumer, store = loader_consumer(
+        handler,
         client,
         database,
         ConsumerSettings(
@@ -131,13 +201,17 @@ async def measure_loader(redis_url: str, db_url: str) -> tuple[float, int]:
         metrics,
         stopping,
         registry,
-        counters,
     )
+    labels = {"stream": store.label, "outcome": "loaded"}
+
+    def loaded() -> float:
+        return registry.get_sample_value("its_loader_entries_total", labels) or 0.0
+
     await database.connection()  # connect outside the timing
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run())
     try:
-        while counters.get("rows_1m", 0) < ROWS:
+        while loaded() < entries:
             if task.done():
                 task.result()
                 raise RuntimeError("the consumer stopped early")
@@ -148,49 +222,152 @@ async def measure_loader(redis_url: str, db_url: str) -> tuple[float, int]:
         await task
         await database.close()
         await client.aclose()
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT count(*) FROM market_data").fetchone()
-    stored = int(row[0]) if row else 0
-    return ROWS / elapsed, stored
+    return ROWS / elapsed
+
+
+def scalar(url: str, sql: str) -> Any:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+@dataclass
+class Scenario:
+    name: str
+    table: str
+    ceiling_columns: str
+    ceiling_rows: list[bytes]
+    stream: Stream
+    kind: str
+    events: Sequence[Any]
+    handler: Callable[[], Handler[Any]]
+    check_sql: str
+    expected: int
+
+
+def scenarios() -> list[Scenario]:
+    bars, corrected, trades = make_bars(), make_bars(correction=0.5), make_trades()
+    trade_rows = trade_ceiling_rows(trades)
+    return [
+        Scenario(
+            "new_bars", "market_data", BAR_CEILING_COLUMNS, bar_ceiling_rows(bars),
+            Stream.BARS_1M, "AM", bars, BarsHandler,
+            "SELECT count(*) FROM market_data WHERE revision = 1", ROWS,
+        ),
+        Scenario(
+            "corrected_bars", "market_data", BAR_CEILING_COLUMNS, bar_ceiling_rows(corrected),
+            Stream.BARS_1M, "AM", corrected, BarsHandler,
+            "SELECT count(*) FROM market_data WHERE revision = 2", ROWS,
+        ),
+        Scenario(
+            "new_trades", "trades", TRADE_CEILING_COLUMNS, trade_rows,
+            Stream.TRADES, "T", trades, TradesHandler, "SELECT count(*) FROM trades", ROWS,
+        ),
+        Scenario(
+            "duplicate_trades", "trades", TRADE_CEILING_COLUMNS, trade_rows,
+            Stream.TRADES, "T", trades, TradesHandler, "SELECT count(*) FROM trades", ROWS,
+        ),
+    ]  # fmt: skip
+
+
+def run_scenario(redis_url: str, db_url: str, s: Scenario) -> dict[str, Any]:
+    batch = EVENTS_PER_ENTRY * BATCH_ENTRIES
+    ceiling = measure_ceiling(db_url, s.table, s.ceiling_columns, payloads(s.ceiling_rows, batch))
+    entries = asyncio.run(fill_stream(redis_url, s.stream, s.kind, s.events))
+    rate = asyncio.run(measure_loader(redis_url, db_url, s.handler(), entries))
+    stored = int(scalar(db_url, s.check_sql))
+    ratio = rate / ceiling
+    print(
+        f"   {s.name:<17} loader {rate:>9,.0f} rows/s; COPY ceiling {ceiling:>9,.0f} rows/s; "
+        f"ratio {ratio:.2f}"
+        + ("" if stored == s.expected else f"; STORED {stored} != {s.expected}"),
+        flush=True,
+    )
+    return {
+        "loader_rows_per_s": round(rate),
+        "copy_ceiling_rows_per_s": round(ceiling),
+        "ratio": round(ratio, 3),
+        "stored_ok": stored == s.expected,
+    }
 
 
 def run() -> dict[str, Any]:
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="its-bench-loader-") as tmp:
         base = Path(tmp)
         base.chmod(0o755)
-        redis = RedisServer(base / "redis", maxmemory="1gb").start()
+        redis = RedisServer(base / "redis", maxmemory="2gb").start()
         postgres = PostgresServer(base / "pg", fast_unsafe=False).start()
         try:
             with psycopg.connect(postgres.url) as conn:
                 apply_migrations(conn)
-            bars = make_bars()
-            payloads = ceiling_payloads(bars, BARS_PER_ENTRY * BATCH_ENTRIES)
-            ceiling = measure_ceiling(postgres.url, payloads)
-            asyncio.run(fill_stream(redis.url, bars))
-            loader_rate, stored = asyncio.run(measure_loader(redis.url, postgres.url))
+            figures = {s.name: run_scenario(redis.url, postgres.url, s) for s in scenarios()}
         finally:
             redis.stop()
             postgres.discard()
-    ratio = loader_rate / ceiling
-    result = {
-        "rows": ROWS,
-        "rows_per_entry": BARS_PER_ENTRY,
-        "rows_per_transaction": BARS_PER_ENTRY * BATCH_ENTRIES,
-        "durable_postgres": True,
-        "loader_rows_per_s": round(loader_rate),
-        "copy_ceiling_rows_per_s": round(ceiling),
-        "ratio": round(ratio, 3),
-        "stored": stored,
-        "target_rows_per_s": 150_000,
-        "target_ratio": 0.5,
-        "meets_targets": loader_rate >= 150_000 and ratio >= 0.5 and stored == ROWS,
-    }
+    new_bars = figures["new_bars"]["loader_rows_per_s"]
+    correction_of_new = figures["corrected_bars"]["loader_rows_per_s"] / new_bars
+    trades = figures["new_trades"]["loader_rows_per_s"]
     print(
-        f"   loader {loader_rate:,.0f} bar rows/s; raw binary COPY ceiling {ceiling:,.0f} rows/s; "
-        f"ratio {ratio:.2f} (targets: >= 150,000 rows/s and >= 0.50)",
+        f"   corrected bars / new bars {correction_of_new:.2f} (target >= "
+        f"{TARGET_CORRECTION_OF_NEW}); new trades {trades:,} rows/s (target >= "
+        f"{TARGET_TRADES_ROWS_PER_S:,})",
         flush=True,
     )
-    return result
+    return {
+        "rows": ROWS,
+        "rows_per_entry": EVENTS_PER_ENTRY,
+        "rows_per_transaction": EVENTS_PER_ENTRY * BATCH_ENTRIES,
+        "durable_postgres": True,
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "paths": figures,
+        "corrected_of_new_bars": round(correction_of_new, 3),
+        "targets": {
+            "new_trades_rows_per_s": TARGET_TRADES_ROWS_PER_S,
+            "corrected_of_new_bars": TARGET_CORRECTION_OF_NEW,
+        },
+        "meets_targets": trades >= TARGET_TRADES_ROWS_PER_S
+        and correction_of_new >= TARGET_CORRECTION_OF_NEW
+        and all(f["stored_ok"] for f in figures.values()),
+    }
+
+
+LABELS = {
+    "new_bars": "new bars (COPY straight into market_data)",
+    "corrected_bars": "corrected bars (staging + upsert)",
+    "new_trades": "new trades (COPY straight into trades)",
+    "duplicate_trades": "duplicate trades (staging + ON CONFLICT DO NOTHING)",
+}
+
+
+def figures(result: dict[str, Any]) -> list[Figure]:
+    """The rows of BENCHMARKS.md: each path against its same-run COPY ceiling, then the
+    correction path against the new-rows path."""
+    paths = result["paths"]
+    out = [
+        Figure(
+            f"loader {LABELS[name]}, {result['rows']:,} rows, {result['rows_per_transaction']:,}"
+            " per transaction",
+            p["loader_rows_per_s"],
+            "rows/s",
+            p["copy_ceiling_rows_per_s"],
+            "raw binary COPY of the same rows, same run",
+            f">= {TARGET_TRADES_ROWS_PER_S:,} rows/s" if name == "new_trades" else "",
+        )
+        for name, p in paths.items()
+    ]
+    out.append(
+        Figure(
+            "loader corrected bars against loader new bars",
+            paths["corrected_bars"]["loader_rows_per_s"],
+            "rows/s",
+            paths["new_bars"]["loader_rows_per_s"],
+            "loader new bars, same run",
+            f">= {TARGET_CORRECTION_OF_NEW:.2f}",
+        )
+    )
+    return out
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ async def test_trades_audit_finds_missing_minutes_and_repair_fills_them(
     extra = as_ws(synthetic_trade("NVDA", MINUTES[5] * 1_000_000 + 5, 999))  # REST has none
     async with await psycopg.AsyncConnection.connect(db_url) as conn:
         await prepare_session(conn)
-        await store_trades(conn, trade_payload([(NOW_MS, [*stored, extra])])[0])
+        await store_trades(conn, trade_payload([(NOW_MS, [*stored, extra])])[0], insert_first=False)
     await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(NOW_MS))
     cli_env(monkeypatch, redis_server.url, db_url, rest_server.url)
     argv = ["audit", "--date", DAY.isoformat(), "--symbol", "NVDA", "--trades", "--no-event"]

@@ -66,13 +66,15 @@ class BarsHandler:
         return bar_payload_ws(items)
 
     async def write(self, conn: psycopg.AsyncConnection[Any], prepared: BarPayload) -> int:
-        """Conflict-free batches try a plain INSERT first (see store.INSERT_NEW_BARS); after a
+        """Conflict-free batches try a binary COPY first (see store.COPY_NEW_BARS); after a
         batch that conflicted, the next FAST_PATH_PAUSE batches go straight to the upsert."""
         if prepared.rows == 0:
             return 0
         try_fast = prepared.unique and self._upsert_only == 0
         self._upsert_only = max(0, self._upsert_only - 1)
-        rows, fast = await store_bars(conn, prepared.data, insert_first=try_fast)
+        rows, fast = await store_bars(
+            conn, prepared.data, insert_first=try_fast, unique=prepared.unique
+        )
         if try_fast and not fast:
             self._upsert_only = FAST_PATH_PAUSE
         return rows
@@ -85,6 +87,9 @@ class TradesHandler:
     stream: str = Stream.TRADES.value
     table = "trades"
 
+    def __init__(self) -> None:
+        self._conflict_only = 0  # batches to send straight to the conflict path after one
+
     def decode(self, entry_id: str, fields: dict[bytes, bytes]) -> TradeItem:
         return decode_typed(entry_id, fields, _trades_decoder)
 
@@ -92,10 +97,18 @@ class TradesHandler:
         return trade_payload(items)
 
     async def write(self, conn: psycopg.AsyncConnection[Any], prepared: tuple[bytes, int]) -> int:
+        """Binary COPY straight into trades first (store.COPY_NEW_TRADES); after a batch that
+        conflicted (a replay, a redelivery), the next FAST_PATH_PAUSE batches go straight to the
+        conflict path, which a replay would hit anyway."""
         payload, count = prepared
         if count == 0:
             return 0
-        return await store_trades(conn, payload)
+        try_fast = self._conflict_only == 0
+        self._conflict_only = max(0, self._conflict_only - 1)
+        rows, fast = await store_trades(conn, payload, insert_first=try_fast)
+        if try_fast and not fast:
+            self._conflict_only = FAST_PATH_PAUSE
+        return rows
 
     def event_count(self, item: TradeItem) -> int:
         return len(item[1])

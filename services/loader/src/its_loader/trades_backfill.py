@@ -80,7 +80,8 @@ async def backfill_trades_window(
             continue
         payload, count = trade_payload([(now_ms(), rest_trades(symbol, page))])
         fetched += count
-        stored += await store_trades(conn, payload)
+        # REST pages overlap what the WebSocket stored: the conflict path directly.
+        stored += (await store_trades(conn, payload, insert_first=False))[0]
     if metrics is not None:
         metrics.backfill_trades.inc(stored)
     log.info(
