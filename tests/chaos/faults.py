@@ -55,6 +55,10 @@ class FaultResult:
     alert: ExpectedAlert | None = None
     alert_fired: bool = False  # seen firing while the fault was held
     problems: list[str] = field(default_factory=list)
+    # Services that ended on their own during the fault and were restarted, as the local
+    # supervisor and Kubernetes would (crash-only): shown with their last log lines, counted in
+    # the outcome, not a data loss by themselves (the data checks say whether anything was lost).
+    crashes: list[str] = field(default_factory=list)
 
 
 def _poll(check: Callable[[], Any], timeout_s: float) -> Any:
@@ -122,9 +126,10 @@ class FaultRunner:
         result.ended = datetime.now(UTC)
         dead = self.stack.dead_services()
         if dead:
-            # Reported, then restarted as the local supervisor would, so the run goes on.
-            result.problems.append(f"services ended: {dead}")
-            for name in dead:
+            # Reported with the end of its log, then restarted as the local supervisor would.
+            for name, code in dead.items():
+                tail = self.stack.services[name].log_tail(600).strip().splitlines()[-3:]
+                result.crashes.append(f"{name} exited {code}: " + " / ".join(tail))
                 self._start(result, name)
         return result
 

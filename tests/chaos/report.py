@@ -17,7 +17,7 @@ def fault_table(results: Sequence[FaultResult]) -> str:
     for number, r in enumerate(results, 1):
         recovery = "-" if r.recovery_s is None else f"{r.recovery_s:.1f}"
         alert = r.alert.fingerprint if r.alert else "(no rule)"
-        problems = "; ".join(r.problems) or "none"
+        problems = "; ".join(r.problems + [f"restarted: {c[:120]}" for c in r.crashes]) or "none"
         lines.append(
             f"{number:>3} {r.kind:<17} {r.feed_at:<5} {r.trigger[:38]:<38} {r.hold_s:>6.1f} "
             f"{r.stage:<9} {recovery:>10} {alert:<28} {problems}"
@@ -36,8 +36,11 @@ def check_table(checks: Sequence[Check]) -> str:
 def render(
     variant: str, seed: int, results: Sequence[FaultResult], checks: Sequence[Check], wall_s: float
 ) -> str:
-    held = all(not r.problems for r in results) and all(c.ok for c in checks)
-    verdict = "HELD: everything held" if held else "FAILED: see problems and differences"
+    verdict = (
+        "HELD: everything held" if held(results, checks) else "FAILED: see problems and differences"
+    )
+    crashes = [c for r in results for c in r.crashes]
+    restarted = ["services that ended on their own and were restarted:", *crashes, ""]
     return "\n".join(
         [
             f"chaos {variant} seed {seed}: {len(results)} faults in {wall_s:.0f}s wall time",
@@ -46,6 +49,7 @@ def render(
             "",
             check_table(checks),
             "",
+            *(restarted if crashes else []),
             verdict,
         ]
     )
