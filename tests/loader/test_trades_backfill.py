@@ -49,6 +49,14 @@ def as_ws(item: dict[str, Any]) -> Trade:
     )  # fmt: skip
 
 
+async def gap_entry_taken(redis_client: Any) -> bool:
+    """The loader has read the gap entry and holds it pending (waiting on the market clock)."""
+    try:
+        return int((await redis_client.xpending(Stream.GAPS, "loader"))["pending"]) == 1
+    except ResponseError:  # NOGROUP: the consumer has not created its group yet
+        return False
+
+
 def key(item: dict[str, Any]) -> tuple[int, int, str]:
     return (item["sip_timestamp"] // 1_000_000, item["exchange"], item["id"])
 
@@ -121,13 +129,7 @@ async def test_a_window_reaching_now_waits_for_its_minutes_to_be_final_then_gets
     window = GapWindow(("NVDA",), MINUTES[FIRST], NOW_MS, reason="reconnect")
     await redis_client.xadd(Stream.GAPS, encode_gap(window))
 
-    async def taken() -> bool:
-        try:
-            return int((await redis_client.xpending(Stream.GAPS, "loader"))["pending"]) == 1
-        except ResponseError:  # NOGROUP: the consumer has not created its group yet
-            return False
-
-    await wait_until(taken)
+    await wait_until(lambda: gap_entry_taken(redis_client))
     assert rest_server.requests == []  # waiting for the market clock, not reading REST yet
     # The feed moves on: the window's last minute (14, NOW_MS is in it) is final at 16:00 + 60 s.
     await redis_client.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(MINUTES[16] + 1_000))
@@ -167,13 +169,7 @@ async def test_a_window_waiting_when_the_loader_stops_is_published_again_for_its
     window = GapWindow(("NVDA",), MINUTES[FIRST], NOW_MS, reason="reconnect")
     await redis_client.xadd(Stream.GAPS, encode_gap(window))
 
-    async def taken() -> bool:
-        try:
-            return int((await redis_client.xpending(Stream.GAPS, "loader"))["pending"]) == 1
-        except ResponseError:  # NOGROUP: the consumer has not created its group yet
-            return False
-
-    await wait_until(taken)
+    await wait_until(lambda: gap_entry_taken(redis_client))
     await loader.stop()
     entries = await redis_client.xrange(Stream.GAPS)
     # NOW_MS is 10 s into minute 14: final up to the end of minute 12 (13 ended 10 s ago). (The

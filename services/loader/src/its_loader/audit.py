@@ -33,7 +33,7 @@ from its_common.alert_events import AlertEvent, publish_alert_event
 from its_common.db.sources import SOURCE_REST, SOURCE_REST_PROVISIONAL
 from its_common.streams import now_ms
 from its_loader.backfill import rest_rows, store_rest_rows
-from its_loader.finality import SETTLE_MS, final_until_ms, is_final
+from its_loader.finality import SETTLE_MS, final_until_ms, is_final, iso_utc
 from its_loader.rest import PolygonRest
 from its_loader.store import BarRow
 
@@ -110,16 +110,12 @@ class AuditReport:
                     "extra": s.count("extra"),
                     "repaired": s.repaired,
                     "missing_minutes": [
-                        _iso(f.minute_ms) for f in s.findings if f.kind == "missing"
+                        iso_utc(f.minute_ms, "minutes") for f in s.findings if f.kind == "missing"
                     ][:50],
                 }
                 for s in self.symbols
             },
         }
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
 
 
 def _ms(ts: datetime) -> int:

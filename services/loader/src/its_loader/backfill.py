@@ -25,7 +25,7 @@ import psycopg
 from its_common import calendar
 from its_common.db.sources import SOURCE_REST, SOURCE_REST_PROVISIONAL
 from its_common.streams import now_ms
-from its_loader.finality import MINUTE_MS, is_final
+from its_loader.finality import MINUTE_MS, is_final, iso_utc
 from its_loader.metrics import LoaderMetrics
 from its_loader.rest import PolygonRest
 from its_loader.store import (
@@ -100,11 +100,11 @@ async def backfill_window(
     log.info(
         "backfilled %s %s..%s: %d REST bars (%d provisional: not final before %s), %d rows written",
         symbol,
-        _iso(start_ms),
-        _iso(end_ms),
+        iso_utc(start_ms, "minutes"),
+        iso_utc(end_ms, "minutes"),
         len(rows),
         provisional,
-        _iso(final_until),
+        iso_utc(final_until, "minutes"),
         stored,
     )
     return stored
@@ -168,10 +168,6 @@ async def startup_windows(
 
 def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="minutes")
 
 
 ProgressFn = Callable[[int, int, str], None]

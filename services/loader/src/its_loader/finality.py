@@ -21,6 +21,7 @@ bar) and the gap audit reports a provisional row of a settled minute as a mismat
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final
 
 MINUTE_MS: Final = 60_000
@@ -37,3 +38,8 @@ def final_until_ms(market_now_ms: int, settle_ms: int = SETTLE_MS) -> int:
 
 def is_final(minute_start_ms: int, final_until: int) -> bool:
     return minute_start_ms + MINUTE_MS <= final_until
+
+
+def iso_utc(ms: int, timespec: str = "seconds") -> str:
+    """A millisecond timestamp as ISO 8601 in UTC, for log lines."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec=timespec)

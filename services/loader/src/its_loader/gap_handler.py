@@ -36,7 +36,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -46,7 +45,7 @@ from its_common.gaps import GapWindow, decode_gap, encode_gap
 from its_common.streams import DEFAULT_TRIM, Stream
 from its_loader.backfill import backfill_window
 from its_loader.consumer import PoisonError
-from its_loader.finality import MINUTE_MS, final_until_ms
+from its_loader.finality import MINUTE_MS, final_until_ms, iso_utc
 from its_loader.metrics import LoaderMetrics
 from its_loader.rest import BackfillError, PolygonRest
 from its_loader.trades_backfill import backfill_trades_window
@@ -152,8 +151,8 @@ class GapsHandler:
             ",".join(window.symbols),
             window.reason,
             "ahead of it" if needed - final_until > WAIT_HORIZON_MS else "waited",
-            _iso(max(final_until, window.start_ms)),
-            _iso(window.end_ms),
+            iso_utc(max(final_until, window.start_ms)),
+            iso_utc(window.end_ms),
         )
         if self.metrics is not None:
             self.metrics.gap_windows.labels("unsettled").inc()
@@ -194,7 +193,3 @@ class GapsHandler:
 
     def event_count(self, item: GapWindow) -> int:
         return 1
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")

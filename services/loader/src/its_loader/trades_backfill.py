@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from its_common.events import Trade
 from its_common.streams import now_ms
+from its_loader.finality import iso_utc
 from its_loader.metrics import LoaderMetrics
 from its_loader.rest import BackfillError, PolygonRest
 from its_loader.store import store_trades, trade_payload
@@ -71,7 +71,9 @@ async def backfill_trades_window(
     returns the rows inserted (trades already stored are not counted)."""
     end = min(end_ms, final_until)
     if end <= start_ms:
-        log.info("trades of %s %s..%s: no final minute yet", symbol, _iso(start_ms), _iso(end_ms))
+        log.info(
+            "trades of %s %s..%s: no final minute yet", symbol, iso_utc(start_ms), iso_utc(end_ms)
+        )
         return 0
     fetched = 0
     stored = 0
@@ -87,14 +89,10 @@ async def backfill_trades_window(
     log.info(
         "backfilled trades %s %s..%s: %d REST trades, %d new rows%s",
         symbol,
-        _iso(start_ms),
-        _iso(end),
+        iso_utc(start_ms),
+        iso_utc(end),
         fetched,
         stored,
-        f" (cut at {_iso(final_until)}: not final)" if end < end_ms else "",
+        f" (cut at {iso_utc(final_until)}: not final)" if end < end_ms else "",
     )
     return stored
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
