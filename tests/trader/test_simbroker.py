@@ -31,7 +31,7 @@ async def test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order(re
     try:
         # Trades written before the order while the broker's reader lags behind: never used.
         await feed.prices(NVDA=100.5, MSFT=300.0)
-        order = await sim.place_market_order(OrderRequest("c1", "NVDA", "BUY", 10))
+        order = await sim.place_order(OrderRequest("c1", "NVDA", "BUY", 10))
         assert order.status == "open"
         await feed.trade("MSFT", 301.0)  # another symbol does not fill it
         await feed.trade("NVDA", 102.0)
@@ -39,9 +39,9 @@ async def test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order(re
         assert execution.price == pytest.approx(102.0 * 1.001)  # next trade + 10 bps slippage
         assert execution.commission == 1.0  # 10 shares x $0.005 < $1 minimum
         assert execution.ts_ms == feed.t
-        again = await sim.place_market_order(OrderRequest("c1", "NVDA", "BUY", 10))
+        again = await sim.place_order(OrderRequest("c1", "NVDA", "BUY", 10))
         assert again.status == "filled" and again.broker_order_id == order.broker_order_id
-        sell = await sim.place_market_order(OrderRequest("c2", "NVDA", "SELL", 10))
+        sell = await sim.place_order(OrderRequest("c2", "NVDA", "SELL", 10))
         assert sell.status == "open"
         await feed.trade("NVDA", 110.0)
         sold = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
@@ -64,7 +64,7 @@ async def test_restart_continues_and_fills_with_trades_from_while_it_was_down(re
     await feed.prices(NVDA=100.0)
     first = broker(redis_client, db_url, commission_per_share=0.005)
     await first.connect()
-    await first.place_market_order(OrderRequest("big", "NVDA", "BUY", 400))
+    await first.place_order(OrderRequest("big", "NVDA", "BUY", 400))
     await first.close()  # "down"
     await feed.trade("NVDA", 99.0)  # the next trade after the order, while down
     await feed.trade("NVDA", 98.0)
@@ -127,7 +127,7 @@ async def test_marks_follow_the_feed_back_when_a_replay_restarts_the_day(redis_c
         assert result.skipped is None and result.ok, result
         # Fills still follow stream order: an order placed during the replay fills at its next
         # trade, never at the price seen before it.
-        order = await sim.place_market_order(
+        order = await sim.place_order(
             OrderRequest("r1", "NVDA", "BUY", 10, not_before_ms=feed.t)
         )
         assert order.status == "open"
@@ -146,7 +146,7 @@ async def test_an_order_open_when_the_replay_restarts_fills_at_the_next_trade(re
     await sim.connect()
     try:
         decided = feed.t
-        await sim.place_market_order(OrderRequest("o1", "NVDA", "BUY", 10, not_before_ms=decided))
+        await sim.place_order(OrderRequest("o1", "NVDA", "BUY", 10, not_before_ms=decided))
         # A late trade (market time before the decision, the feed clock unchanged) never fills.
         late = Trade(
             symbol="NVDA", exchange=4, trade_id="late", tape=3, price=90.0, size=100,

@@ -326,7 +326,7 @@ class Trader:
         self.fence()  # never send an order without the lease (raises NotLeaderError)
         request = OrderRequest(cid, intent.symbol, intent.side, intent.quantity, not_before_ms)
         try:
-            placed = await self.broker.place_market_order(request)
+            placed = await self.broker.place_order(request)
         except Exception as exc:
             self.metrics.order_errors.inc()
             log.error("order not accepted by the broker: %s", exc, extra={"client_order_id": cid})
