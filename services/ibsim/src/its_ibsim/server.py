@@ -492,10 +492,8 @@ class IbSimServer:
     async def _fill(self, order: SimOrder) -> None:
         """A market order: filled in full at the ask (buys) or the bid (sells) of the last price;
         depth beyond the displayed size is assumed (no price impact is simulated)."""
-        if order.done:
-            return
         quote = await self.prices.latest(order.symbol)
-        if order.done:
+        if order.done:  # cancelled meanwhile
             return
         if quote is None:
             self._reject(order, 201, f"Order rejected - reason:no market data for {order.symbol}")
