@@ -9,7 +9,7 @@ import pytest
 from its_common.db.connect import connection_kwargs
 from its_common.events import Trade
 from its_common.streams import Stream, encode_entry, now_ms
-from its_trader.broker import OrderRequest
+from its_trader.broker import BrokerOrder, OrderRequest
 from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
 from its_validator.check import broker_prices, compare, feed_prices
 from tests.conditions import wait_until
@@ -173,3 +173,68 @@ def test_position_arithmetic() -> None:
     assert apply_fill(20, 105, "SELL", 5, 115) == (15, 105, 50)
     assert apply_fill(15, 105, "SELL", 20, 100) == (-5, 100, -75)  # flip to short
     assert apply_fill(-5, 100, "BUY", 5, 90) == (0, 0, 50)
+
+
+async def next_fill(sim: SimBroker) -> Any:
+    return await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+
+
+async def test_a_limit_order_fills_in_parts_against_prints_and_a_cancel_keeps_them(
+    redis_client, db_url
+):
+    feed = Feed(redis_client)
+    await feed.prices(NVDA=100.0)
+    sim = broker(redis_client, db_url)  # 10 bps slippage
+    await sim.connect()
+    try:
+        order = await sim.place_order(OrderRequest("lmt", "NVDA", "BUY", 250, limit_price=101.0))
+        assert order.status == "open" and order.remaining == 250
+        await feed.trade("NVDA", 100.5, size=100)  # 100.6005 <= 101: takes the print's 100
+        first = await next_fill(sim)
+        assert (first.quantity, first.price) == (100, pytest.approx(100.5 * 1.001))
+        assert first.execution_id.endswith("-1")
+        await feed.trade("NVDA", 101.5, size=500)  # 101.6015 > 101: not at this print
+        await feed.trade("NVDA", 100.0, size=60)  # only 60 traded there
+        second = await next_fill(sim)
+        assert (second.quantity, second.execution_id[-2:]) == (60, "-2")
+        assert await sim.order("lmt") == BrokerOrder(
+            "lmt", order.broker_order_id, "NVDA", "BUY", 250, "open", 160
+        )
+        assert [o.remaining for o in await sim.open_orders()] == [90]
+        assert await sim.cancel("lmt")
+        await feed.trade("NVDA", 99.0, size=1000)  # a cancelled order takes nothing more
+        await wait_until(lambda: sim.mark("NVDA") == (99.0, feed.t))
+        assert sim.fills().qsize() == 0
+        cancelled = await sim.order("lmt")
+        assert cancelled is not None and cancelled.status == "cancelled"
+        assert (cancelled.filled_quantity, cancelled.remaining) == (160, 0)
+        assert {p.symbol: p.quantity for p in await sim.positions()} == {"NVDA": 160}
+        cost = 100 * 100.5 * 1.001 + 60 * 100.0 * 1.001
+        assert (await sim.account_summary()).cash == pytest.approx(100_000 - cost - 2.0)
+    finally:
+        await sim.close()
+
+
+async def test_a_part_filled_order_continues_after_a_restart_without_reusing_a_print(
+    redis_client, db_url
+):
+    feed = Feed(redis_client)
+    await feed.prices(NVDA=100.0)
+    first = broker(redis_client, db_url)
+    await first.connect()
+    await first.place_order(OrderRequest("part", "NVDA", "SELL", 150, limit_price=99.0))
+    await feed.trade("NVDA", 100.0, size=100)
+    assert (await next_fill(first)).quantity == 100
+    await first.close()
+    await feed.trade("NVDA", 100.0, size=100)  # while down: the remaining 50 fill from this one
+    second = broker(redis_client, db_url)
+    await second.connect()
+    try:
+        rest = await next_fill(second)
+        assert (rest.quantity, rest.execution_id[-2:]) == (50, "-2")
+        order = await second.order("part")
+        assert order is not None and (order.status, order.filled_quantity) == ("filled", 150)
+        assert {p.symbol: p.quantity for p in await second.positions()} == {"NVDA": -150}
+        assert len(query(db_url, "SELECT * FROM sim_executions")) == 2
+    finally:
+        await second.close()
