@@ -127,9 +127,7 @@ async def test_marks_follow_the_feed_back_when_a_replay_restarts_the_day(redis_c
         assert result.skipped is None and result.ok, result
         # Fills still follow stream order: an order placed during the replay fills at its next
         # trade, never at the price seen before it.
-        order = await sim.place_order(
-            OrderRequest("r1", "NVDA", "BUY", 10, not_before_ms=feed.t)
-        )
+        order = await sim.place_order(OrderRequest("r1", "NVDA", "BUY", 10, not_before_ms=feed.t))
         assert order.status == "open"
         await feed.trade("NVDA", 96.0)
         execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
