@@ -3,6 +3,7 @@ shown liquidity, cancels, IB's statuses and IB's error codes for rejections."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -30,6 +31,10 @@ class Errors:
 
     def codes(self, trade: Trade) -> list[int]:
         return [code for req, code in self.seen if req == trade.order.orderId]
+
+
+def inactive(trade: Trade) -> bool:
+    return bool(trade.orderStatus.status == "Inactive")
 
 
 def statuses(trade: Trade) -> list[str]:
@@ -128,7 +133,7 @@ async def test_rejections_carry_ib_error_codes_and_end_inactive() -> None:
                 await qualify(ib, "AAPL"), MarketOrder("BUY", 1, orderRef="no-price")
             )
             for trade, code in ((off_tick, 110), (unsupported, 201), (no_price, 201)):
-                await wait_until(lambda t=trade: t.orderStatus.status == "Inactive")
+                await wait_until(partial(inactive, trade))
                 assert code in errors.codes(trade)
                 assert trade.fills == []
             assert ib.positions() == []
