@@ -26,8 +26,7 @@ def limit_settings(redis_url: str, db_url: str, **kw: Any) -> Any:
 
 async def expire_all(trader: Trader, db_url: str, count: int) -> None:
     async def expired() -> bool:
-        async with trader.lock:
-            await trader.expire_limit_orders()
+        await trader.periodic()  # the service's periodic step cancels remainders past the timeout
         return (
             int(scalar(db_url, "SELECT count(*) FROM orders WHERE status = 'cancelled'")) >= count
         )

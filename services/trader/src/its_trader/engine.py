@@ -487,7 +487,6 @@ class Trader:
             if summary.equity > peak:
                 peak = summary.equity
                 await self.store.put_state(PEAK_STATE, peak)
-            await self.expire_limit_orders()
             breach = check_portfolio(
                 summary.equity, float(day_state["start_equity"]), peak, self.config.limits
             )
@@ -501,6 +500,8 @@ class Trader:
                     await self.cancel_open_orders()
                     await self.flatten(f"close-{day}")
                     await self.store.put_state(FLATTENED_STATE, day)
+            # Last: a broker error here must not skip the loss limits above.
+            await self.expire_limit_orders()
 
     def _set_gauges(self, *values: float) -> None:
         m = self.metrics
