@@ -209,6 +209,11 @@ async def test_a_limit_order_fills_in_parts_against_prints_and_a_cancel_keeps_th
         assert {p.symbol: p.quantity for p in await sim.positions()} == {"NVDA": 160}
         cost = 100 * 100.5 * 1.001 + 60 * 100.0 * 1.001
         assert (await sim.account_summary()).cash == pytest.approx(100_000 - cost - 2.0)
+        # A limit off IB's tick is refused as IB does (110, Inactive): recorded, never filled.
+        off = await sim.place_order(OrderRequest("off", "NVDA", "BUY", 5, limit_price=99.005))
+        assert off.status == "rejected" and await sim.open_orders() == []
+        with pytest.raises(ValueError, match="limit price"):
+            await sim.place_order(OrderRequest("neg", "NVDA", "BUY", 5, limit_price=-1.0))
     finally:
         await sim.close()
 

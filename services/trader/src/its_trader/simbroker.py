@@ -14,6 +14,7 @@
   each such print (the volume that really traded there), at most one print per stream entry: a
   large order fills in parts over several prints (``filled_quantity`` grows, the order stays
   ``open``) until it is complete or cancelled; a cancel keeps the part already filled.
+- A limit price off IB's tick is refused as IB does (error 110): the order is ``rejected``.
 - Its books (cash, positions, orders, executions) live in the ``sim_*`` tables, each fill in one
   transaction, so a restart continues where it stopped: open orders are loaded and the trades
   stream is read again from the oldest open order's snapshot, so trades that happened while the
@@ -42,6 +43,7 @@ from its_common.backoff import Backoff
 from its_common.clock import read_feed_clock
 from its_common.events import Trade
 from its_common.streams import EntryFormatError, Stream, decode_entry, latest_trade_key, now_ms
+from its_common.ticks import conforms_to_tick
 from its_trader.actions import Side
 from its_trader.broker import (
     AccountSummary,
@@ -286,9 +288,16 @@ class SimBroker:
     # -- orders ------------------------------------------------------------------------------
 
     async def place_order(self, request: OrderRequest) -> BrokerOrder:
-        """Accept a market order (idempotent by client order id); it fills on the next trade."""
+        """Accept a market or limit order (idempotent by client order id); it fills from the next
+        trade on. A limit price off IB's tick is refused as IB does (error 110): the order is
+        recorded ``rejected`` (IB: ``Inactive``) and never fills."""
         if request.quantity <= 0:
             raise ValueError("quantity must be positive")
+        if request.limit_price is not None and request.limit_price <= 0:
+            raise ValueError("a limit price must be positive")
+        status = "open"
+        if request.limit_price is not None and not conforms_to_tick(request.limit_price):
+            status = "rejected"
         existing = await self.order(request.client_order_id)
         if existing is not None:
             return existing  # idempotent: a re-sent client order id is the same order
@@ -301,7 +310,7 @@ class SimBroker:
                 await conn.execute(
                     "INSERT INTO sim_orders (account, client_order_id, symbol, side, quantity,"
                     " status, after_entry_id, not_before_ms, order_type, limit_price)"
-                    " VALUES (%s,%s,%s,%s,%s,'open',%s,%s,%s,%s)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " ON CONFLICT (client_order_id) DO NOTHING RETURNING broker_order_id",
                     (
                         self.account,
@@ -309,6 +318,7 @@ class SimBroker:
                         request.symbol,
                         request.side,
                         request.quantity,
+                        status,
                         after_id,
                         not_before,
                         request.order_type,
@@ -316,7 +326,14 @@ class SimBroker:
                     ),
                 )
             ).fetchone()
-            if row is not None:
+            if row is not None and status == "rejected":
+                log.warning(
+                    "sim order rejected: 110 The price does not conform to the minimum price"
+                    " variation for this contract.",
+                    extra={"client_order_id": request.client_order_id,
+                           "limit_price": request.limit_price},
+                )  # fmt: skip
+            elif row is not None:
                 self._books.open[request.client_order_id] = _Open(
                     int(row[0]),
                     request.client_order_id,
