@@ -70,8 +70,8 @@ class Liquidity:
     bid: float
     ask: float
 
-    def take(self, action: str) -> float:
-        """All the shares shown on the side ``action`` trades against (the caller caps it)."""
+    def shown(self, action: str) -> float:
+        """The shares still shown on the side ``action`` trades against."""
         return self.ask if action == "BUY" else self.bid
 
     def taken(self, action: str, shares: float) -> None:
@@ -528,7 +528,7 @@ class IbSimServer:
             buy = order.action == "BUY"
             if (buy and price > order.limit_price) or (not buy and price < order.limit_price):
                 return  # not marketable at this print: keeps working
-            shares = min(order.remaining, book.take(order.action))
+            shares = min(order.remaining, book.shown(order.action))
             if shares > 0:
                 book.taken(order.action, shares)
                 self._execute(order, price, shares)
