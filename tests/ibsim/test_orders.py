@@ -64,6 +64,8 @@ async def test_a_limit_order_fills_in_parts_and_a_cancel_keeps_the_filled_part()
         await ib.connectAsync("127.0.0.1", sim.port, clientId=21, timeout=4)
         try:
             contract = await qualify(ib, "NVDA")
+            ticker = ib.reqMktData(contract)
+            await wait_until(lambda: ticker.askSize == 30 and ticker.bidSize == 30)  # shown
             trade = ib.placeOrder(contract, LimitOrder("BUY", 100, 180.10, orderRef="part"))
             await wait_until(lambda: trade.orderStatus.filled == 30)
             assert trade.orderStatus.status == "Submitted"  # working: 70 remain

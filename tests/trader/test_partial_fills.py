@@ -70,6 +70,8 @@ async def test_a_part_filled_marketable_limit_is_cancelled_after_its_timeout(
     assert [(s, f) for _, s, f in rows] == [("cancelled", 40.0), ("cancelled", 0.0)]
     assert rows[0][0] == cid
     assert await trader.broker.open_orders() == []
+    [counter] = trader.metrics.remainders_cancelled.collect()
+    assert [x.value for x in counter.samples if x.name.endswith("_total")] == [2.0]
     await feed.trade("NVDA", 100.0, size=1_000)  # nothing is left working to fill
     async with trader.lock:
         await trader.reconcile()

@@ -407,9 +407,14 @@ class IbSimServer:
                 if quote is not None and (quote.price, quote.ts_ms) != last:
                     last = (quote.price, quote.ts_ms)
                     self.book.marks[symbol] = quote.price
-                    s.send(wire.tick_price(req_id, bid_t, round(quote.price * (1 - half), 4), 100))
-                    s.send(wire.tick_price(req_id, ask_t, round(quote.price * (1 + half), 4), 100))
-                    s.send(wire.tick_price(req_id, last_t, quote.price, 100))
+                    shown = max(self.options.quote_size, quote.size)  # as limit orders see it
+                    s.send(
+                        wire.tick_price(req_id, bid_t, round(quote.price * (1 - half), 4), shown)
+                    )
+                    s.send(
+                        wire.tick_price(req_id, ask_t, round(quote.price * (1 + half), 4), shown)
+                    )
+                    s.send(wire.tick_price(req_id, last_t, quote.price, quote.size or 100))
                 if snapshot and (last is not None or time.monotonic() > deadline):
                     s.send(wire.tick_snapshot_end(req_id))
                     return

@@ -414,6 +414,7 @@ class Trader:
                 continue
             if await self.broker.cancel(cid):
                 cancelled += 1
+                self.metrics.remainders_cancelled.inc()
                 await self.store.set_order_status(cid, "cancelled")
                 log.info(
                     "limit order remainder cancelled",
