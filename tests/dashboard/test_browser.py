@@ -232,6 +232,30 @@ async def test_orders_and_fills_are_timed_on_the_market_clock(browser: Browser, 
     await page.close()
 
 
+async def test_a_part_filled_limit_order_reads_sensibly(browser: Browser, stack: Stack):
+    """A marketable limit cancelled after a part fill: its limit, its part filled, its status."""
+    await stack.reset()
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders (client_order_id, account, broker, symbol, side, quantity,"
+            " status, filled_quantity, decision_ts, order_type, limit_price) VALUES"
+            " ('o-part', 'DU1', 'ib', 'NVDA', 'BUY', 100, 'cancelled', 40,"
+            " '2026-11-20 18:05:00+00', 'LMT', 180.36), ('o-work', 'DU1', 'ib', 'MSFT', 'SELL',"
+            " 20, 'partially_filled', 5, '2026-11-20 18:04:00+00', 'LMT', 499.5)"
+        )
+    page, problems = await open_page(browser, stack)
+    await page.wait_for_selector("#panel-orders[data-status=ok]", timeout=10_000)
+    part = page.locator("#panel-orders tbody tr", has_text="NVDA")
+    await expect(part).to_contain_text("BUY ≤180.36")
+    await expect(part).to_contain_text("cancelled (part filled)")
+    working = page.locator("#panel-orders tbody tr", has_text="MSFT")
+    await expect(working).to_contain_text("SELL ≥499.50")
+    await expect(working).to_contain_text("partially filled")
+    assert "(part filled)" not in await working.inner_text()
+    assert problems == []
+    await page.close()
+
+
 @pytest.mark.parametrize("width", [1024, 1280, 1440, 1920])
 async def test_tables_fit_their_panels_at_common_widths(browser: Browser, stack: Stack, width: int):
     await stack.reset()

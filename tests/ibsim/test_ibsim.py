@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from ib_async import IB, Contract, MarketOrder, Stock
 
+from its_common.risk import PAPER_INITIAL_CASH
 from its_common.streams import latest_trade_key
 from its_ibsim.book import commission, con_id
 from its_ibsim.prices import RedisPrices, StaticPrices, parse_prices
@@ -83,7 +84,7 @@ async def test_client_connects_trades_and_reconciles() -> None:
             completed = await ib.reqCompletedOrdersAsync(False)
             assert sorted(t.order.orderRef for t in completed) == ["its-a", "its-b"]
             values = {v.tag: v.value for v in ib.accountValues()}
-            assert float(values["TotalCashValue"]) < 1_000_000 - 410 * 180
+            assert float(values["TotalCashValue"]) < PAPER_INITIAL_CASH - 410 * 180
         finally:
             ib.disconnect()
 
@@ -105,7 +106,7 @@ async def test_prices_come_from_the_redis_feed(redis_client: aioredis.Redis) -> 
             # A symbol without a price is rejected, not filled at a made-up price.
             other = await qualify(ib, "AAPL")
             rejected = ib.placeOrder(other, MarketOrder("BUY", 1, orderRef="no-price"))
-            await wait_until(lambda: rejected.orderStatus.status == "Cancelled")
+            await wait_until(lambda: rejected.orderStatus.status == "Inactive")
             assert rejected.fills == []
         finally:
             ib.disconnect()

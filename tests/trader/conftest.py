@@ -44,18 +44,18 @@ class Feed:
         self.t = start_ms
         self.seq = 0
 
-    async def trade(self, symbol: str, price: float, step_ms: int = 1000) -> str:
+    async def trade(self, symbol: str, price: float, step_ms: int = 1000, size: int = 100) -> str:
         self.t += step_ms
         self.seq += 1
         trade = Trade(
-            symbol=symbol, exchange=4, trade_id=str(self.seq), tape=3, price=price, size=100,
+            symbol=symbol, exchange=4, trade_id=str(self.seq), tape=3, price=price, size=size,
             timestamp=self.t, sequence=self.seq,
         )  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:  # one pipeline, as the router
             pipe.xadd(Stream.TRADES, encode_entry("T", [trade]))
             pipe.hset(
                 latest_trade_key(symbol),
-                mapping={"p": repr(price), "t": str(self.t), "rt": now_ms()},
+                mapping={"p": repr(price), "s": str(size), "t": str(self.t), "rt": now_ms()},
             )
             pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(self.t))
             entry_id, *_ = await pipe.execute()

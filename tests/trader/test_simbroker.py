@@ -9,7 +9,7 @@ import pytest
 from its_common.db.connect import connection_kwargs
 from its_common.events import Trade
 from its_common.streams import Stream, encode_entry, now_ms
-from its_trader.broker import OrderRequest
+from its_trader.broker import BrokerOrder, OrderRequest
 from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
 from its_validator.check import broker_prices, compare, feed_prices
 from tests.conditions import wait_until
@@ -31,7 +31,7 @@ async def test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order(re
     try:
         # Trades written before the order while the broker's reader lags behind: never used.
         await feed.prices(NVDA=100.5, MSFT=300.0)
-        order = await sim.place_market_order(OrderRequest("c1", "NVDA", "BUY", 10))
+        order = await sim.place_order(OrderRequest("c1", "NVDA", "BUY", 10))
         assert order.status == "open"
         await feed.trade("MSFT", 301.0)  # another symbol does not fill it
         await feed.trade("NVDA", 102.0)
@@ -39,9 +39,9 @@ async def test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order(re
         assert execution.price == pytest.approx(102.0 * 1.001)  # next trade + 10 bps slippage
         assert execution.commission == 1.0  # 10 shares x $0.005 < $1 minimum
         assert execution.ts_ms == feed.t
-        again = await sim.place_market_order(OrderRequest("c1", "NVDA", "BUY", 10))
+        again = await sim.place_order(OrderRequest("c1", "NVDA", "BUY", 10))
         assert again.status == "filled" and again.broker_order_id == order.broker_order_id
-        sell = await sim.place_market_order(OrderRequest("c2", "NVDA", "SELL", 10))
+        sell = await sim.place_order(OrderRequest("c2", "NVDA", "SELL", 10))
         assert sell.status == "open"
         await feed.trade("NVDA", 110.0)
         sold = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
@@ -64,7 +64,7 @@ async def test_restart_continues_and_fills_with_trades_from_while_it_was_down(re
     await feed.prices(NVDA=100.0)
     first = broker(redis_client, db_url, commission_per_share=0.005)
     await first.connect()
-    await first.place_market_order(OrderRequest("big", "NVDA", "BUY", 400))
+    await first.place_order(OrderRequest("big", "NVDA", "BUY", 400))
     await first.close()  # "down"
     await feed.trade("NVDA", 99.0)  # the next trade after the order, while down
     await feed.trade("NVDA", 98.0)
@@ -127,9 +127,7 @@ async def test_marks_follow_the_feed_back_when_a_replay_restarts_the_day(redis_c
         assert result.skipped is None and result.ok, result
         # Fills still follow stream order: an order placed during the replay fills at its next
         # trade, never at the price seen before it.
-        order = await sim.place_market_order(
-            OrderRequest("r1", "NVDA", "BUY", 10, not_before_ms=feed.t)
-        )
+        order = await sim.place_order(OrderRequest("r1", "NVDA", "BUY", 10, not_before_ms=feed.t))
         assert order.status == "open"
         await feed.trade("NVDA", 96.0)
         execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
@@ -146,7 +144,7 @@ async def test_an_order_open_when_the_replay_restarts_fills_at_the_next_trade(re
     await sim.connect()
     try:
         decided = feed.t
-        await sim.place_market_order(OrderRequest("o1", "NVDA", "BUY", 10, not_before_ms=decided))
+        await sim.place_order(OrderRequest("o1", "NVDA", "BUY", 10, not_before_ms=decided))
         # A late trade (market time before the decision, the feed clock unchanged) never fills.
         late = Trade(
             symbol="NVDA", exchange=4, trade_id="late", tape=3, price=90.0, size=100,
@@ -173,3 +171,73 @@ def test_position_arithmetic() -> None:
     assert apply_fill(20, 105, "SELL", 5, 115) == (15, 105, 50)
     assert apply_fill(15, 105, "SELL", 20, 100) == (-5, 100, -75)  # flip to short
     assert apply_fill(-5, 100, "BUY", 5, 90) == (0, 0, 50)
+
+
+async def next_fill(sim: SimBroker) -> Any:
+    return await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+
+
+async def test_a_limit_order_fills_in_parts_against_prints_and_a_cancel_keeps_them(
+    redis_client, db_url
+):
+    feed = Feed(redis_client)
+    await feed.prices(NVDA=100.0)
+    sim = broker(redis_client, db_url)  # 10 bps slippage
+    await sim.connect()
+    try:
+        order = await sim.place_order(OrderRequest("lmt", "NVDA", "BUY", 250, limit_price=101.0))
+        assert order.status == "open" and order.remaining == 250
+        await feed.trade("NVDA", 100.5, size=100)  # 100.6005 <= 101: takes the print's 100
+        first = await next_fill(sim)
+        assert (first.quantity, first.price) == (100, pytest.approx(100.5 * 1.001))
+        assert first.execution_id.endswith("-1")
+        await feed.trade("NVDA", 101.5, size=500)  # 101.6015 > 101: not at this print
+        await feed.trade("NVDA", 100.0, size=60)  # only 60 traded there
+        second = await next_fill(sim)
+        assert (second.quantity, second.execution_id[-2:]) == (60, "-2")
+        assert await sim.order("lmt") == BrokerOrder(
+            "lmt", order.broker_order_id, "NVDA", "BUY", 250, "open", 160
+        )
+        assert [o.remaining for o in await sim.open_orders()] == [90]
+        assert await sim.cancel("lmt")
+        await feed.trade("NVDA", 99.0, size=1000)  # a cancelled order takes nothing more
+        await wait_until(lambda: sim.mark("NVDA") == (99.0, feed.t))
+        assert sim.fills().qsize() == 0
+        cancelled = await sim.order("lmt")
+        assert cancelled is not None and cancelled.status == "cancelled"
+        assert (cancelled.filled_quantity, cancelled.remaining) == (160, 0)
+        assert {p.symbol: p.quantity for p in await sim.positions()} == {"NVDA": 160}
+        cost = 100 * 100.5 * 1.001 + 60 * 100.0 * 1.001
+        assert (await sim.account_summary()).cash == pytest.approx(100_000 - cost - 2.0)
+        # A limit off IB's tick is refused as IB does (110, Inactive): recorded, never filled.
+        off = await sim.place_order(OrderRequest("off", "NVDA", "BUY", 5, limit_price=99.005))
+        assert off.status == "rejected" and await sim.open_orders() == []
+        with pytest.raises(ValueError, match="limit price"):
+            await sim.place_order(OrderRequest("neg", "NVDA", "BUY", 5, limit_price=-1.0))
+    finally:
+        await sim.close()
+
+
+async def test_a_part_filled_order_continues_after_a_restart_without_reusing_a_print(
+    redis_client, db_url
+):
+    feed = Feed(redis_client)
+    await feed.prices(NVDA=100.0)
+    first = broker(redis_client, db_url)
+    await first.connect()
+    await first.place_order(OrderRequest("part", "NVDA", "SELL", 150, limit_price=99.0))
+    await feed.trade("NVDA", 100.0, size=100)
+    assert (await next_fill(first)).quantity == 100
+    await first.close()
+    await feed.trade("NVDA", 100.0, size=100)  # while down: the remaining 50 fill from this one
+    second = broker(redis_client, db_url)
+    await second.connect()
+    try:
+        rest = await next_fill(second)
+        assert (rest.quantity, rest.execution_id[-2:]) == (50, "-2")
+        order = await second.order("part")
+        assert order is not None and (order.status, order.filled_quantity) == ("filled", 150)
+        assert {p.symbol: p.quantity for p in await second.positions()} == {"NVDA": -150}
+        assert len(query(db_url, "SELECT * FROM sim_executions")) == 2
+    finally:
+        await second.close()

@@ -55,7 +55,7 @@ async def test_full_flow_with_drop_and_reconciliation(redis_client: aioredis.Red
             assert published[b"src"] == b"ib"
 
             # A market order: acknowledged, filled, commission reported.
-            placed = await broker.place_market_order(OrderRequest("cid-1", "NVDA", "BUY", 300))
+            placed = await broker.place_order(OrderRequest("cid-1", "NVDA", "BUY", 300))
             assert placed.status == "open" and placed.client_order_id == "cid-1"
             [fill] = await drain(broker.fills())
             assert fill.client_order_id == "cid-1" and fill.quantity == 300
@@ -64,10 +64,10 @@ async def test_full_flow_with_drop_and_reconciliation(redis_client: aioredis.Red
             order = await broker.order("cid-1")
             assert order is not None and order.status == "filled" and order.filled_quantity == 300
             # Idempotent: the same client order id is not sent again.
-            again = await broker.place_market_order(OrderRequest("cid-1", "NVDA", "BUY", 300))
+            again = await broker.place_order(OrderRequest("cid-1", "NVDA", "BUY", 300))
             assert again.status == "filled"
             assert len(sim.server.book.executions) == 1
-            await broker.place_market_order(OrderRequest("cid-2", "MSFT", "BUY", 10))
+            await broker.place_order(OrderRequest("cid-2", "MSFT", "BUY", 10))
             [fill2] = await drain(broker.fills())
             assert fill2.commission == 1.0
             positions = {p.symbol: p.quantity for p in await broker.positions()}
@@ -123,7 +123,7 @@ async def test_fill_during_a_disconnect_is_recovered() -> None:
         broker.on_reconnect(reconciled)
         await broker.connect()
         try:
-            await broker.place_market_order(OrderRequest("away-1", "MSFT", "SELL", 4))
+            await broker.place_order(OrderRequest("away-1", "MSFT", "SELL", 4))
             await asyncio.sleep(0.1)  # acknowledged, not yet filled
             order = await broker.order("away-1")
             assert order is not None and order.status == "open"
@@ -147,8 +147,8 @@ async def test_unacknowledged_order_is_an_incident() -> None:
         await broker.connect()
         try:
             await sim.admin("/admin/faults", {"ignore_orders": 1})
-            await broker.place_market_order(OrderRequest("silent", "NVDA", "BUY", 1))
-            await broker.place_market_order(OrderRequest("heard", "NVDA", "BUY", 1))
+            await broker.place_order(OrderRequest("silent", "NVDA", "BUY", 1))
+            await broker.place_order(OrderRequest("heard", "NVDA", "BUY", 1))
             await asyncio.sleep(0.3)
             assert broker.drain_incidents() == []  # not yet overdue
             await asyncio.sleep(0.6)

@@ -32,7 +32,7 @@ async def test_trader_reconciles_ib_fills_at_start_and_after_a_reconnect(
         # A fill made by another session of the account before the trader starts.
         other = IbBroker(IbConfig(port=sim.port, client_id=9, connect_attempts=1))
         await other.connect()
-        await other.place_market_order(OrderRequest("outside-1", "NVDA", "BUY", 100))
+        await other.place_order(OrderRequest("outside-1", "NVDA", "BUY", 100))
         await asyncio.sleep(0.5)
         await other.close()
 

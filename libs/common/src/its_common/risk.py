@@ -51,6 +51,10 @@ class RiskReason(StrEnum):
     FOREIGN_SYMBOLS = "foreign_symbols"  # a decision about symbols this trader does not trade
 
 
+# The paper accounts' starting cash (the SimBroker's and its-ibsim's defaults): one figure, so
+# that the default sizing (a buy adds 10 % of equity) stays under the default per-symbol cap.
+PAPER_INITIAL_CASH = 100_000.0
+
 # Reasons that put trading in the HALTED state (besides the kill switch).
 HALT_REASONS = frozenset({RiskReason.MAX_DAILY_LOSS, RiskReason.MAX_DRAWDOWN})
 

@@ -303,7 +303,8 @@ class Sources:
         rows = await self.query(
             "SELECT o.created_at, coalesce(o.decision_ts, (SELECT min(f.ts) FROM fills f"
             " WHERE f.client_order_id = o.client_order_id)), o.client_order_id, o.symbol,"
-            " o.side, o.quantity, o.status, o.filled_quantity, o.reason FROM orders o"
+            " o.side, o.quantity, o.status, o.filled_quantity, o.reason, o.order_type,"
+            " o.limit_price FROM orders o"
             " ORDER BY o.created_at DESC LIMIT %s",
             (self.settings.table_rows,),
         )
@@ -312,7 +313,7 @@ class Sources:
         return _rows(
             rows,
             ["created_at", "market_ts", "client_order_id", "symbol", "side", "quantity", "status",
-             "filled_quantity", "reason"],
+             "filled_quantity", "reason", "order_type", "limit_price"],
         )  # fmt: skip
 
     async def fills(self) -> list[dict[str, Any]]:

@@ -21,12 +21,17 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("--static-price", "price of any symbol (ITS_IBSIM_STATIC_PRICE, 0 = none)", {"type": float}),
     ("--static-prices", "SYM=PRICE,... (ITS_IBSIM_STATIC_PRICES)", {}),
-    ("--initial-cash", "starting cash (ITS_IBSIM_INITIAL_CASH, 1000000)", {"type": float}),
+    ("--initial-cash", "starting cash (ITS_IBSIM_INITIAL_CASH, 100000)", {"type": float}),
     ("--commission-per-share", "USD per share (0.005)", {"type": float}),
     ("--commission-min", "USD minimum per execution (1.0)", {"type": float}),
     ("--spread-bps", "bid/ask spread around the last trade (2)", {"type": float}),
     ("--tick-interval-s", "price polling interval per subscription (0.25)", {"type": float}),
     ("--fill-delay-s", "seconds between acknowledgement and fill (0)", {"type": float}),
+    (
+        "--quote-size",
+        "shares shown at bid and ask per print, at least (ITS_IBSIM_QUOTE_SIZE, 100)",
+        {"type": float},
+    ),
     ("--ignore-order-symbols", "orders in these symbols are never acknowledged", {}),
     (
         "--no-admin",

@@ -3,7 +3,8 @@
 ``POST /admin/drop`` (optional JSON ``{"refuse_s": 5}``) closes every client connection and
 refuses new ones for that long; ``POST /admin/faults`` with ``{"ignore_orders": N}`` (the next N
 orders are never acknowledged), ``{"ignore_symbols": ["NVDA"]}``, ``{"prices": {"NVDA": 180}}``
-(static prices); ``GET /admin/status``.
+(static prices: each is a new print), ``{"sizes": {"NVDA": 30}}`` (shares of the static prints:
+the liquidity a resting limit order can take per print); ``GET /admin/status``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ class AdminApi:
                 if not isinstance(symbols, list):
                     raise ValueError("ignore_symbols must be a list")
                 self.server.ignore_symbols = {str(s).upper() for s in symbols}
+            if "sizes" in body:
+                sizes = body["sizes"]
+                if self.static is None or not isinstance(sizes, dict):
+                    raise ValueError("sizes must be an object (static prices available)")
+                for symbol, size in sizes.items():
+                    if float(size) <= 0:
+                        raise ValueError("sizes must be positive")
+                    self.static.sizes[str(symbol).upper()] = float(size)
             if "prices" in body:
                 prices = body["prices"]
                 if self.static is None or not isinstance(prices, dict):

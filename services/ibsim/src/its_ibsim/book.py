@@ -47,6 +47,7 @@ class SimOrder:
     order_type: str
     account: str
     order_ref: str
+    limit_price: float | None = None  # LMT orders
     status: str = "PreSubmitted"
     filled: float = 0.0
     avg_fill_price: float = 0.0
@@ -64,6 +65,7 @@ class SimOrder:
             order_type=self.order_type,
             account=self.account,
             order_ref=self.order_ref,
+            limit_price=self.limit_price,
             status=self.status,
             filled=self.filled,
             completed_time=ib_time(self.completed_ms) if self.completed_ms else "",
@@ -72,6 +74,10 @@ class SimOrder:
     @property
     def done(self) -> bool:
         return self.status in DONE_STATES
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.quantity - self.filled)
 
 
 @dataclass
@@ -119,12 +125,13 @@ class Book:
         quantity: float,
         order_type: str,
         order_ref: str,
+        limit_price: float | None = None,
     ) -> SimOrder:
         perm = self._next_perm
         self._next_perm += 1
         order = SimOrder(
             order_id, client_id, perm, symbol, action, quantity, order_type, self.account,
-            order_ref,
+            order_ref, limit_price,
         )  # fmt: skip
         self.orders[perm] = order
         self.reserve_order_id(client_id, order_id)
@@ -142,9 +149,12 @@ class Book:
     def completed_orders(self) -> list[SimOrder]:
         return [o for o in self.orders.values() if o.done]
 
-    def fill(self, order: SimOrder, price: float, ts_ms: int) -> ExecView:
-        """Fill the rest of an order at ``price``: position, cash, P&L, one execution."""
-        shares = order.quantity - order.filled
+    def fill(
+        self, order: SimOrder, price: float, ts_ms: int, shares: float | None = None
+    ) -> ExecView:
+        """Fill ``shares`` of an order (default: the rest) at ``price``: position, cash, P&L,
+        one execution. The order is ``Filled`` once nothing remains, else it stays working."""
+        shares = order.remaining if shares is None else min(shares, order.remaining)
         signed = shares if order.action == "BUY" else -shares
         position = self.positions.setdefault(order.symbol, SimPosition())
         realized = 0.0
@@ -172,8 +182,9 @@ class Book:
             (order.avg_fill_price * order.filled + price * shares) / cum if cum else 0.0
         )
         order.filled, order.last_fill_price = cum, price
-        order.status = "Filled"
-        order.completed_ms = ts_ms
+        if order.remaining <= 0:
+            order.status = "Filled"
+            order.completed_ms = ts_ms
         exec_seq = self._next_exec
         self._next_exec += 1
         view = ExecView(

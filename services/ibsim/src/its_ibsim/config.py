@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from its_common.risk import PAPER_INITIAL_CASH
 from its_common.settings import BaseServiceSettings
 from its_ibsim.prices import parse_prices
 from its_ibsim.server import SimOptions
@@ -36,12 +37,21 @@ class IbSimSettings(BaseServiceSettings):
         description="price of any symbol without one (0 = none: orders are rejected)",
     )
     static_prices: str = Field("", description="SYM=PRICE,... (also a fallback)")
-    initial_cash: float = Field(1_000_000.0, gt=0)
+    initial_cash: float = Field(
+        PAPER_INITIAL_CASH,
+        gt=0,
+        description="starting cash: the same paper figure as the SimBroker's (its_common.risk)",
+    )
     commission_per_share: float = Field(0.005, ge=0)
     commission_min: float = Field(1.0, ge=0)
     spread_bps: float = Field(2.0, ge=0)
     tick_interval_s: float = Field(0.25, gt=0)
     fill_delay_s: float = Field(0.0, ge=0)
+    quote_size: float = Field(
+        100.0,
+        gt=0,
+        description="shares shown at the bid and at the ask per print, at least (limit orders)",
+    )
     ignore_order_symbols: str = Field(
         "",
         description="comma-separated symbols whose orders are never acknowledged (fault)",
@@ -66,6 +76,7 @@ class IbSimSettings(BaseServiceSettings):
             spread_bps=self.spread_bps,
             tick_interval_s=self.tick_interval_s,
             fill_delay_s=self.fill_delay_s,
+            quote_size=self.quote_size,
             ignore_order_symbols=frozenset(
                 s.strip().upper() for s in self.ignore_order_symbols.split(",") if s.strip()
             ),

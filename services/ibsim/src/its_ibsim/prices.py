@@ -18,7 +18,8 @@ log = logging.getLogger("its.ibsim.prices")
 @dataclass(frozen=True, slots=True)
 class Quote:
     price: float
-    ts_ms: int  # market time of the trade (static prices: when first asked)
+    ts_ms: int  # market time of the trade (static prices: when first asked or set)
+    size: float = 0.0  # shares of that trade (0 = unknown: the simulator's quote size applies)
 
 
 class PriceSource(Protocol):
@@ -31,17 +32,21 @@ class StaticPrices:
     def __init__(self, prices: Mapping[str, float] | None = None, default: float = 0.0) -> None:
         self.prices = dict(prices or {})
         self.default = default
+        self.sizes: dict[str, float] = {}
         self._stamps: dict[str, int] = {}
 
-    def set(self, symbol: str, price: float) -> None:
+    def set(self, symbol: str, price: float, size: float | None = None) -> None:
+        """A new print of ``symbol`` (a new stamp: fresh liquidity for resting limit orders)."""
         self.prices[symbol] = price
-        self._stamps[symbol] = now_ms()
+        if size is not None:
+            self.sizes[symbol] = size
+        self._stamps[symbol] = max(now_ms(), self._stamps.get(symbol, 0) + 1)
 
     async def latest(self, symbol: str) -> Quote | None:
         price = self.prices.get(symbol, self.default)
         if price <= 0:
             return None
-        return Quote(price, self._stamps.setdefault(symbol, now_ms()))
+        return Quote(price, self._stamps.setdefault(symbol, now_ms()), self.sizes.get(symbol, 0.0))
 
 
 class RedisPrices:
@@ -54,14 +59,14 @@ class RedisPrices:
 
     async def latest(self, symbol: str) -> Quote | None:
         try:
-            price, ts = await self.redis.hmget(latest_trade_key(symbol), ["p", "t"])
+            price, ts, size = await self.redis.hmget(latest_trade_key(symbol), ["p", "t", "s"])
         except (RedisError, OSError) as exc:
             self.errors += 1
             log.warning("cannot read the latest trade of %s: %s", symbol, exc)
-            price = ts = None
+            price = ts = size = None
         if price is not None:
             try:
-                return Quote(float(price), int(ts or 0))
+                return Quote(float(price), int(ts or 0), float(size or 0))
             except ValueError:
                 log.warning("bad latest trade of %s: %r", symbol, price)
         if self.fallback is not None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from its_common.risk import PAPER_INITIAL_CASH
 from its_common.streams import now_ms
+from its_common.ticks import conforms_to_tick
 from its_ibsim import wire
 from its_ibsim.book import Book, SimOrder, contract_for
 from its_ibsim.prices import PriceSource
@@ -37,13 +39,46 @@ class SimOptions:
     port: int = 4002
     account: str = "DU1234567"
     server_version: int = 176
-    initial_cash: float = 1_000_000.0
+    initial_cash: float = PAPER_INITIAL_CASH
     commission_per_share: float = 0.005
     commission_min: float = 1.0
     spread_bps: float = 2.0  # bid/ask around the last trade; buys fill at the ask
     tick_interval_s: float = 0.25  # how often each subscription polls for a new price
-    fill_delay_s: float = 0.0  # between acknowledgement and fill
+    fill_delay_s: float = 0.0  # between acknowledgement and fill (market orders)
+    quote_size: float = 100.0  # shares shown at the bid and at the ask, at least, per print
     ignore_order_symbols: frozenset[str] = frozenset()  # orders never acknowledged
+
+
+def _optional_price(text: str) -> float | None:
+    """A price field of the wire: empty or IB's UNSET_DOUBLE (1.7976931348623157e308) is None."""
+    if not text:
+        return None
+    value = float(text)
+    return None if value >= 1e300 else value
+
+
+@dataclass
+class Liquidity:
+    """Shares still shown at the bid and at the ask for the current print of one symbol.
+
+    Each new print (a new last trade: price or time changes) shows ``max(quote_size, print
+    size)`` shares on each side; working limit orders take from that, oldest first, so an order
+    larger than what is shown fills in parts over several prints.
+    """
+
+    print_key: tuple[float, int]
+    bid: float
+    ask: float
+
+    def shown(self, action: str) -> float:
+        """The shares still shown on the side ``action`` trades against."""
+        return self.ask if action == "BUY" else self.bid
+
+    def taken(self, action: str, shares: float) -> None:
+        if action == "BUY":
+            self.ask = max(0.0, self.ask - shares)
+        else:
+            self.bid = max(0.0, self.bid - shares)
 
 
 class Session:
@@ -107,6 +142,9 @@ class IbSimServer:
         self._server: asyncio.Server | None = None
         self._reopen: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.liquidity: dict[str, Liquidity] = {}
+        self._matching = asyncio.Lock()
+        self._matcher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,12 +154,18 @@ class IbSimServer:
         )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
+        if self._matcher is None or self._matcher.done():
+            self._matcher = asyncio.create_task(self._match_loop(), name="ibsim-matcher")
         log.info("ibsim listening", extra={"host": self.options.host, "port": self.port})
         return self.port
 
     async def close(self) -> None:
         if self._reopen is not None:
             self._reopen.cancel()
+        if self._matcher is not None:
+            self._matcher.cancel()
+            await asyncio.gather(self._matcher, return_exceptions=True)
+            self._matcher = None
         await self._close_listener()
         for session in list(self.sessions.values()):
             session.stop_subscriptions()
@@ -363,9 +407,14 @@ class IbSimServer:
                 if quote is not None and (quote.price, quote.ts_ms) != last:
                     last = (quote.price, quote.ts_ms)
                     self.book.marks[symbol] = quote.price
-                    s.send(wire.tick_price(req_id, bid_t, round(quote.price * (1 - half), 4), 100))
-                    s.send(wire.tick_price(req_id, ask_t, round(quote.price * (1 + half), 4), 100))
-                    s.send(wire.tick_price(req_id, last_t, quote.price, 100))
+                    shown = max(self.options.quote_size, quote.size)  # as limit orders see it
+                    s.send(
+                        wire.tick_price(req_id, bid_t, round(quote.price * (1 - half), 4), shown)
+                    )
+                    s.send(
+                        wire.tick_price(req_id, ask_t, round(quote.price * (1 + half), 4), shown)
+                    )
+                    s.send(wire.tick_price(req_id, last_t, quote.price, quote.size or 100))
                 if snapshot and (last is not None or time.monotonic() > deadline):
                     s.send(wire.tick_snapshot_end(req_id))
                     return
@@ -378,12 +427,15 @@ class IbSimServer:
     async def _place_order(self, s: Session, f: list[str]) -> None:
         order_id, symbol, sec_type = int(f[1]), f[3].upper(), f[4]
         action, quantity, order_type, order_ref = f[16].upper(), float(f[17]), f[18], f[26]
+        limit = _optional_price(f[19])
         existing = self.book.find(s.client_id, order_id)
         if existing is not None:
             if existing.done:
                 s.send(wire.error(order_id, 103, "Duplicate order id"))
-            else:  # a modification: only the quantity of an open order is honoured
+            else:  # a modification: the quantity and limit price of an open order
                 existing.quantity = max(quantity, existing.filled)
+                if existing.order_type == "LMT" and limit is not None and limit > 0:
+                    existing.limit_price = limit
                 s.send(wire.open_order(existing.view(), s.version))
                 s.send(self._status_fields(existing))
             return
@@ -396,42 +448,104 @@ class IbSimServer:
         order = self.book.new_order(
             order_id=order_id, client_id=s.client_id, symbol=symbol, action=action,
             quantity=quantity, order_type=order_type, order_ref=order_ref,
+            limit_price=limit if order_type == "LMT" else None,
         )  # fmt: skip
-        reason = ""
-        if sec_type != "STK":
-            reason = f"only stocks are simulated, not {sec_type}"
-        elif order_type != "MKT":
-            reason = f"only market orders are simulated, not {order_type}"
-        elif action not in ("BUY", "SELL") or quantity <= 0:
-            reason = "invalid side or quantity"
-        if reason:
-            self._reject(order, reason)
+        rejection = self._validate(order, sec_type)
+        if rejection is not None:
+            self._reject(order, *rejection)
             return
+        # IB's order life: PreSubmitted (accepted, not yet at the exchange), then Submitted
+        # (working); the client itself shows PendingSubmit until the first answer.
+        s.send(wire.open_order(order.view(), s.version))
+        s.send(self._status_fields(order))
         order.status = "Submitted"
         s.send(wire.open_order(order.view(), s.version))
         s.send(self._status_fields(order))
-        if self.options.fill_delay_s > 0:
+        if order.order_type == "LMT":
+            await self._match(order)
+        elif self.options.fill_delay_s > 0:
             task = asyncio.create_task(self._fill_later(order), name=f"ibsim-fill-{order_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
             await self._fill(order)
 
+    def _validate(self, order: SimOrder, sec_type: str) -> tuple[int, str] | None:
+        """(IB error code, message) when the order is refused, else None."""
+        if sec_type != "STK":
+            return 201, f"Order rejected - reason:only stocks are simulated, not {sec_type}"
+        if order.action not in ("BUY", "SELL"):
+            return 201, f"Order rejected - reason:invalid action {order.action!r}"
+        if order.quantity <= 0:
+            return 434, "The order size cannot be zero."
+        if order.order_type not in ("MKT", "LMT"):
+            return 201, f"Order rejected - reason:order type {order.order_type} is not simulated"
+        if order.order_type == "LMT":
+            price = order.limit_price
+            if price is None or price <= 0:
+                return 201, "Order rejected - reason:a limit order needs a positive limit price"
+            if not conforms_to_tick(price):
+                return 110, (
+                    "The price does not conform to the minimum price variation for this contract."
+                )
+        return None
+
     async def _fill_later(self, order: SimOrder) -> None:
         await asyncio.sleep(self.options.fill_delay_s)
         await self._fill(order)
 
     async def _fill(self, order: SimOrder) -> None:
-        if order.done:
-            return
+        """A market order: filled in full at the ask (buys) or the bid (sells) of the last price;
+        depth beyond the displayed size is assumed (no price impact is simulated)."""
         quote = await self.prices.latest(order.symbol)
-        if quote is None:
-            self._reject(order, f"no market data for {order.symbol}")
+        if order.done:  # cancelled meanwhile
             return
+        if quote is None:
+            self._reject(order, 201, f"Order rejected - reason:no market data for {order.symbol}")
+            return
+        price = self._touch(quote.price, order.action)
+        self._execute(order, price, order.remaining)
+
+    # -- limit orders against the displayed liquidity ----------------------------------------
+
+    async def _match_loop(self) -> None:
+        """Working limit orders meet each new print (see :class:`Liquidity`)."""
+        while True:
+            await asyncio.sleep(self.options.tick_interval_s)
+            for order in self.book.open_orders():
+                if order.order_type == "LMT" and order.status == "Submitted":
+                    try:
+                        await self._match(order)
+                    except Exception:
+                        log.exception("matching %s failed", order.order_ref)
+
+    async def _match(self, order: SimOrder) -> None:
+        async with self._matching:
+            quote = await self.prices.latest(order.symbol)
+            if quote is None or order.done or order.limit_price is None:
+                return
+            book = self.liquidity.get(order.symbol)
+            if book is None or book.print_key != (quote.price, quote.ts_ms):
+                shown = max(self.options.quote_size, quote.size)
+                book = Liquidity((quote.price, quote.ts_ms), shown, shown)
+                self.liquidity[order.symbol] = book
+            price = self._touch(quote.price, order.action)
+            buy = order.action == "BUY"
+            if (buy and price > order.limit_price) or (not buy and price < order.limit_price):
+                return  # not marketable at this print: keeps working
+            shares = min(order.remaining, book.shown(order.action))
+            if shares > 0:
+                book.taken(order.action, shares)
+                self._execute(order, price, shares)
+
+    def _touch(self, last: float, action: str) -> float:
+        """The ask (buys) or the bid (sells): ``spread_bps`` around the last trade."""
         half = self.options.spread_bps / 20_000.0
-        sign = 1 if order.action == "BUY" else -1
-        price = round(quote.price * (1 + sign * half), 4)
-        ex = self.book.fill(order, price, now_ms())
+        sign = 1 if action == "BUY" else -1
+        return round(last * (1 + sign * half), 4)
+
+    def _execute(self, order: SimOrder, price: float, shares: float) -> None:
+        ex = self.book.fill(order, price, now_ms(), shares)
         owner = self.sessions.get(order.client_id)
         if owner is not None:
             owner.send(wire.execution(-1, ex, owner.version))
@@ -450,20 +564,32 @@ class IbSimServer:
                 self._send_account(session, only=order.symbol)
         log.info(
             "filled",
-            extra={"order_ref": order.order_ref, "symbol": order.symbol, "price": price},
-        )
+            extra={
+                "order_ref": order.order_ref, "symbol": order.symbol, "price": price,
+                "shares": shares, "remaining": order.remaining,
+            },
+        )  # fmt: skip
 
-    def _reject(self, order: SimOrder, reason: str) -> None:
-        order.status = "Cancelled"
+    def _reject(self, order: SimOrder, code: int, message: str) -> None:
+        """IB's rejection: the error, then the order ``Inactive`` (received, no longer active)."""
+        order.status = "Inactive"
         order.completed_ms = now_ms()
         owner = self.sessions.get(order.client_id)
         if owner is not None:
-            owner.send(wire.error(order.order_id, 201, f"Order rejected - reason:{reason}"))
+            owner.send(wire.error(order.order_id, code, message))
             owner.send(self._status_fields(order))
+        log.info("order rejected", extra={"order_ref": order.order_ref, "code": code})
 
     def _cancel_order(self, s: Session, order_id: int) -> None:
         order = self.book.find(s.client_id, order_id)
-        if order is None or order.done:
+        if order is None:
+            s.send(
+                wire.error(
+                    order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found."
+                )
+            )
+            return
+        if order.done:
             s.send(
                 wire.error(
                     order_id, 161, "Cancel attempted when order is not in a cancellable state"
@@ -473,6 +599,7 @@ class IbSimServer:
         self._cancel(order)
 
     def _cancel(self, order: SimOrder) -> None:
+        """Cancelled: whatever was filled stays filled (the position keeps it)."""
         order.status = "Cancelled"
         order.completed_ms = now_ms()
         owner = self.sessions.get(order.client_id)

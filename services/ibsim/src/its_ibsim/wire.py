@@ -299,14 +299,20 @@ class OrderView:
     status: str
     filled: float
     completed_time: str = ""
+    limit_price: float | None = None
+
+
+def _price(value: float | None) -> Field:
+    """A price field: empty when unset (IB's UNSET_DOUBLE)."""
+    return "" if value is None else value
 
 
 def open_order(order: OrderView, server_version: int) -> list[Field]:
     """OPEN_ORDER for ib_async's ``Decoder.openOrder`` (market or limit stock orders)."""
     out: list[Field] = [Out.OPEN_ORDER, order.order_id, *order.contract.fields()]
     out += [
-        order.action, order.quantity, order.order_type, "", "", "DAY", "", order.account,
-        "O", 0, order.order_ref, order.client_id, order.perm_id, 0, 0, 0, "", "",
+        order.action, order.quantity, order.order_type, _price(order.limit_price), "", "DAY", "",
+        order.account, "O", 0, order.order_ref, order.client_id, order.perm_id, 0, 0, 0, "", "",
         "", "", "",  # faGroup, faMethod, faPercentage
     ]  # fmt: skip
     if server_version < 177:
@@ -344,8 +350,8 @@ def completed_order(order: OrderView, server_version: int) -> list[Field]:
     """COMPLETED_ORDER for ib_async's ``Decoder.completedOrder``."""
     out: list[Field] = [Out.COMPLETED_ORDER, *order.contract.fields()]
     out += [
-        order.action, order.quantity, order.order_type, "", "", "DAY", "", order.account,
-        "O", 0, order.order_ref, order.perm_id, 0, 0, 0, "",
+        order.action, order.quantity, order.order_type, _price(order.limit_price), "", "DAY", "",
+        order.account, "O", 0, order.order_ref, order.perm_id, 0, 0, 0, "",
         "", "", "",  # faGroup, faMethod, faPercentage
     ]  # fmt: skip
     if server_version < 177:

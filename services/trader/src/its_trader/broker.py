@@ -11,18 +11,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from its_trader.actions import Side
+
+OrderType = Literal["MKT", "LMT"]
 
 
 @dataclass(frozen=True, slots=True)
 class OrderRequest:
+    """A market order, or a limit order when ``limit_price`` is set (IB's MKT / LMT)."""
+
     client_order_id: str
     symbol: str
     side: Side
     quantity: int
     not_before_ms: int = 0  # market time: fill on no trade earlier than this (decision's bar)
+    limit_price: float | None = None  # LMT: buy at or below, sell at or above this price
+
+    @property
+    def order_type(self) -> OrderType:
+        return "MKT" if self.limit_price is None else "LMT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +41,13 @@ class BrokerOrder:
     symbol: str
     side: Side
     quantity: int
-    status: str  # open | filled | cancelled | rejected
+    status: str  # open | filled | cancelled | rejected (a cancelled order may be part filled)
     filled_quantity: int = 0
+
+    @property
+    def remaining(self) -> int:
+        """Shares still working (0 once the order is done)."""
+        return max(0, self.quantity - self.filled_quantity) if self.status == "open" else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +111,9 @@ class Broker(Protocol):
 
     async def order(self, client_order_id: str) -> BrokerOrder | None: ...
 
-    async def place_market_order(self, request: OrderRequest) -> BrokerOrder: ...
+    async def place_order(self, request: OrderRequest) -> BrokerOrder:
+        """Place a market or limit order (idempotent by client order id)."""
+        ...
 
     async def cancel(self, client_order_id: str) -> bool: ...
 

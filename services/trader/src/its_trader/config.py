@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from its_common.risk import RiskLimits
+from its_common.risk import PAPER_INITIAL_CASH, RiskLimits
 from its_common.settings import BaseServiceSettings
 from its_trader.simbroker import SimConfig
 
@@ -59,6 +59,19 @@ class TraderSettings(BaseServiceSettings):
         description="a feed price received longer ago than this is not fresh (0 = no limit)",
     )
     buy_fraction: float = Field(0.10, gt=0, le=1)
+    order_type: Literal["market", "marketable_limit"] = Field(
+        "market",
+        description="market orders, or limit orders priced at most limit_slippage_bps worse "
+        "than the feed price at the decision (flattening always uses market orders)",
+    )
+    limit_slippage_bps: float = Field(
+        20.0, ge=0, le=1_000, description="marketable limit: the slippage cap in basis points"
+    )
+    limit_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="marketable limit: the unfilled remainder is cancelled after this long",
+    )
     min_confidence: float = Field(0.6, ge=0, le=1)
     cooldown_s: float = Field(60.0, ge=0)
     max_position_usd: float = Field(50_000.0, gt=0)
@@ -79,7 +92,7 @@ class TraderSettings(BaseServiceSettings):
         gt=0,
         description="at recovery, a recorded order the broker never got is sent only if younger",
     )
-    sim_initial_cash: float = Field(100_000.0, gt=0)
+    sim_initial_cash: float = Field(PAPER_INITIAL_CASH, gt=0)
     sim_slippage_bps: float = Field(1.0, ge=0)
     sim_commission_per_share: float = Field(0.005, ge=0)
     sim_commission_min: float = Field(1.0, ge=0)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from opentelemetry import trace
@@ -41,6 +41,7 @@ from its_common.risk import (
 )
 from its_common.streams import latest_trade_key, now_ms
 from its_common.symbols import LiveSymbols
+from its_common.ticks import marketable_limit
 from its_trader import control
 from its_trader.actions import OrderIntent, Side, orders_for_action
 from its_trader.broker import Broker, Execution, OrderRequest
@@ -49,6 +50,7 @@ from its_trader.store import TraderStore
 
 log = logging.getLogger("its.trader")
 tracer = trace.get_tracer("its.trader")
+OrderStyle = Literal["market", "marketable_limit"]
 DAY_STATE = "day"
 PEAK_STATE = "peak_equity"
 FLATTENED_STATE = "flattened_session"
@@ -59,6 +61,9 @@ class TraderConfig:
     symbols: tuple[str, ...]
     limits: RiskLimits
     buy_fraction: float = 0.10
+    order_type: OrderStyle = "market"
+    limit_slippage_bps: float = 20.0  # marketable limit: the cap against the decision's price
+    limit_timeout_s: float = 30.0  # marketable limit: the remainder is cancelled after this
     clock: ClockMode = "feed"
     max_price_age_s: float = 30.0
     max_decision_age_s: float = 300.0
@@ -137,21 +142,24 @@ class Trader:
                 recovered += 1
         self.metrics.fills_recovered.inc(recovered)
         now = datetime.now(UTC)
-        for cid, symbol, side, quantity, created_at, status in await self.store.unsettled_orders():
+        for unsettled in await self.store.unsettled_orders():
+            cid, status = unsettled.client_order_id, unsettled.status
             known = await self.broker.order(cid)
             if known is not None:
                 mapped = {"open": "submitted"}.get(known.status, known.status)
+                if mapped == "submitted" and known.filled_quantity > 0:
+                    mapped = "partially_filled"
                 await self.store.set_order_status(cid, mapped, known.broker_order_id)
             elif status == "recorded":
                 # Recorded, never reached the broker (crash between the two): send it if young.
-                age = (now - created_at).total_seconds()
+                age = (now - unsettled.created_at).total_seconds()
                 if age <= self.config.stale_order_s and not self.risk.halt.halted:
-                    leg_side: Side = "BUY" if side == "BUY" else "SELL"
-                    intent = OrderIntent(symbol, leg_side, quantity, "")
-                    await self._send(cid, intent, 0)
+                    leg_side: Side = "BUY" if unsettled.side == "BUY" else "SELL"
+                    intent = OrderIntent(unsettled.symbol, leg_side, unsettled.quantity, "")
+                    await self._send(cid, intent, 0, unsettled.limit_price)
                 else:
                     await self.store.set_order_status(cid, "expired")
-            elif status == "submitted":
+            elif status in ("submitted", "partially_filled"):
                 await self.store.set_order_status(cid, "rejected")  # the broker lost it
         await self._sync_positions()
         # Rebuild cooldowns from recent orders is unnecessary: cooldown keys use market time
@@ -252,9 +260,11 @@ class Trader:
             await self._deny(decision, denial, None)
             return "denied"
         positions = {p.symbol: p.quantity for p in await self.broker.positions()}
+        # Risk counts positions plus what open orders may still add: their unfilled remainder
+        # (the filled part is in the positions already).
         pending = dict(positions)
         for order in await self.broker.open_orders():
-            signed = order.quantity if order.side == "BUY" else -order.quantity
+            signed = order.remaining if order.side == "BUY" else -order.remaining
             pending[order.symbol] = pending.get(order.symbol, 0.0) + signed
         summary = await self.broker.account_summary()
         prices = await self.prices()
@@ -278,10 +288,11 @@ class Trader:
         mono = time.monotonic()
         for intent in intents:
             cid = client_order_id(decision, intent)
+            limit = self.limit_price(intent, prices)
             status = await self.store.order_status(cid)
             if status is not None:  # a replayed decision: make sure its order reached the broker
                 if status == "recorded":
-                    await self._send(cid, intent, decision.ts_ms)
+                    await self._send(cid, intent, decision.ts_ms, limit)
                 sent += 1
                 continue
             exposure = Exposure(pending, prices, summary.equity)
@@ -300,33 +311,53 @@ class Trader:
             await self.store.record_order(
                 cid, self.broker.account, self.broker.name, intent.symbol, intent.side,
                 intent.quantity, decision.ts_ms, intent.reason, fence_token=self.fence(),
+                limit_price=limit,
             )  # fmt: skip
             self.risk.record_order(intent, market_now, mono)
             signed = intent.quantity if intent.side == "BUY" else -intent.quantity
             pending[intent.symbol] = pending.get(intent.symbol, 0.0) + signed
-            await self._send(cid, intent, decision.ts_ms)
+            await self._send(cid, intent, decision.ts_ms, limit)
             sent += 1
         if sent:
             return "orders"
         return "denied" if denied else "no_order"
 
-    async def _send(self, cid: str, intent: OrderIntent, not_before_ms: int) -> bool:
+    def limit_price(self, intent: OrderIntent, prices: Mapping[str, float]) -> float | None:
+        """The limit of a marketable-limit order (None: a market order).
+
+        Priced from the feed price the decision was sized with, at most ``limit_slippage_bps``
+        worse. A sell without a fresh price goes at market: closing must not wait for a price.
+        """
+        price = prices.get(intent.symbol)
+        if self.config.order_type != "marketable_limit" or price is None or price <= 0:
+            return None
+        return marketable_limit(intent.side, price, self.config.limit_slippage_bps)
+
+    async def _send(
+        self, cid: str, intent: OrderIntent, not_before_ms: int, limit: float | None = None
+    ) -> bool:
         with tracer.start_as_current_span("trader.place_order") as span:
             if span.is_recording():
                 span.set_attribute("its.symbol", intent.symbol)
                 span.set_attribute("its.side", intent.side)
                 span.set_attribute("its.quantity", intent.quantity)
                 span.set_attribute("its.client_order_id", cid)
-            sent = await self._place(cid, intent, not_before_ms)
+                if limit is not None:
+                    span.set_attribute("its.limit_price", limit)
+            sent = await self._place(cid, intent, not_before_ms, limit)
             if span.is_recording():
                 span.set_attribute("its.sent", sent)
             return sent
 
-    async def _place(self, cid: str, intent: OrderIntent, not_before_ms: int) -> bool:
+    async def _place(
+        self, cid: str, intent: OrderIntent, not_before_ms: int, limit: float | None
+    ) -> bool:
         self.fence()  # never send an order without the lease (raises NotLeaderError)
-        request = OrderRequest(cid, intent.symbol, intent.side, intent.quantity, not_before_ms)
+        request = OrderRequest(
+            cid, intent.symbol, intent.side, intent.quantity, not_before_ms, limit
+        )
         try:
-            placed = await self.broker.place_market_order(request)
+            placed = await self.broker.place_order(request)
         except Exception as exc:
             self.metrics.order_errors.inc()
             log.error("order not accepted by the broker: %s", exc, extra={"client_order_id": cid})
@@ -341,6 +372,7 @@ class Trader:
                 "symbol": intent.symbol,
                 "side": intent.side,
                 "quantity": intent.quantity,
+                "limit_price": limit,
             },
         )
         return True
@@ -364,6 +396,35 @@ class Trader:
             log.warning("trading HALTED", extra={"reason": reason, "detail": detail})
         self.metrics.halted.set(1)
         await self.cancel_open_orders()
+
+    async def expire_limit_orders(self) -> int:
+        """Cancel the remainder of marketable-limit orders working longer than the timeout.
+
+        The decision priced them for its minute: a remainder left working would fill later at a
+        price the model never saw, and would hold risk capacity meanwhile. What was filled stays
+        (the order ends ``cancelled`` with its filled quantity). Caller holds the lock.
+        """
+        cancelled = 0
+        for cid in await self.store.working_limit_orders(self.config.limit_timeout_s):
+            known = await self.broker.order(cid)
+            if known is None:
+                continue  # the reconciliation decides about orders the broker does not know
+            if known.status != "open":  # done meanwhile: record how it ended
+                await self.store.set_order_status(cid, known.status, known.broker_order_id)
+                continue
+            if await self.broker.cancel(cid):
+                cancelled += 1
+                self.metrics.remainders_cancelled.inc()
+                await self.store.set_order_status(cid, "cancelled")
+                log.info(
+                    "limit order remainder cancelled",
+                    extra={
+                        "client_order_id": cid,
+                        "filled": known.filled_quantity,
+                        "remaining": known.remaining,
+                    },
+                )
+        return cancelled
 
     async def cancel_open_orders(self) -> int:
         cancelled = 0
@@ -440,6 +501,8 @@ class Trader:
                     await self.cancel_open_orders()
                     await self.flatten(f"close-{day}")
                     await self.store.put_state(FLATTENED_STATE, day)
+            # Last: a broker error here must not skip the loss limits above.
+            await self.expire_limit_orders()
 
     def _set_gauges(self, *values: float) -> None:
         m = self.metrics

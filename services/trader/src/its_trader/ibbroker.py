@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from ib_async import IB, Contract, Fill, MarketOrder, Stock, Ticker, Trade
+from ib_async import IB, Contract, Fill, LimitOrder, MarketOrder, Order, Stock, Ticker, Trade
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
@@ -402,7 +402,7 @@ class IbBroker:
         if not self.connected:
             raise ConnectionError("IB is not connected")
 
-    async def place_market_order(self, request: OrderRequest) -> BrokerOrder:
+    async def place_order(self, request: OrderRequest) -> BrokerOrder:
         if request.quantity <= 0:
             raise ValueError("quantity must be positive")
         existing = await self.order(request.client_order_id)
@@ -412,13 +412,24 @@ class IbBroker:
         contract = await self._contract(request.symbol)
         self._require()
         await self._pace()
-        order = MarketOrder(
-            request.side,
-            request.quantity,
-            orderRef=request.client_order_id,
-            account=self.account,
-            tif="DAY",
-        )
+        order: Order
+        if request.limit_price is None:
+            order = MarketOrder(
+                request.side,
+                request.quantity,
+                orderRef=request.client_order_id,
+                account=self.account,
+                tif="DAY",
+            )
+        else:
+            order = LimitOrder(
+                request.side,
+                request.quantity,
+                request.limit_price,
+                orderRef=request.client_order_id,
+                account=self.account,
+                tif="DAY",
+            )
         trade = self.ib.placeOrder(contract, order)
         tracked = _Tracked(
             request.client_order_id,
@@ -439,6 +450,8 @@ class IbBroker:
                 "symbol": request.symbol,
                 "side": request.side,
                 "quantity": request.quantity,
+                "order_type": request.order_type,
+                "limit_price": request.limit_price,
             },
         )
         return tracked.view()

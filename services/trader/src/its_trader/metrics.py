@@ -24,6 +24,11 @@ class TraderMetrics:
             registry=registry,
         )  # fmt: skip
         self.fills = Counter("its_trader_fills", "Fills recorded", registry=registry)
+        self.remainders_cancelled = Counter(
+            "its_trader_limit_remainders_cancelled",
+            "Marketable-limit orders whose unfilled remainder was cancelled at the timeout",
+            registry=registry,
+        )
         self.fills_recovered = Counter(
             "its_trader_fills_recovered",
             "Fills found only by reconciliation (happened while the trader was down)",

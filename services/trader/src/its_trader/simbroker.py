@@ -8,7 +8,13 @@
   the day again: a new router writes earlier times), that bound is dropped and the order fills at
   its next trade in stream order.
 - Fill price = trade price ± ``slippage_bps`` (buys pay more, sells get less); commission
-  IB-like: ``commission_per_share`` with a ``commission_min`` per order.
+  IB-like: ``commission_per_share`` with a ``commission_min`` per execution.
+- Liquidity: a market order takes all it needs from its next trade (no price impact). A limit
+  order fills only where that price is at or better than its limit, and takes at most the size of
+  each such print (the volume that really traded there), at most one print per stream entry: a
+  large order fills in parts over several prints (``filled_quantity`` grows, the order stays
+  ``open``) until it is complete or cancelled; a cancel keeps the part already filled.
+- A limit price off IB's tick is refused as IB does (error 110): the order is ``rejected``.
 - Its books (cash, positions, orders, executions) live in the ``sim_*`` tables, each fill in one
   transaction, so a restart continues where it stopped: open orders are loaded and the trades
   stream is read again from the oldest open order's snapshot, so trades that happened while the
@@ -37,6 +43,7 @@ from its_common.backoff import Backoff
 from its_common.clock import read_feed_clock
 from its_common.events import Trade
 from its_common.streams import EntryFormatError, Stream, decode_entry, latest_trade_key, now_ms
+from its_common.ticks import conforms_to_tick
 from its_trader.actions import Side
 from its_trader.broker import (
     AccountSummary,
@@ -108,6 +115,13 @@ class _Open:
     quantity: int
     after: tuple[int, int]
     not_before_ms: int
+    limit_price: float | None = None
+    filled: int = 0
+    executions: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.quantity - self.filled
 
 
 @dataclass
@@ -226,11 +240,14 @@ class SimBroker:
                     )
             await cur.execute(
                 "SELECT broker_order_id, client_order_id, symbol, side, quantity, after_entry_id,"
-                " not_before_ms FROM sim_orders WHERE account = %s AND status = 'open' "
-                "ORDER BY broker_order_id",
+                " not_before_ms, limit_price, filled_quantity, (SELECT count(*) FROM"
+                " sim_executions e WHERE e.broker_order_id = o.broker_order_id) AS executions"
+                " FROM sim_orders o WHERE account = %s AND status = 'open'"
+                " ORDER BY broker_order_id",
                 (cfg.account,),
             )
             for row in await cur.fetchall():
+                limit = row["limit_price"]
                 books.open[row["client_order_id"]] = _Open(
                     int(row["broker_order_id"]),
                     row["client_order_id"],
@@ -239,6 +256,9 @@ class SimBroker:
                     int(row["quantity"]),
                     entry_key(row["after_entry_id"]),
                     int(row["not_before_ms"]),
+                    None if limit is None else float(limit),
+                    int(row["filled_quantity"]),
+                    int(row["executions"]),
                 )
         self._books = books
         if books.open:
@@ -267,10 +287,17 @@ class SimBroker:
 
     # -- orders ------------------------------------------------------------------------------
 
-    async def place_market_order(self, request: OrderRequest) -> BrokerOrder:
-        """Accept a market order (idempotent by client order id); it fills on the next trade."""
+    async def place_order(self, request: OrderRequest) -> BrokerOrder:
+        """Accept a market or limit order (idempotent by client order id); it fills from the next
+        trade on. A limit price off IB's tick is refused as IB does (error 110): the order is
+        recorded ``rejected`` (IB: ``Inactive``) and never fills."""
         if request.quantity <= 0:
             raise ValueError("quantity must be positive")
+        if request.limit_price is not None and request.limit_price <= 0:
+            raise ValueError("a limit price must be positive")
+        status = "open"
+        if request.limit_price is not None and not conforms_to_tick(request.limit_price):
+            status = "rejected"
         existing = await self.order(request.client_order_id)
         if existing is not None:
             return existing  # idempotent: a re-sent client order id is the same order
@@ -282,7 +309,8 @@ class SimBroker:
             row = await (
                 await conn.execute(
                     "INSERT INTO sim_orders (account, client_order_id, symbol, side, quantity,"
-                    " status, after_entry_id, not_before_ms) VALUES (%s,%s,%s,%s,%s,'open',%s,%s)"
+                    " status, after_entry_id, not_before_ms, order_type, limit_price)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
                     " ON CONFLICT (client_order_id) DO NOTHING RETURNING broker_order_id",
                     (
                         self.account,
@@ -290,12 +318,22 @@ class SimBroker:
                         request.symbol,
                         request.side,
                         request.quantity,
+                        status,
                         after_id,
                         not_before,
+                        request.order_type,
+                        request.limit_price,
                     ),
                 )
             ).fetchone()
-            if row is not None:
+            if row is not None and status == "rejected":
+                log.warning(
+                    "sim order rejected: 110 The price does not conform to the minimum price"
+                    " variation for this contract.",
+                    extra={"client_order_id": request.client_order_id,
+                           "limit_price": request.limit_price},
+                )  # fmt: skip
+            elif row is not None:
                 self._books.open[request.client_order_id] = _Open(
                     int(row[0]),
                     request.client_order_id,
@@ -304,6 +342,7 @@ class SimBroker:
                     request.quantity,
                     entry_key(after_id),
                     not_before,
+                    request.limit_price,
                 )
             placed = await self._order_unlocked(request.client_order_id)
         assert placed is not None
@@ -464,51 +503,71 @@ class SimBroker:
             seen = newest.get(event.symbol)
             if seen is None or event.timestamp >= seen.timestamp:
                 newest[event.symbol] = event
+            print_left = float(event.size)  # what limit orders can take from this print
             for order in list(self._books.open.values()):
                 if (
                     order.symbol == event.symbol
                     and position > order.after
                     and event.timestamp >= order.not_before_ms
                 ):
-                    await self._fill(order, event, entry_id)
+                    if order.limit_price is None:
+                        await self._fill(order, event, entry_id, order.remaining)
+                        continue
+                    shares = min(order.remaining, int(print_left))
+                    if shares > 0 and self._within_limit(order, event.price):
+                        print_left -= shares
+                        await self._fill(order, event, entry_id, shares)
         # The mark follows stream order, as the router's latest-trade hash does (the newest
         # trade of the last entry written): when a replay starts the day again, its older
         # trades are the feed's price now, not something to ignore until market time catches up.
         for symbol, trade in newest.items():
             self._books.marks[symbol] = _Mark(trade.price, trade.timestamp)
 
-    async def _fill(self, order: _Open, trade: Trade, entry_id: str) -> None:
+    def _fill_price(self, side: Side, trade_price: float) -> float:
+        slip = self.config.slippage_bps / 10_000.0
+        return round(trade_price * (1 + slip) if side == "BUY" else trade_price * (1 - slip), 6)
+
+    def _within_limit(self, order: _Open, trade_price: float) -> bool:
+        """The fill price (slippage included) is at or better than the order's limit."""
+        price = self._fill_price(order.side, trade_price)
+        limit = order.limit_price
+        assert limit is not None
+        return price <= limit + 1e-9 if order.side == "BUY" else price >= limit - 1e-9
+
+    async def _fill(self, order: _Open, trade: Trade, entry_id: str, shares: int) -> None:
         cfg = self.config
-        slip = cfg.slippage_bps / 10_000.0
-        price = trade.price * (1 + slip) if order.side == "BUY" else trade.price * (1 - slip)
-        price = round(price, 6)
-        commission = commission_for(order.quantity, cfg.commission_per_share, cfg.commission_min)
+        price = self._fill_price(order.side, trade.price)
+        commission = commission_for(shares, cfg.commission_per_share, cfg.commission_min)
         execution = Execution(
-            execution_id=f"sim-{order.broker_order_id}-1",
+            execution_id=f"sim-{order.broker_order_id}-{order.executions + 1}",
             client_order_id=order.client_order_id,
             broker_order_id=str(order.broker_order_id),
             symbol=order.symbol,
             side=order.side,
-            quantity=order.quantity,
+            quantity=shares,
             price=price,
             commission=commission,
             ts_ms=trade.timestamp,
         )
+        done = order.filled + shares >= order.quantity
         async with self._lock:
             if order.client_order_id not in self._books.open:
                 return  # cancelled meanwhile
             current = self._books.positions.get(order.symbol, _Position())
             qty, avg, realized = apply_fill(
-                current.quantity, current.avg_price, order.side, order.quantity, price
+                current.quantity, current.avg_price, order.side, shares, price
             )
-            signed_value = order.quantity * price * (1 if order.side == "BUY" else -1)
+            signed_value = shares * price * (1 if order.side == "BUY" else -1)
             conn = self._db()
             async with conn.transaction():
+                # A part fill moves the order's stream bound to this entry: after a restart the
+                # trades stream is read again from there, and no print fills it twice.
                 cur = await conn.execute(
-                    "UPDATE sim_orders SET status = 'filled', filled_quantity = quantity,"
+                    "UPDATE sim_orders SET status = CASE WHEN %s THEN 'filled' ELSE 'open' END,"
+                    " filled_quantity = filled_quantity + %s, after_entry_id = %s,"
                     " updated_at = now() WHERE broker_order_id = %s AND status = 'open'"
                     " RETURNING 1",
-                    (order.broker_order_id,),
+                    (done, shares, entry_id, order.broker_order_id),
                 )
                 if await cur.fetchone() is None:
                     self._books.open.pop(order.client_order_id, None)
@@ -520,7 +579,7 @@ class SimBroker:
                     " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                     (
                         execution.execution_id, self.account, order.broker_order_id,
-                        order.client_order_id, order.symbol, order.side, order.quantity, price,
+                        order.client_order_id, order.symbol, order.side, shares, price,
                         trade.price, entry_id, commission, trade.timestamp,
                     ),
                 )  # fmt: skip
@@ -542,7 +601,11 @@ class SimBroker:
                     " updated_at = now() WHERE account = %s",
                     (signed_value, commission, realized, commission, commission, self.account),
                 )
-            self._books.open.pop(order.client_order_id, None)
+            order.filled += shares
+            order.executions += 1
+            order.after = entry_key(entry_id)
+            if done:
+                self._books.open.pop(order.client_order_id, None)
             self._books.positions[order.symbol] = _Position(
                 qty, avg, current.realized_pnl + realized
             )
@@ -554,7 +617,8 @@ class SimBroker:
                 "client_order_id": order.client_order_id,
                 "symbol": order.symbol,
                 "side": order.side,
-                "quantity": order.quantity,
+                "quantity": shares,
+                "remaining": order.remaining,
                 "price": price,
             },
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -24,6 +25,17 @@ FINAL_STATUSES: Final = ("filled", "cancelled", "rejected", "expired")
 
 class FencedOutError(RuntimeError):
     """An order refused in the database: its fencing token is lower than one already seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledOrder:
+    client_order_id: str
+    symbol: str
+    side: str
+    quantity: int
+    created_at: datetime
+    status: str
+    limit_price: float | None  # None: a market order
 
 
 def ms_to_dt(ms: int) -> datetime:
@@ -79,6 +91,7 @@ class TraderStore:
         decision_ts_ms: int | None,
         reason: str,
         fence_token: int | None = None,
+        limit_price: float | None = None,
     ) -> bool:
         """Insert the order as ``recorded`` (before it is sent); False when it already exists.
 
@@ -88,13 +101,14 @@ class TraderStore:
         """
         sql = (
             "INSERT INTO orders (client_order_id, account, broker, symbol, side, quantity,"
-            " status, decision_ts, reason, fence_token)"
-            " VALUES (%s,%s,%s,%s,%s,%s,'recorded',%s,%s,%s)"
+            " status, decision_ts, reason, fence_token, order_type, limit_price)"
+            " VALUES (%s,%s,%s,%s,%s,%s,'recorded',%s,%s,%s,%s,%s)"
             " ON CONFLICT (client_order_id) DO NOTHING RETURNING 1"
         )
         params = (
             client_order_id, account, broker, symbol, side, quantity,
             None if decision_ts_ms is None else ms_to_dt(decision_ts_ms), reason, fence_token,
+            "MKT" if limit_price is None else "LMT", limit_price,
         )  # fmt: skip
         if fence_token is None:
             return bool(await self._execute(sql, params))
@@ -148,14 +162,35 @@ class TraderStore:
             (status, broker_order_id, filled_quantity, client_order_id, list(FINAL_STATUSES)),
         )
 
-    async def unsettled_orders(self) -> list[tuple[str, str, str, int, datetime, str]]:
-        """(client id, symbol, side, quantity, created_at, status) of orders not final yet."""
+    async def unsettled_orders(self) -> list[UnsettledOrder]:
+        """Orders not final yet, oldest first."""
         rows = await self._execute(
-            "SELECT client_order_id, symbol, side, quantity, created_at, status FROM orders"
-            " WHERE status <> ALL(%s) ORDER BY created_at",
+            "SELECT client_order_id, symbol, side, quantity, created_at, status, limit_price"
+            " FROM orders WHERE status <> ALL(%s) ORDER BY created_at",
             (list(FINAL_STATUSES),),
         )
-        return [(str(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4], str(r[5])) for r in rows]
+        return [
+            UnsettledOrder(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                int(r[3]),
+                r[4],
+                str(r[5]),
+                None if r[6] is None else float(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def working_limit_orders(self, older_than_s: float) -> list[str]:
+        """Client ids of limit orders sent longer than ``older_than_s`` ago and not final yet."""
+        rows = await self._execute(
+            "SELECT client_order_id FROM orders WHERE order_type = 'LMT'"
+            " AND status IN ('submitted', 'partially_filled')"
+            " AND created_at < now() - make_interval(secs => %s) ORDER BY created_at",
+            (older_than_s,),
+        )
+        return [str(r[0]) for r in rows]
 
     async def record_fill(self, execution: Execution, account: str, broker: str) -> bool:
         """Store a fill once (execution id is the key); True when it was new."""
@@ -181,7 +216,8 @@ class TraderStore:
         await self._execute(
             "UPDATE orders o SET filled_quantity = f.total, broker_order_id ="
             " COALESCE(o.broker_order_id, %s), status = CASE WHEN f.total >= o.quantity"
-            " THEN 'filled' ELSE 'partially_filled' END, updated_at = now()"
+            " THEN 'filled' WHEN o.status IN ('cancelled', 'rejected', 'expired') THEN o.status"
+            " ELSE 'partially_filled' END, updated_at = now()"
             " FROM (SELECT sum(quantity) AS total FROM fills WHERE client_order_id = %s) f"
             " WHERE o.client_order_id = %s",
             (execution.broker_order_id, execution.client_order_id, execution.client_order_id),

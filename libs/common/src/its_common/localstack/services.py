@@ -93,11 +93,17 @@ def ib_simulator(broker: str, ports: Ports = Ports()) -> list[LocalService]:
 DEMO_TRADER_ENV = {"ITS_TRADER_MIN_CONFIDENCE": "0.2"}
 
 
+# With the IB simulator the trader sends marketable-limit orders (20 bp cap, the remainder is
+# cancelled after 30 s): the IB path's limit orders and partial fills are exercised locally.
+IB_SIM_ORDER_ENV = {"ITS_TRADER_ORDER_TYPE": "marketable_limit"}
+
+
 def trader_env(broker: str, ports: Ports = Ports()) -> dict[str, str]:
     """BROKER=sim (default), ib-sim (the local simulator) or ib (ITS_IB_* from the environment)."""
     if broker == "ib-sim":
         return {
             **DEMO_TRADER_ENV,
+            **IB_SIM_ORDER_ENV,
             "ITS_TRADER_BROKER": "ib",
             "ITS_IB_HOST": "127.0.0.1",
             "ITS_IB_PORT": str(ports["ibsim api"]),

@@ -5,6 +5,19 @@ const LWC = window.LightweightCharts;
 const charts = {}; // symbol -> {chart, series, markers}
 let equity = null;
 
+// A limit order's side carries its limit (a buy at or below, a sell at or above).
+function orderSide(v, row) {
+  if (row.limit_price == null) return v;
+  return `${v} ${v === "BUY" ? "≤" : "≥"}${fmt(row.limit_price, 2)}`;
+}
+
+// A cancelled (or rejected) order that filled in part says so: the position holds that part.
+function orderStatus(v, row) {
+  const text = String(v).replace("_", " ");
+  const part = row.filled_quantity > 0 && row.filled_quantity < row.quantity;
+  return part && v !== "partially_filled" ? `${text} (part filled)` : text;
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs || {})) {
@@ -291,7 +304,8 @@ function render(s) {
       ["model_version", "model", (v, row) => row.demo ? el("span", {}, v, " ", demoBadge()) : fmt(v)]])));
   panel("orders", s.orders, (rows) => table(rows, [["market_ts", "market time",
     (v, row) => el("span", { title: "placed at " + time(row.created_at) + " wall clock" }, time(v))], ["symbol", "symbol"],
-    ["side", "side"], ["quantity", "qty", (v) => fmt(v, 0)], ["status", "status"], ["filled_quantity", "filled", (v) => fmt(v, 0)]]));
+    ["side", "side", orderSide], ["quantity", "qty", (v) => fmt(v, 0)], ["status", "status", orderStatus],
+    ["filled_quantity", "filled", (v) => fmt(v, 0)]]));
   panel("fills", s.fills, (rows) => table(rows, [["ts", "market time", time], ["symbol", "symbol"], ["side", "side"],
     ["quantity", "qty", (v) => fmt(v, 0)], ["price", "price"], ["commission", "fee"]]));
   panel("prices", s.prices, (rows) => table(rows, [["symbol", "symbol"], ["feed_price", "feed"],
