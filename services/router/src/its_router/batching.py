@@ -170,10 +170,17 @@ def _add_events(
 def _keep_latest(
     latest: dict[str, Trade], trades: Sequence[MarketEvent], symbols: set[str]
 ) -> None:
-    """The newest trade (by exchange time) per symbol; frames usually hold one symbol."""
-    for symbol in symbols:
-        same = trades if len(symbols) == 1 else [t for t in trades if t.symbol == symbol]
-        newest = max(same, key=_timestamp)
+    """The newest trade (by exchange time) per symbol, in one pass over the frame (a
+    whole-market frame holds hundreds of symbols)."""
+    if len(symbols) == 1:
+        newest_of = {next(iter(symbols)): max(trades, key=_timestamp)}
+    else:
+        newest_of = {}
+        for trade in trades:
+            seen = newest_of.get(trade.symbol)
+            if seen is None or trade.timestamp > seen.timestamp:
+                newest_of[trade.symbol] = trade
+    for symbol, newest in newest_of.items():
         assert isinstance(newest, Trade)
         previous = latest.get(symbol)
         if previous is None or newest.timestamp >= previous.timestamp:
