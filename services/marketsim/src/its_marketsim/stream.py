@@ -31,6 +31,8 @@ MAX_LAG_S = 0.5
 MAX_MODE_EVENTS_PER_STEP = 20_000
 RANKS = {kind: rank for rank, kind in enumerate(EVENT_TYPES)}
 TAIL_KINDS = ("T", "AM")
+# kinds whose first use of a day is built while the others keep flowing (the quotes: 1-4 s)
+BACKGROUND_KINDS = frozenset({"Q"})
 Chunk = tuple[list[Any], Any, Any]  # events, their emission times, their symbol indices
 
 
@@ -202,8 +204,8 @@ class Stream:
         """Where this kind's events start in this step: ``lo``, or earlier when its table was
         being built (its events owed since then); None while it is still being built.
 
-        Building a table (the day's quotes: a second or more) runs in a worker thread while
-        the other kinds keep flowing, rather than pausing the whole stream."""
+        Building the day's quotes (1-4 s) runs in a worker thread while the other kinds keep
+        flowing, rather than pausing the whole stream; they follow in their own order."""
         pending = self._building.get(kind)
         if pending is not None:
             owner, task, since = pending
@@ -238,9 +240,14 @@ class Stream:
         for kind in EVENT_TYPES:
             if kind not in wanted:
                 continue
-            since = self._table_ready(data, kind, lo)
-            if since is None:
-                continue
+            if kind in BACKGROUND_KINDS:
+                since = self._table_ready(data, kind, lo)
+                if since is None:
+                    continue
+            else:  # bars: quick to build, and their order after the trades is kept
+                since = lo
+                if not data.has_table(kind):
+                    await asyncio.to_thread(data.table, kind)
             table = data.table(kind)
             a, b = np.searchsorted(table.emit_ms, [since, hi], side="left").tolist()
             if b <= a:
