@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import psycopg
 import redis
 
@@ -183,7 +183,7 @@ class Stack:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} ended: {log.read_text()[-2000:]}")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
 
         wait_for(healthy, 60, f"{name} health")
         return service
@@ -215,18 +215,15 @@ def whole_stack(
         with psycopg.connect(postgres.url, autocommit=True) as conn:
             apply_migrations(conn)
         stack.sim_ws, stack.sim_rest = free_port(), free_port()
-        stack.start_service(
-            "marketsim",
-            [
-                str(BIN / "its-marketsim"),
-                "--port", str(stack.sim_ws),
-                "--rest-port", str(stack.sim_rest),
-                "--api-keys", KEY,
-                "--quotes-per-trade", "0",
-                *sim_args,
-            ],  # fmt: skip
-            {},
-        )
+        sim_argv = [
+            str(BIN / "its-marketsim"),
+            "--port", str(stack.sim_ws),
+            "--rest-port", str(stack.sim_rest),
+            "--api-keys", KEY,
+            "--quotes-per-trade", "0",
+            *sim_args,
+        ]  # fmt: skip
+        stack.start_service("marketsim", sim_argv, {})
         stack.start_service(
             "router",
             [str(BIN / "its-router")],

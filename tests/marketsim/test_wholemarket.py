@@ -163,9 +163,7 @@ async def test_frames_keep_flowing_while_the_next_day_and_the_quotes_are_prepare
             seen_while_held: list[Trade] = []
 
             async def trades_arrive() -> bool:
-                seen_while_held.extend(
-                    e for e in await recv_events(ws, 20) if isinstance(e, Trade)
-                )
+                seen_while_held.extend(e for e in await recv_events(ws, 20) if isinstance(e, Trade))
                 return len(seen_while_held) >= 1_000
 
             await wait_until(trades_arrive, timeout_s=60, interval_s=0)

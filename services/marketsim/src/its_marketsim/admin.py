@@ -2,7 +2,8 @@
 
 ``GET /admin/faults``; ``PUT``/``POST /admin/faults`` with a JSON object of changes;
 ``DELETE /admin/faults`` resets; ``GET``/``POST /admin/market`` reads or sets the whole
-market's rate (``{"rate": 50000}``, ``null`` for the configured shape); ``POST /admin/drop`` (optional ``{"code": 1001}``) drops every
+market's rate (``{"rate": 50000}``, ``null`` for the configured shape);
+``POST /admin/drop`` (optional ``{"code": 1001}``) drops every
 WebSocket connection now; ``GET /admin/status``. When an admin token is configured, requests
 must carry it in the ``X-Admin-Token`` header.
 """

@@ -305,7 +305,8 @@ class Stream:
     ) -> list[bytes]:
         parts: list[tuple[list[Any], Any, int]] = []
         for kind, every, symbols in key:
-            for events, emit_ms, sym in built.get(kind, ()):
+            for chunk, chunk_ms, sym in built.get(kind, ()):
+                events, emit_ms = chunk, chunk_ms
                 if not every:
                     index = self._symbol_index(data)
                     idx = [index[s] for s in symbols if s in index]
@@ -313,8 +314,8 @@ class Stream:
                     if not mask.any():
                         continue
                     if not mask.all():
-                        events = list(itertools.compress(events, mask.tolist()))
-                        emit_ms = emit_ms[mask]
+                        events = list(itertools.compress(chunk, mask.tolist()))
+                        emit_ms = chunk_ms[mask]
                 parts.append((events, emit_ms, RANKS[kind]))
         if not parts:
             return []
