@@ -28,6 +28,7 @@ from its_common.streams import Stream
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 KEY = "bench-key"
 LOADER_GROUP = "loader"
+LAG_CAP = 100_000
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
@@ -123,14 +124,32 @@ class Stack:
         return http("GET", url)
 
     def loader_lag(self) -> int:
-        """Entries of the trades stream not yet stored: undelivered (lag) + unacknowledged."""
+        """Entries of the trades stream not yet stored: undelivered (after the group's
+        last-delivered id; Redis 6.2 has no XINFO ``lag``) + delivered but unacknowledged."""
         client = self.redis
         try:
             for group in client.xinfo_groups(Stream.TRADES):
                 name = group["name"]
-                if (name.decode() if isinstance(name, bytes) else name) == LOADER_GROUP:
-                    return int(group.get("lag") or 0) + int(group["pending"])
-            return 0
+                if (name.decode() if isinstance(name, bytes) else name) != LOADER_GROUP:
+                    continue
+                last = group["last-delivered-id"]
+                last = last.decode() if isinstance(last, bytes) else str(last)
+                undelivered = client.xrange(Stream.TRADES, f"({last}", "+", count=LAG_CAP)
+                return len(undelivered) + int(group["pending"])
+            return int(client.xlen(Stream.TRADES))  # no group yet: nothing stored
+        finally:
+            client.close()
+
+    def redis_breakdown(self) -> dict[str, int]:
+        """Where Redis' memory is: dataset, client buffers, the AOF (rewrite) buffers."""
+        client = self.redis
+        try:
+            info = client.info("memory")
+            keys = ("used_memory", "used_memory_dataset", "mem_clients_normal", "mem_aof_buffer")
+            out = {k: int(info.get(k, 0)) for k in keys}
+            out["trades_stream"] = int(client.memory_usage(Stream.TRADES, samples=0) or 0)
+            out["trades_entries"] = int(client.xlen(Stream.TRADES))
+            return out
         finally:
             client.close()
 
