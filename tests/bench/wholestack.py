@@ -135,7 +135,7 @@ class Stack:
                 last = group["last-delivered-id"]
                 last = last.decode() if isinstance(last, bytes) else str(last)
                 undelivered = client.xrange(Stream.TRADES, f"({last}", "+", count=LAG_CAP)
-                return len(undelivered) + int(group["pending"])
+                return len(undelivered or ()) + int(group["pending"])
             return int(client.xlen(Stream.TRADES))  # no group yet: nothing stored
         finally:
             client.close()
