@@ -39,6 +39,10 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
         return json.loads(response.read() or b"null")
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def wait_for(check: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -126,6 +130,16 @@ class Stack:
     def loader_lag(self) -> int:
         """Entries of the trades stream not yet stored: undelivered (after the group's
         last-delivered id; Redis 6.2 has no XINFO ``lag``) + delivered but unacknowledged."""
+        undelivered, pending, _ = self._loader_backlog()
+        return undelivered + pending
+
+    def loader_lag_ms(self) -> int:
+        """How old the oldest entry not yet stored is (0 when everything is stored): entry ids
+        are Redis' clock at XADD, so this is the loader's lag in time."""
+        _, _, oldest = self._loader_backlog()
+        return 0 if oldest is None else max(0, int(time.time() * 1000) - oldest)
+
+    def _loader_backlog(self) -> tuple[int, int, int | None]:
         client = self.redis
         try:
             for group in client.xinfo_groups(Stream.TRADES):
@@ -134,9 +148,16 @@ class Stack:
                     continue
                 last = group["last-delivered-id"]
                 last = last.decode() if isinstance(last, bytes) else str(last)
-                undelivered = client.xrange(Stream.TRADES, f"({last}", "+", count=LAG_CAP)
-                return len(undelivered or ()) + int(group["pending"])
-            return int(client.xlen(Stream.TRADES))  # no group yet: nothing stored
+                undelivered = client.xrange(Stream.TRADES, f"({last}", "+", count=LAG_CAP) or []
+                pending = int(group["pending"])
+                oldest_ids = [undelivered[0][0]] if undelivered else []
+                if pending:
+                    summary: Any = client.xpending(Stream.TRADES, LOADER_GROUP)
+                    oldest_ids.append(summary["min"])
+                stamps = [int(_text(i).split("-")[0]) for i in oldest_ids if i]
+                return len(undelivered), pending, min(stamps) if stamps else None
+            length = int(client.xlen(Stream.TRADES))  # no group yet: nothing stored
+            return length, 0, None
         finally:
             client.close()
 
