@@ -358,3 +358,7 @@ def test_subscribe_all_stores_trades_and_bars_of_unlisted_symbols(
         assert listed & symbols
         assert "subscribed" in feed_states(r)
         assert '"T.*"' in rt.log() and '"AM.*"' in rt.log()
+        # the latest-trade hash is kept for the list only, not for thousands of tickers
+        unlisted = next(iter(symbols - listed))
+        assert r.exists(streams.latest_trade_key(next(iter(listed & symbols))))
+        assert not r.exists(streams.latest_trade_key(unlisted))
