@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -242,7 +243,8 @@ def whole_stack(
     work: Path, sim_args: list[str], router_env: dict[str, str] | None = None
 ) -> Iterator[Stack]:
     """Redis, PostgreSQL (commit timestamps on), the simulator with ``sim_args``, the router
-    and one loader (no start-up backfill: the benchmark measures the live path)."""
+    and one loader (no start-up backfill: the benchmark measures the live path). The data is
+    deleted afterwards (``ITS_BENCH_KEEP=1`` keeps it); the services' logs stay in ``work``."""
     redis_server = RedisServer(work / "redis").start()
     postgres = PostgresServer(work / "postgres")
     stack = Stack(work, redis_server, postgres)
@@ -283,5 +285,9 @@ def whole_stack(
                 service.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 service.process.kill()
-        postgres.stop()
         redis_server.stop()
+        if os.environ.get("ITS_BENCH_KEEP"):  # keep the data for a look; logs always stay
+            postgres.stop()
+        else:
+            postgres.discard()
+            shutil.rmtree(work / "redis", ignore_errors=True)
