@@ -335,3 +335,30 @@ def test_a_frozen_router_dropped_as_a_slow_reader_reconnects(
         resumed = feed_clock(r)
         wait_until(lambda: feed_clock(r) > resumed + 60_000, 30, "the feed a minute on")
         assert rt.process.poll() is None
+
+
+def test_subscribe_all_stores_trades_and_bars_of_unlisted_symbols(
+    tmp_path: Path, redis_server, r
+) -> None:
+    """Whole-market mode: ``ITS_SUBSCRIBE_ALL`` subscribes ``T.*``/``AM.*``; trades and bars
+    of tickers outside the symbol list reach the streams, the list's own ones too."""
+    whole = ("--whole-market-symbols", "300", "--whole-market-rate", "20")
+    with (
+        simulator(tmp_path, *whole) as sim,
+        router(tmp_path, redis_server.url, sim, ITS_SUBSCRIBE_ALL="true") as rt,
+    ):
+        listed = {"NVDA", "MSFT"}
+
+        def unlisted_bars() -> bool:
+            return any(b.symbol not in listed for b in events(r, Stream.BARS_1M))
+
+        wait_until(unlisted_bars, 60, "minute bars of unlisted symbols")
+        symbols = {t.symbol for t in events(r, Stream.TRADES)}
+        assert len(symbols - listed) >= 20
+        assert listed & symbols
+        assert "subscribed" in feed_states(r)
+        assert '"T.*"' in rt.log() and '"AM.*"' in rt.log()
+        # the latest-trade hash is kept for the list only, not for thousands of tickers
+        unlisted = next(iter(symbols - listed))
+        assert r.exists(streams.latest_trade_key(next(iter(listed & symbols))))
+        assert not r.exists(streams.latest_trade_key(unlisted))

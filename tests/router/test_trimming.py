@@ -77,3 +77,26 @@ def test_the_router_process_runs_the_trimmer_with_the_age_bound(tmp_path: Path, 
             assert rt.metric("its_stream_trim_over_high_water") == 0
     finally:
         client.close()
+
+
+async def test_the_byte_budget_holds_when_entries_grow_from_small_to_large(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A quiet feed writes small entries, then a busy one large batches (the whole market at
+    its peak): the observed entry size must be the stream's, not its oldest entries' (Redis'
+    MEMORY USAGE with a few samples reads only the first nodes), or MAXLEN comes out huge and
+    nothing is trimmed until Redis is full."""
+    await redis_client.delete(Stream.TRADES)
+    await ensure_group(redis_client, Stream.TRADES, "loader")
+    for i in range(300):
+        await redis_client.xadd(Stream.TRADES, {"n": "1", "data": b"x" * 100, "i": str(i)})
+    for i in range(300):
+        await redis_client.xadd(Stream.TRADES, {"n": "450", "data": b"y" * 60_000, "i": str(i)})
+    reply: Any = await redis_client.xreadgroup("loader", "c", {Stream.TRADES: ">"}, count=1_000)
+    await redis_client.xack(Stream.TRADES, "loader", *[entry_id for entry_id, _ in reply[0][1]])
+    budget = 8 * 1024 * 1024  # 139 of the large entries
+    policy = TrimPolicy.for_budget(budget, 100)
+    trimmer = StreamTrimmer(redis_client, CollectorRegistry(), policies={Stream.TRADES: policy})
+    await trimmer.trim_once()
+    usage = await redis_client.memory_usage(Stream.TRADES, samples=0)
+    assert usage is not None and usage <= budget + 2 * 61_000

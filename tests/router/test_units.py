@@ -13,7 +13,7 @@ from its_common.settings import SettingsError, load_settings
 from its_common.symbols import SymbolError, parse_symbols
 from its_router.batching import Frame, build_batch
 from its_router.config import RouterSettings
-from its_router.subscriptions import diff, subscribe_message, topics
+from its_router.subscriptions import diff, feed_topics, subscribe_message, topics
 
 
 def test_backoff_grows_capped_with_jitter_and_resets() -> None:
@@ -34,6 +34,24 @@ def test_topics_and_symbol_diff() -> None:
         "action": "subscribe",
         "params": "T.AAPL,AM.AAPL",
     }
+
+
+def test_whole_market_topics_and_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert feed_topics(["NVDA", "MSFT"], ["T", "AM"], every=True) == ["T.*", "AM.*"]
+    assert feed_topics(["NVDA"], ["T"], every=False) == ["T.NVDA"]
+    assert load_settings(RouterSettings).subscribe_all is False
+    monkeypatch.setenv("ITS_SUBSCRIBE_ALL", "true")
+    assert load_settings(RouterSettings).subscribe_all is True
+
+
+def test_latest_trade_per_symbol_of_a_many_symbol_frame() -> None:
+    trades = [trade(f"S{i % 300}", 1_000 + i, price=float(i)) for i in range(900)]
+    trades += [trade("S5", 10)]  # older than S5's newest: not the latest
+    batch = build_batch([Frame(1, encode_frame(trades))])
+    assert len(batch.latest_trades) == 300
+    assert batch.latest_trades["S5"].timestamp == 1_000 + 605
+    later = build_batch([Frame(2, encode_frame([trade("S5", 1_000 + 605, price=7.0)]))])
+    assert later.latest_trades["S5"].price == 7.0
 
 
 def test_symbol_parsing() -> None:

@@ -4,7 +4,9 @@ Writers XADD without MAXLEN; one periodic trimmer (the router runs it) bounds ev
 policy table (:data:`its_common.streams.DEFAULT_TRIM`):
 
 - **The policy says what may go**: entries beyond the policy's MAXLEN (sized from the stream's
-  budget and its observed entry size, ``MEMORY USAGE``) and entries older than its age bound.
+  budget and its observed entry size: the larger of ``MEMORY USAGE``'s estimate, which samples
+  the oldest nodes, and the size of the newest entries, so growing batches are sized right) and
+  entries older than its age bound.
 - **The groups say what may not**: while Redis' ``used_memory`` is under the high-water mark, an
   entry goes only once every consumer group has read and acked it. The safe point of a stream is
   the minimum over its groups of last-delivered-id (exclusive of later ids) and the oldest pending
@@ -49,6 +51,21 @@ WALK_LIMIT: Final = 10_000  # entries one script call walks (bounds how long Red
 SCAN_CHUNK: Final = 100  # entries per XRANGE of the MAXLEN walk (its reply is buffered)
 
 StreamId = tuple[int, int]
+NEWEST_SAMPLE: Final = 20  # newest entries whose size sizes a stream's MAXLEN
+
+# KEYS[1] the stream, ARGV[1] how many of its newest entries: their bytes (ids, field names and
+# values) and their count, measured inside Redis. MEMORY USAGE with a few samples reads the
+# stream's *oldest* nodes: after a quiet start (small entries) a busy feed's large batches would
+# be sized by the small ones, MAXLEN would come out huge and nothing would be trimmed.
+_NEWEST_SIZE_SCRIPT: Final = """
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', tonumber(ARGV[1]))
+local bytes = 0
+for _, entry in ipairs(entries) do
+  bytes = bytes + #entry[1] + 16
+  for _, value in ipairs(entry[2]) do bytes = bytes + #value + 2 end
+end
+return {bytes, #entries}
+"""
 
 # KEYS[1] the stream. ARGV: [1] MINID of the age bound ('' for none), [2] the XRANGE end bound
 # entries must stay under ('+' for none, '(<id>' exclusive), [3] MAXLEN (-1 for none), [4] chunk,
@@ -183,6 +200,7 @@ class StreamTrimmer:
         self.backoff = backoff or Backoff(0.5, 10.0)
         self.metrics = TrimMetrics(registry)
         self._script = redis.register_script(_TRIM_SCRIPT)
+        self._newest_size = redis.register_script(_NEWEST_SIZE_SCRIPT)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Trim until ``stopping`` is set; Redis errors are retried with backoff, never fatal."""
@@ -262,7 +280,10 @@ class StreamTrimmer:
         if policy.budget_bytes is None:
             return policy.maxlen
         usage = await self.redis.memory_usage(stream, samples=5)
-        return policy.maxlen_for(int(usage or 0) / length)
+        newest_bytes, newest_count = await self._newest_size(keys=[stream], args=[NEWEST_SAMPLE])
+        # the larger of the two: the budget holds whether entries grow or shrink over time
+        observed = max(int(usage or 0) / length, int(newest_bytes) / max(int(newest_count), 1))
+        return policy.maxlen_for(observed)
 
     async def _trim(
         self, stream: str, age_minid: StreamId | None, bound: StreamId | None, maxlen: int

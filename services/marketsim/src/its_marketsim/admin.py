@@ -1,7 +1,9 @@
 """Admin HTTP endpoint (on the REST port, under ``/admin``): faults and state at run time.
 
 ``GET /admin/faults``; ``PUT``/``POST /admin/faults`` with a JSON object of changes;
-``DELETE /admin/faults`` resets; ``POST /admin/drop`` (optional ``{"code": 1001}``) drops every
+``DELETE /admin/faults`` resets; ``GET``/``POST /admin/market`` reads or sets the whole
+market's rate (``{"rate": 50000}``, ``null`` for the configured shape);
+``POST /admin/drop`` (optional ``{"code": 1001}``) drops every
 WebSocket connection now; ``GET /admin/status``. When an admin token is configured, requests
 must carry it in the ``X-Admin-Token`` header.
 """
@@ -41,6 +43,8 @@ class AdminApi:
         app.router.add_delete("/admin/faults", self.reset_faults)
         app.router.add_post("/admin/drop", self.drop)
         app.router.add_get("/admin/status", self.status)
+        app.router.add_get("/admin/market", self.get_market)
+        app.router.add_post("/admin/market", self.set_market)
         app.middlewares.append(self._token_middleware)
 
     @web.middleware
@@ -84,6 +88,38 @@ class AdminApi:
                     )
         dropped = self.ws.drop_all(code)
         return web.json_response({"dropped": dropped})
+
+    async def get_market(self, _: web.Request) -> web.Response:
+        tail = self.stream.tail
+        if tail is None:
+            return web.json_response({"whole_market": False})
+        return web.json_response(
+            {
+                "whole_market": True,
+                "symbols": len(tail.names),
+                "rate_override": tail.override,
+                "rate_now": tail.rate_at(self.stream.clock.now_ms()),
+                "trades_generated": tail.trades_generated,
+            }
+        )
+
+    async def set_market(self, request: web.Request) -> web.Response:
+        """``{"rate": 50000}``: the whole market's tail at a flat rate (trades/s) from now;
+        ``{"rate": null}``: back to the configured shape and bursts."""
+        tail = self.stream.tail
+        if tail is None:
+            return web.json_response({"error": "not in whole-market mode"}, status=409)
+        try:
+            body: Any = await request.json()
+            if not isinstance(body, dict) or "rate" not in body:
+                raise ValueError('expected {"rate": trades_per_second or null}')
+            rate = body["rate"]
+            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)):
+                raise ValueError("rate must be a number or null")
+            tail.set_rate(None if rate is None else float(rate))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return await self.get_market(request)
 
     async def status(self, _: web.Request) -> web.Response:
         clock = self.stream.clock

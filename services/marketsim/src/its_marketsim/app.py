@@ -17,6 +17,7 @@ from its_common.simmarket import sessions
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import MarketSource
 from its_common.simmarket.market import MarketGenerator
+from its_common.simmarket.wholemarket import Tail, TailConfig
 from its_marketsim import position
 from its_marketsim.admin import AdminApi
 from its_marketsim.clock import SimClock, parse_start
@@ -31,6 +32,24 @@ if TYPE_CHECKING:
     from its_marketsim.config import MarketSimSettings
 
 log = logging.getLogger("its.marketsim")
+
+
+def whole_market_tail(config: SimConfig, taken: tuple[str, ...]) -> Tail | None:
+    """The whole market's other tickers, when configured (``whole_market_symbols`` > 0)."""
+    if config.whole_market_symbols <= 0:
+        return None
+    return Tail(
+        TailConfig(
+            symbols=config.whole_market_symbols,
+            rate=config.whole_market_rate,
+            zipf=config.whole_market_zipf,
+            burst_rate=config.whole_market_burst_rate,
+            burst_every_s=config.whole_market_burst_every_s,
+            burst_s=config.whole_market_burst_s,
+            seed=config.seed,
+        ),
+        taken,
+    )
 
 
 class Simulator:
@@ -66,7 +85,8 @@ class Simulator:
             generator.anchor = sessions.ny_date(start)
         self.source = source
         self.clock = SimClock(start, config.speed)
-        self.stream = Stream(source, config, self.faults, self.clock)
+        self.tail = whole_market_tail(config, tuple(source.symbols))
+        self.stream = Stream(source, config, self.faults, self.clock, self.tail)
         self.ws = MarketWebSocketServer(config, self.faults, self.stream)
         self.rest = RestApi(config, source, self.clock)
         self.ws_port = 0

@@ -107,6 +107,16 @@ class MarketSimSettings(BaseServiceSettings):
         description='initial faults as JSON, e.g. {"duplicate_rate": 0.01}',
     )
     public_base_url: str | None = Field(None)
+    whole_market_symbols: int = Field(
+        0, ge=0, le=20_000, description="whole-market mode: this many more tickers (0 = off)"
+    )
+    whole_market_rate: float = Field(
+        2_000.0, ge=0, le=2_000_000, description="their average trades/s (regular session)"
+    )
+    whole_market_zipf: float = Field(0.9, gt=0, le=5, description="Zipf exponent of activity")
+    whole_market_burst_rate: float = Field(0.0, ge=0, le=2_000_000)
+    whole_market_burst_every_s: float = Field(600.0, gt=0)
+    whole_market_burst_s: float = Field(5.0, ge=0)
     position_path: str | None = Field(
         None,
         description="file keeping a replay's position so the next start continues it "
@@ -182,4 +192,10 @@ class MarketSimSettings(BaseServiceSettings):
             admin_enabled=self.admin_enabled,
             faults=json.loads(self.faults) if self.faults.strip() else {},
             public_base_url=self.public_base_url,
+            whole_market_symbols=self.whole_market_symbols,
+            whole_market_rate=self.whole_market_rate,
+            whole_market_zipf=self.whole_market_zipf,
+            whole_market_burst_rate=self.whole_market_burst_rate,
+            whole_market_burst_every_s=self.whole_market_burst_every_s,
+            whole_market_burst_s=self.whole_market_burst_s,
         )

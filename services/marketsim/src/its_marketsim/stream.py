@@ -21,6 +21,7 @@ import numpy as np
 
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import EVENT_TYPES, DayData, MarketSource
+from its_common.simmarket.wholemarket import Tail
 from its_marketsim.clock import SimClock
 from its_marketsim.faults import FaultState
 
@@ -29,6 +30,10 @@ PACED_TICK_S = 0.02
 MAX_LAG_S = 0.5
 MAX_MODE_EVENTS_PER_STEP = 20_000
 RANKS = {kind: rank for rank, kind in enumerate(EVENT_TYPES)}
+TAIL_KINDS = ("T", "AM")
+# kinds whose first use of a day is built while the others keep flowing (the quotes: 1-4 s)
+BACKGROUND_KINDS = frozenset({"Q"})
+Chunk = tuple[list[Any], Any, Any]  # events, their emission times, their symbol indices
 
 
 @dataclass
@@ -80,9 +85,23 @@ class Subscriber(Protocol):
 
 class Stream:
     def __init__(
-        self, source: MarketSource, config: SimConfig, faults: FaultState, clock: SimClock
+        self,
+        source: MarketSource,
+        config: SimConfig,
+        faults: FaultState,
+        clock: SimClock,
+        tail: Tail | None = None,
     ) -> None:
+        """``tail``: the whole market's other symbols (:mod:`its_common.simmarket.wholemarket`),
+        streamed beside the source's to subscribers of ``T.*``/``AM.*`` or of their tickers."""
         self.source = source
+        self.tail = tail
+        self._tail_names = frozenset(tail.names) if tail else frozenset()
+        self._index: dict[tuple[str, ...], dict[str, int]] = {}
+        # kinds whose table is being built off the event loop, and the time from which their
+        # events are owed to subscribers once it is ready (nothing is skipped, only delayed)
+        self._building: dict[str, tuple[DayData, asyncio.Task[Any], int]] = {}
+        self._prefetches: set[asyncio.Task[None]] = set()
         self.config = config
         self.faults = faults
         self.clock = clock
@@ -100,7 +119,7 @@ class Stream:
 
     async def run(self, stopping: asyncio.Event) -> None:
         clock = self.clock
-        prefetch: asyncio.Task[Any] | None = None
+        prefetching: date | None = None
         while not stopping.is_set():
             window = self.source.first_window_after(clock.pos_ms)
             if window is None:  # a replay that has ended: nothing more to send
@@ -120,13 +139,17 @@ class Stream:
                 continue
             self.current_day = data
             await asyncio.to_thread(data.table, "T")
-            if prefetch is None or prefetch.done():
-                following = self.source.first_window_after(end)
-                if following is not None:
-                    kinds = {kind for s in self._active() for kind, _, _ in s.subs.key()}
-                    prefetch = asyncio.create_task(
-                        asyncio.to_thread(self._prepare, following[0], kinds | {"T"})
-                    )
+            following = self.source.first_window_after(end)
+            if following is not None and following[0] != prefetching:
+                # the next day is generated while this one streams, whatever state the
+                # previous preparation is in (a day is never waited for twice)
+                prefetching = following[0]
+                kinds = {kind for s in self._active() for kind, _, _ in s.subs.key()}
+                prefetch = asyncio.create_task(
+                    asyncio.to_thread(self._prepare, following[0], kinds | {"T"})
+                )
+                self._prefetches.add(prefetch)
+                prefetch.add_done_callback(self._prefetches.discard)
             await self._run_window(data, end, stopping)
 
     def _prepare(self, day: date, kinds: set[str]) -> None:
@@ -150,6 +173,9 @@ class Stream:
                     continue
                 i = int(np.searchsorted(trades, pos, side="left")) + MAX_MODE_EVENTS_PER_STEP
                 hi = int(trades[i]) if i < len(trades) else end
+                if self.tail is not None:  # about as many of the tail's trades per step
+                    rate = max(self.tail.rate_at(pos), 1.0)
+                    hi = min(hi, pos + max(int(MAX_MODE_EVENTS_PER_STEP / rate * 1000), 1))
                 hi = min(max(hi, pos + 1), end)
             else:
                 target = clock.target_ms()
@@ -157,7 +183,7 @@ class Stream:
                     await _wait(stopping, PACED_TICK_S)
                     continue
                 if target - pos > MAX_LAG_S * 1000 * clock.speed:
-                    # we fell behind (a day being generated, a busy host): shift the clock
+                    # we fell behind (a busy host): shift the clock
                     # rather than bursting a backlog that would overflow every reader
                     clock.jump(pos)
                     continue
@@ -165,20 +191,65 @@ class Stream:
             await self.emit(data, pos, hi)
             clock.pos_ms = hi
             await asyncio.sleep(0)
+        await self._flush_builds(data, end)
 
-    async def emit(self, data: DayData, lo: int, hi: int) -> None:
+    async def _flush_builds(self, data: DayData, end: int) -> None:
+        """Tables of this day still being built at its end: wait and send what they owe."""
+        if any(pending[0] is data for pending in self._building.values()):
+            for _, task, _ in list(self._building.values()):
+                await asyncio.wait([task])
+            await self.emit(data, end, end, tail=False)
+
+    def _table_ready(self, data: DayData, kind: str, lo: int) -> int | None:
+        """Where this kind's events start in this step: ``lo``, or earlier when its table was
+        being built (its events owed since then); None while it is still being built.
+
+        Building the day's quotes (1-4 s) runs in a worker thread while the other kinds keep
+        flowing, rather than pausing the whole stream; they follow in their own order."""
+        pending = self._building.get(kind)
+        if pending is not None:
+            owner, task, since = pending
+            if owner is data:
+                if not task.done():
+                    return None
+                del self._building[kind]
+                task.result()  # a failed build raises here, as a failed inline build did
+                return since
+            del self._building[kind]  # a previous day's: nothing owed any more
+        if data.has_table(kind):
+            return lo
+        task = asyncio.create_task(asyncio.to_thread(data.table, kind))
+        self._building[kind] = (data, task, lo)
+        log.info("building the %s events of %s; they follow when ready", kind, data.day)
+        return None
+
+    def _wants_tail(self, keys: list[tuple[tuple[str, bool, frozenset[str]], ...]]) -> bool:
+        return any(
+            kind in TAIL_KINDS and (every or not symbols.isdisjoint(self._tail_names))
+            for key in keys
+            for kind, every, symbols in key
+        )
+
+    async def emit(self, data: DayData, lo: int, hi: int, tail: bool = True) -> None:
         subscribers = self._active()
         if not subscribers:
             return
-        wanted = {kind for s in subscribers for kind, _, _ in s.subs.key()}
-        built: dict[str, tuple[list[Any], Any, Any]] = {}
+        keys = [s.subs.key() for s in subscribers]
+        wanted = {kind for key in keys for kind, _, _ in key}
+        built: dict[str, list[Chunk]] = {}
         for kind in EVENT_TYPES:
             if kind not in wanted:
                 continue
-            if not data.has_table(kind):  # first use today: build it off the event loop
-                await asyncio.to_thread(data.table, kind)
+            if kind in BACKGROUND_KINDS:
+                since = self._table_ready(data, kind, lo)
+                if since is None:
+                    continue
+            else:  # bars: quick to build, and their order after the trades is kept
+                since = lo
+                if not data.has_table(kind):
+                    await asyncio.to_thread(data.table, kind)
             table = data.table(kind)
-            a, b = np.searchsorted(table.emit_ms, [lo, hi], side="left").tolist()
+            a, b = np.searchsorted(table.emit_ms, [since, hi], side="left").tolist()
             if b <= a:
                 continue
             events = table.build(a, b)
@@ -188,14 +259,21 @@ class Stream:
                 events = list(itertools.compress(events, keep))
                 mask = np.asarray(keep, dtype=bool)
                 emit_ms, sym = emit_ms[mask], sym[mask]
-            built[kind] = (events, emit_ms, sym)
+            built[kind] = [(events, emit_ms, sym)]
+        if tail and self.tail is not None and self._wants_tail(keys):
+            offset = len(data.symbols)
+            events, times, syms = self.tail.span(lo, hi, build="T" in wanted)
+            if "T" in wanted and events:
+                built.setdefault("T", []).append((events, times, syms + offset))
+            bars, bar_ms, bar_syms = self.tail.bars(hi)
+            if "AM" in wanted and bars:
+                built.setdefault("AM", []).append((bars, bar_ms, bar_syms + offset))
         if not built:
             return
         cache: dict[Any, list[bytes]] = {}
         paced = not self.clock.max_speed
         limit = self.config.send_buffer_bytes // 2
-        for sub in subscribers:
-            key = sub.subs.key()
+        for sub, key in zip(subscribers, keys, strict=True):
             frames = cache.get(key)
             if frames is None:
                 frames = self._frames(data, built, key)
@@ -211,26 +289,34 @@ class Stream:
                     sub.overflow()
                     break
 
+    def _symbol_index(self, data: DayData) -> dict[str, int]:
+        names = data.symbols + (self.tail.names if self.tail else ())
+        index = self._index.get(data.symbols)
+        if index is None:
+            index = {name: i for i, name in enumerate(names)}
+            self._index = {data.symbols: index}
+        return index
+
     def _frames(
         self,
         data: DayData,
-        built: dict[str, tuple[list[Any], Any, Any]],
+        built: dict[str, list[Chunk]],
         key: Iterable[tuple[str, bool, frozenset[str]]],
     ) -> list[bytes]:
         parts: list[tuple[list[Any], Any, int]] = []
         for kind, every, symbols in key:
-            if kind not in built:
-                continue
-            events, emit_ms, sym = built[kind]
-            if not every:
-                idx = [i for i, s in enumerate(data.symbols) if s in symbols]
-                mask = np.isin(sym, idx)
-                if not mask.any():
-                    continue
-                if not mask.all():
-                    events = list(itertools.compress(events, mask.tolist()))
-                    emit_ms = emit_ms[mask]
-            parts.append((events, emit_ms, RANKS[kind]))
+            for chunk, chunk_ms, sym in built.get(kind, ()):
+                events, emit_ms = chunk, chunk_ms
+                if not every:
+                    index = self._symbol_index(data)
+                    idx = [index[s] for s in symbols if s in index]
+                    mask = np.isin(sym, idx)
+                    if not mask.any():
+                        continue
+                    if not mask.all():
+                        events = list(itertools.compress(chunk, mask.tolist()))
+                        emit_ms = chunk_ms[mask]
+                parts.append((events, emit_ms, RANKS[kind]))
         if not parts:
             return []
         if len(parts) == 1:

@@ -53,6 +53,7 @@ async def main(
         symbols=lambda: list(source.symbols),
         publish_gap=status.publish_gap,
         on_written=trimmer.note_written,
+        latest_for_listed_only=settings.subscribe_all,
     )
     if settings.use_polygon_ws:
         source = FeedClient(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from its_common.events import (
     EVENT_TYPES,
@@ -161,20 +161,21 @@ def _add_events(
     newest_trade = 0
     if kind is Trade:
         newest_trade = high
-        _keep_latest(batch.latest_trades, events, set(map(_symbol, events)))
+        _keep_latest(batch.latest_trades, events)
     if record_frame:
         batch.frame_newest_exchange_ms.append(newest_trade)
     return newest_trade
 
 
-def _keep_latest(
-    latest: dict[str, Trade], trades: Sequence[MarketEvent], symbols: set[str]
-) -> None:
-    """The newest trade (by exchange time) per symbol; frames usually hold one symbol."""
-    for symbol in symbols:
-        same = trades if len(symbols) == 1 else [t for t in trades if t.symbol == symbol]
-        newest = max(same, key=_timestamp)
-        assert isinstance(newest, Trade)
+def _keep_latest(latest: dict[str, Trade], trades: Sequence[MarketEvent]) -> None:
+    """The newest trade (by exchange time) per symbol, in one pass over the frame (a
+    whole-market frame holds hundreds of symbols)."""
+    newest_of: dict[str, Trade] = {}
+    for trade in cast("Sequence[Trade]", trades):  # one kind per call: trades
+        seen = newest_of.get(trade.symbol)
+        if seen is None or trade.timestamp > seen.timestamp:
+            newest_of[trade.symbol] = trade
+    for symbol, newest in newest_of.items():
         previous = latest.get(symbol)
         if previous is None or newest.timestamp >= previous.timestamp:
             latest[symbol] = newest

@@ -36,6 +36,11 @@ class RouterSettings(BaseServiceSettings):
     channels: Annotated[list[str], NoDecode] = Field(
         default=["T", "AM"], min_length=1, description="channels to subscribe: T, AM, Q, A"
     )
+    subscribe_all: bool = Field(
+        default=False,
+        description="whole-market mode: subscribe every ticker (T.*, AM.*) instead of the "
+        "symbol list, which still names the symbols whose gaps are backfilled",
+    )
     queue_max_frames: int = Field(default=2_000, ge=10, description="read queue bound (frames)")
     batch_max_events: int = Field(default=20_000, ge=1, description="events per write batch")
     hold_max_events: int = Field(

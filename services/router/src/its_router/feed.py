@@ -31,7 +31,7 @@ from its_router.batching import Frame
 from its_router.config import RouterSettings
 from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher
-from its_router.subscriptions import diff, subscribe_message, topics
+from its_router.subscriptions import diff, feed_topics, subscribe_message
 
 log = logging.getLogger("its.router.feed")
 
@@ -170,7 +170,7 @@ class FeedClient:
         await self._expect(ws, {"connected"}, timeout)
         await ws.send(json.dumps({"action": "auth", "params": self.api_key}))
         await self._expect(ws, {"auth_success"}, timeout)
-        wanted = topics(self.symbols, self.settings.channels)
+        wanted = feed_topics(self.symbols, self.settings.channels, self.settings.subscribe_all)
         await ws.send(json.dumps(subscribe_message("subscribe", wanted)))
         self.subscribed = True
         self.metrics.connected.set(1)
@@ -280,6 +280,8 @@ class FeedClient:
             if wanted == self.symbols:
                 continue
             add, remove = diff(self.symbols, wanted, self.settings.channels)
+            if self.settings.subscribe_all:  # every ticker already: the list names the gaps
+                add, remove = [], []
             if remove:
                 await ws.send(json.dumps(subscribe_message("unsubscribe", remove)))
             if add:

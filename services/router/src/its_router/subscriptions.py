@@ -10,6 +10,14 @@ def topics(symbols: Iterable[str], channels: Iterable[str]) -> list[str]:
     return [f"{channel}.{symbol}" for symbol in symbols for channel in channels]
 
 
+EVERY_SYMBOL = "*"
+
+
+def feed_topics(symbols: Iterable[str], channels: Iterable[str], every: bool) -> list[str]:
+    """The topics of the session: ``T.*, AM.*`` in whole-market mode, else per symbol."""
+    return topics([EVERY_SYMBOL] if every else symbols, channels)
+
+
 def diff(
     old: Iterable[str], new: Iterable[str], channels: Iterable[str]
 ) -> tuple[list[str], list[str]]:

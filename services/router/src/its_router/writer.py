@@ -56,8 +56,12 @@ class StreamWriter:
         publish_gap: Callable[[GapWindow], Any] | None = None,
         backoff: Backoff | None = None,
         on_written: Callable[[int], None] | None = None,
+        latest_for_listed_only: bool = False,
     ) -> None:
+        """``latest_for_listed_only``: keep the latest-trade hash only for the symbol list (the
+        whole market's thousands of tickers would cost a write each per batch, for no reader)."""
         self.redis = redis
+        self.latest_for_listed_only = latest_for_listed_only
         self.metrics = metrics
         self.batch_max_events = batch_max_events
         self.hold_max_events = hold_max_events
@@ -267,8 +271,11 @@ class StreamWriter:
                         # (its_common.trimming, run by the router's app).
                         pipe.xadd(stream, fields)
                         written_bytes += len(data)
+                listed = set(self.symbols()) if self.latest_for_listed_only else None
                 for symbol, trade in batch.latest_trades.items():
-                    pipe.hset(latest_trade_key(symbol), mapping=_trade_mapping(trade, received))
+                    if listed is None or symbol in listed:
+                        mapping = _trade_mapping(trade, received)
+                        pipe.hset(latest_trade_key(symbol), mapping=mapping)
                 clock = batch.max_event_ms
                 if clock is not None and clock > (self.written_event_ms or 0):
                     pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))

@@ -93,6 +93,14 @@ class SimConfig:
     admin_enabled: bool = True
     faults: dict[str, Any] = field(default_factory=dict)
     public_base_url: str | None = None
+    # Whole-market mode (:mod:`its_common.simmarket.wholemarket`): this many more tickers
+    # beside ``symbols``, from a light model, at these rates (trades/s over the regular session)
+    whole_market_symbols: int = 0
+    whole_market_rate: float = 2_000.0
+    whole_market_zipf: float = 0.9
+    whole_market_burst_rate: float = 0.0
+    whole_market_burst_every_s: float = 600.0
+    whole_market_burst_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -109,6 +117,10 @@ class SimConfig:
             raise ValueError("max_connections_drop must be 'oldest' or 'newest'")
         if not self.api_keys:
             raise ValueError("at least one API key")
+        if self.whole_market_symbols < 0 or self.whole_market_rate < 0:
+            raise ValueError("whole_market_symbols and whole_market_rate must not be negative")
+        if self.whole_market_burst_rate < 0 or self.whole_market_zipf <= 0:
+            raise ValueError("whole_market_burst_rate >= 0 and whole_market_zipf > 0")
 
     @property
     def as_fast_as_possible(self) -> bool:

@@ -394,6 +394,9 @@ class DayData:
         return kind in self._tables
 
     def table(self, kind: str) -> EmitTable:
+        built = self._tables.get(kind)  # without the lock: another table may be building
+        if built is not None:
+            return built
         with self._lock:
             table = self._tables.get(kind)
             if table is None:
