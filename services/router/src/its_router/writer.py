@@ -22,7 +22,7 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
-from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
+from its_common.clock import ADVANCE_HASH_LUA, FEED_CLOCK_KEY, WORKER_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade, encode_frame
 from its_common.gaps import GapWindow
 from its_common.streams import (
@@ -56,6 +56,7 @@ class StreamWriter:
         publish_gap: Callable[[GapWindow], Any] | None = None,
         backoff: Backoff | None = None,
         on_written: Callable[[int], None] | None = None,
+        worker: WorkerIdentity | None = None,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -77,6 +78,11 @@ class StreamWriter:
         self.retry_at = 0.0
         self.redis_ok = True
         self.written_events = 0
+        # One of several write workers (its_router.workers): the feed clock and the latest
+        # trades are advanced only forward within the run (the workers write out of order), and
+        # this worker's own clock is kept for the restart gap of the next router process.
+        self.worker = worker
+        self._advance = redis.register_script(ADVANCE_HASH_LUA) if worker else None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -267,13 +273,26 @@ class StreamWriter:
                         # (its_common.trimming, run by the router's app).
                         pipe.xadd(stream, fields)
                         written_bytes += len(data)
-                for symbol, trade in batch.latest_trades.items():
-                    pipe.hset(latest_trade_key(symbol), mapping=_trade_mapping(trade, received))
                 clock = batch.max_event_ms
-                if clock is not None and clock > (self.written_event_ms or 0):
-                    pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))
-                else:
+                if clock is None or clock <= (self.written_event_ms or 0):
                     clock = None
+                if self.worker is None or self._advance is None:
+                    for symbol, trade in batch.latest_trades.items():
+                        mapping = _trade_mapping(trade, received)
+                        pipe.hset(latest_trade_key(symbol), mapping=mapping)
+                    if clock is not None:
+                        pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))
+                else:
+                    run, advance = self.worker.run, self._advance
+                    for symbol, trade in batch.latest_trades.items():
+                        pairs = _flat(_trade_mapping(trade, received))
+                        args = ["t", trade.timestamp, run, *pairs]
+                        await advance(keys=[latest_trade_key(symbol)], args=args, client=pipe)
+                    if clock is not None:
+                        pairs = _flat(feed_clock_mapping(clock))
+                        args = ["event_ms", clock, run, *pairs]
+                        await advance(keys=[FEED_CLOCK_KEY], args=args, client=pipe)
+                        pipe.hset(WORKER_CLOCK_KEY, f"w{self.worker.index}", str(clock))
                 for received_ms, error in batch.dead_letters:
                     pipe.xadd(
                         Stream.DEAD_LETTER,
@@ -313,6 +332,14 @@ class StreamWriter:
 
 
 @dataclass(frozen=True)
+class WorkerIdentity:
+    """Which write worker a writer is (``index``) and of which router process (``run``)."""
+
+    index: int
+    run: str
+
+
+@dataclass(frozen=True)
 class OpenGap:
     symbols: tuple[str, ...]
     reason: str
@@ -331,3 +358,7 @@ def _trade_mapping(trade: Trade, received_ms: int) -> dict[Any, Any]:
         "rt": str(received_ms),
         "json": encode_frame([trade]),
     }
+
+
+def _flat(mapping: dict[Any, Any]) -> list[Any]:
+    return [item for pair in mapping.items() for item in pair]
