@@ -7,20 +7,31 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
 from prometheus_client import CollectorRegistry
 
 from its_common.clock import FEED_CLOCK_KEY, WORKER_CLOCK_KEY
 from its_common.events import MinuteAgg, Trade, encode_frame
+from its_common.localstack.servers import RedisServer
 from its_common.streams import Stream, latest_trade_key
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
 from its_router.workers import MetricsRecorder, WorkerPool, apply_stats, is_aggregate_frame
 from tests.router.harness import router, simulator, wait_until
-from tests.router.test_against_simulator import events, feed_clock, gaps, r  # noqa: F401
+from tests.router.test_against_simulator import events, feed_clock, gaps
 
 WORKERS = {"ITS_ROUTER_WORKERS": "2"}
 SIM_DAY_START_MS = 1_762_128_000_000
 DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Any:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
 
 
 def children(pid: int) -> list[int]:
