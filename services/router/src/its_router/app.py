@@ -115,16 +115,28 @@ async def main(
             finally:
                 writer_stop.set()  # the writer drains what was read, flushes, then ends
 
+        # The trimmer runs until the writer has drained what was read: a stop with a full read
+        # queue (2,000 frames of up to ~1,000 events) must not fill Redis to its maxmemory.
+        written = asyncio.Event()
+
+        async def write() -> None:
+            try:
+                if isinstance(writer, WorkerPool):
+                    await writer.dispatch(queue, writer_stop)
+                    await writer.all_stopped.wait()  # each worker drained and flushed
+                else:
+                    await writer.run(queue, writer_stop)
+            finally:
+                written.set()
+
         tasks: dict[str, Coroutine[Any, Any, None]] = {
             "source": read_source(),
-            "trimmer": trimmer.run(ctx.stopping),
+            "writer": write(),
+            "trimmer": trimmer.run(written),
         }
         if isinstance(writer, WorkerPool):
-            tasks["writer"] = writer.dispatch(queue, writer_stop)
             for worker in writer.workers:
                 tasks[f"worker-{worker.config.index}"] = writer.collect(worker)
-        else:
-            tasks["writer"] = writer.run(queue, writer_stop)
         # Crash-only: if any task ends while the service should run (the writer or a write
         # worker dying, say), the service exits non-zero instead of reading a feed that nothing
         # writes (or nothing trims).

@@ -243,6 +243,7 @@ class WorkerPool:
     symbols: Callable[[], list[str]]
     on_written: Callable[[int], None] | None = None
     workers: list[_Worker] = field(default_factory=list)
+    all_stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _next: int = 0
 
     @staticmethod
@@ -336,6 +337,8 @@ class WorkerPool:
                 ) from None
             if kind == "stopped":
                 worker.stopped = True
+                if all(w.stopped for w in self.workers):
+                    self.all_stopped.set()
                 await off_loop(worker.process.join, 10)
                 return
             apply_stats(self.metrics, stats)
