@@ -76,7 +76,7 @@ def router_entries(frames: list[bytes], frames_per_batch: int = 40) -> list[tupl
     for start in range(0, len(frames), frames_per_batch):
         chunk = [Frame(streams.now_ms(), f) for f in frames[start : start + frames_per_batch]]
         batch = build_batch(chunk)
-        for (_, tag), group in batch.groups.items():
+        for (_, tag, _), group in batch.groups.items():
             for data, count in group.entries(2_000):
                 fields = streams.encode_entry_raw(tag, data, count, batch.first_received_ms)
                 out.append((streams.STREAM_FOR_EVENT[tag], fields, count))

@@ -41,9 +41,11 @@ async def main(
     # The one trimmer of every stream (its_common.trimming): writers XADD without MAXLEN, so
     # nothing a consumer group has not read is trimmed while Redis' memory is under the mark.
     # The writer reports what it writes, so a pass also starts every pass_bytes written.
+    layout = settings.stream_layout()
     trimmer = StreamTrimmer(
         redis,
         ctx.registry,
+        policies=layout.trim_policies(),
         high_water_bytes=settings.trim_high_water_mib * MIB,
         interval_s=settings.trim_interval_s,
     )
@@ -60,6 +62,7 @@ async def main(
                 settings.batch_max_events,
                 settings.hold_max_events,
                 feed_clock,
+                settings.stream_shards,
                 settings.log_level,
             )
             for index in range(settings.workers)
@@ -79,6 +82,7 @@ async def main(
             symbols=lambda: list(source.symbols),
             publish_gap=status.publish_gap,
             on_written=trimmer.note_written,
+            layout=layout,
         )
     if settings.use_polygon_ws:
         source = FeedClient(

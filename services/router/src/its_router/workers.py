@@ -44,7 +44,7 @@ from prometheus_client import Counter, Histogram
 
 from its_common.gaps import GapWindow
 from its_common.logs import setup_logging
-from its_common.streams import connect
+from its_common.streams import StreamLayout, connect
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher
@@ -65,6 +65,7 @@ class WorkerConfig:
     batch_max_events: int
     hold_max_events: int
     feed_clock_ms: int | None
+    stream_shards: int = 1
     log_level: str = "INFO"
 
 
@@ -103,6 +104,7 @@ async def _serve(config: WorkerConfig, inbox: Connection, outbox: Connection) ->
         publish_gap=StatusPublisher(redis).publish_gap,
         on_written=count_bytes,
         worker=WorkerIdentity(config.index, config.run),
+        layout=StreamLayout(config.stream_shards),
     )
     writer.seen_event_ms = config.feed_clock_ms
     queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=WORKER_QUEUE_FRAMES)

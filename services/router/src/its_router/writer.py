@@ -29,6 +29,7 @@ from its_common.streams import (
     DEFAULT_TRIM,
     STREAM_FOR_EVENT,
     Stream,
+    StreamLayout,
     encode_entry_raw,
     latest_trade_key,
     now_ms,
@@ -57,6 +58,7 @@ class StreamWriter:
         backoff: Backoff | None = None,
         on_written: Callable[[int], None] | None = None,
         worker: WorkerIdentity | None = None,
+        layout: StreamLayout | None = None,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -82,6 +84,7 @@ class StreamWriter:
         # trades are advanced only forward within the run (the workers write out of order), and
         # this worker's own clock is kept for the restart gap of the next router process.
         self.worker = worker
+        self.layout = layout or StreamLayout()
         self._advance = redis.register_script(ADVANCE_HASH_LUA) if worker else None
 
     # -- the loop ---------------------------------------------------------------------------
@@ -122,11 +125,11 @@ class StreamWriter:
         for index, frame in enumerate(frames):
             if frame.gap_before:
                 if index > start:
-                    self.hold(build_batch(frames[start:index]))
+                    self.hold(build_batch(frames[start:index], self.layout))
                 self.open_gap(tuple(self.symbols()), frame.gap_before)
                 start = index
         if start < len(frames):
-            self.hold(build_batch(frames[start:]))
+            self.hold(build_batch(frames[start:], self.layout))
 
     def hold(self, batch: Batch) -> None:
         for status in batch.statuses:
@@ -255,15 +258,15 @@ class StreamWriter:
             traceparent = current_traceparent()
             if traceparent is not None:  # attributes only when the span is exported
                 span.set_attribute("its.events", batch.event_count)
-                span.set_attribute("its.types", sorted({tag for _, tag in batch.groups}))
+                span.set_attribute("its.types", sorted({tag for _, tag, _ in batch.groups}))
                 span.set_attribute("its.symbols", sorted(batch.symbols)[:MAX_SPAN_SYMBOLS])
                 if batch.min_event_ms is not None:
                     span.set_attribute("its.min_event_ms", batch.min_event_ms)
             received = batch.first_received_ms
             written_bytes = 0
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (source, tag), group in batch.groups.items():
-                    stream = STREAM_FOR_EVENT[tag]
+                for (source, tag, shard), group in batch.groups.items():
+                    stream = self.layout.name(STREAM_FOR_EVENT[tag], shard)
                     for data, count in group.entries(self.max_events_per_entry):
                         fields: dict[Any, Any] = encode_entry_raw(
                             tag, data, count, received, traceparent, source
