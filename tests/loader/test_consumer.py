@@ -224,8 +224,11 @@ async def test_two_replicas_in_one_group_store_every_entry_exactly_once(
         await add_trades(redis_client, [trade("MSFT", i * 5 + k) for k in range(5)])
 
     def loaded(stream: str) -> float:
-        return sum(
-            r.metric("its_loader_entries_total", stream=stream, outcome="loaded") for r in replicas
+        return float(
+            sum(
+                r.metric("its_loader_entries_total", stream=stream, outcome="loaded")
+                for r in replicas
+            )
         )
 
     await wait_until(lambda: loaded("1m") == entries and loaded("trades") == 600, 60)
