@@ -165,28 +165,31 @@ async def _paced_feed(
 
 
 def router_capacity(
-    work: Path, redis_url: str, frames: list[bytes], **env: str
+    work: Path, redis_url: str, frames: list[bytes], rate: float | None = None, **env: str
 ) -> dict[str, float]:
-    """Events/s the router sustains when the feed is never the limit (pre-encoded frames)."""
+    """Events/s the router sustains when the feed is never the limit (pre-encoded frames), or
+    (``rate``) what it writes and drops fed at that many events/s."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     port_box: list[int] = []
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()
-    feed = _paced_feed(port_box, stop, frames, rate=None)
+    feed = _paced_feed(port_box, stop, frames, rate=rate)
     thread = threading.Thread(target=loop.run_until_complete, args=(feed,))
     thread.start()
     wait_until(lambda: port_box, 10, "pusher")
     sim = Sim(process=None, ws_port=port_box[0], rest_port=free_port())  # type: ignore[arg-type]
-    name = "router-capacity-" + "-".join(f"{k}{v}" for k, v in env.items())
+    name = f"router-{rate or 'capacity'}-" + "-".join(f"{k}{v}" for k, v in env.items())
     try:
         with router(work / name, redis_url, sim, ITS_CHANNELS="T,Q,AM", **env) as rt:
             wait_until(lambda: rt.metric("router_events_total") > 300_000, 60, "warm")
             first, started = rt.metric("router_events_total"), time.perf_counter()
             frames_first = rt.metric("router_frames_total")
+            dropped_first = rt.metric("router_queue_dropped_frames_total")
             time.sleep(THROUGHPUT_WINDOW_S)
             last, ended = rt.metric("router_events_total"), time.perf_counter()
             frames_last = rt.metric("router_frames_total")
+            dropped = rt.metric("router_queue_dropped_frames_total") - dropped_first
             entries = sum(client.xlen(s) for s in (Stream.TRADES, Stream.QUOTES, Stream.BARS_1M))
             dead = client.xlen(Stream.DEAD_LETTER)
     finally:
@@ -200,6 +203,7 @@ def router_capacity(
     return {
         "events_per_s": (last - first) / elapsed,
         "read_events_per_s": read,
+        "dropped_frames": dropped,
         "entries": entries,
         "dead": dead,
     }
@@ -263,6 +267,12 @@ def run() -> dict[str, Any]:
         print(f"   {WORKERS} workers: {several}", flush=True)
         best_case = router_capacity(work, server.url, best)
         print(f"   best case: {best_case}", flush=True)
+        paced_one = router_capacity(work, server.url, frames, rate=TARGET_EVENTS_PER_S)
+        print(f"   one process fed {TARGET_EVENTS_PER_S:,}/s: {paced_one}", flush=True)
+        paced_several = router_capacity(
+            work, server.url, frames, rate=TARGET_EVENTS_PER_S, ITS_ROUTER_WORKERS=str(WORKERS)
+        )
+        print(f"   {WORKERS} workers fed {TARGET_EVENTS_PER_S:,}/s: {paced_several}", flush=True)
         lat = latency(work, server.url)
     finally:
         server.stop()
@@ -281,6 +291,13 @@ def run() -> dict[str, Any]:
         "router_workers_events_per_s": round(several["events_per_s"]),
         "workers_ratio_to_ceiling": round(several["events_per_s"] / ceiling, 3),
         "workers_main_read_events_per_s": round(several["read_events_per_s"]),
+        "paced": {
+            "rate": TARGET_EVENTS_PER_S,
+            "one_process_events_per_s": round(paced_one["events_per_s"]),
+            "one_process_dropped_frames": paced_one["dropped_frames"],
+            "workers_events_per_s": round(paced_several["events_per_s"]),
+            "workers_dropped_frames": paced_several["dropped_frames"],
+        },
         "dead_letters": one["dead"] + several["dead"],
         "best_case_ceiling_events_per_s": round(best_ceiling),
         "best_case_events_per_s": round(best_case["events_per_s"]),
@@ -338,6 +355,23 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             "events/s",
             result["router_workers_events_per_s"],
             "written by the workers, same run",
+        ),
+        Figure(
+            f"router, one process, fed {result['paced']['rate']:,} events/s (paced), written; "
+            f"frames dropped: {result['paced']['one_process_dropped_frames']:,.0f}",
+            result["paced"]["one_process_events_per_s"],
+            "events/s",
+            result["paced"]["rate"],
+            "the feed's rate",
+        ),
+        Figure(
+            f"router, {result['router_workers']} write workers, fed {result['paced']['rate']:,} "
+            f"events/s (paced), written; frames dropped: "
+            f"{result['paced']['workers_dropped_frames']:,.0f}",
+            result["paced"]["workers_events_per_s"],
+            "events/s",
+            result["paced"]["rate"],
+            "the feed's rate",
         ),
         Figure(
             "BEST CASE, not the headline: router on 500 trades of one symbol a frame, compact JSON",
