@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from its_common.streams import Stream, latest_trade_key
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
 from its_router.workers import MetricsRecorder, WorkerPool, apply_stats, is_aggregate_frame
-from tests.router.harness import router, simulator, wait_until
+from tests.router.harness import BIN, router, simulator, wait_until
 from tests.router.test_against_simulator import events, feed_clock, gaps
 
 WORKERS = {"ITS_ROUTER_WORKERS": "2"}
@@ -131,3 +132,20 @@ def test_a_reconnect_gap_with_workers_covers_the_drop(tmp_path: Path, redis_serv
         assert SIM_DAY_START_MS <= window.start_ms <= window.end_ms < SIM_DAY_START_MS + DAY_MS
         assert rt.metric("router_reconnects_total") >= 1
         assert r.hget(FEED_CLOCK_KEY, "run")  # written through the forward-only script
+
+
+def test_a_symbol_added_with_workers_is_published_as_a_gap(tmp_path: Path, redis_server, r):
+    with (
+        simulator(tmp_path, "--symbols", "NVDA,MSFT,AAPL") as sim,
+        router(tmp_path, redis_server.url, sim, ITS_SYMBOLS="NVDA,MSFT", **WORKERS),
+    ):
+        wait_until(lambda: r.exists(latest_trade_key("MSFT")), 20, "MSFT trades")
+        set_symbols = [str(BIN / "its-router"), "set-symbols", "NVDA,AAPL"]
+        env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
+        assert subprocess.run(set_symbols, env=env, timeout=30, check=False).returncode == 0
+        wait_until(lambda: r.exists(latest_trade_key("AAPL")), 20, "AAPL trades")
+        wait_until(
+            lambda: any(g.reason == "symbol_added" and g.symbols == ("AAPL",) for g in gaps(r)),
+            20,
+            "symbol_added gap",
+        )

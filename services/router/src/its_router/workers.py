@@ -115,17 +115,17 @@ async def _serve(config: WorkerConfig, inbox: Connection, outbox: Connection) ->
             while True:
                 message = await off_loop(inbox.recv)
                 kind = message[0]
-                if kind == "frames":
-                    if message[2] is not None:
-                        symbols[0] = message[2]
-                    for frame in message[1]:
-                        await queue.put(frame)  # bounded: the main process waits for us
-                elif kind == "gap":
-                    writer.record_gap(message[1])
-                elif kind == "open_gap":
-                    writer.open_gap(message[1], message[2], since_ms=message[3])
-                else:  # "stop"
+                for control in message[1]:  # before the frames that came after them
+                    if control[0] == "gap":
+                        writer.record_gap(control[1])
+                    else:  # "open_gap"
+                        writer.open_gap(control[1], control[2], since_ms=control[3])
+                if kind == "stop":
                     return
+                if message[3] is not None:
+                    symbols[0] = message[3]
+                for frame in message[2]:
+                    await queue.put(frame)  # bounded: the main process waits for us
         except (EOFError, OSError):
             log.error("the router's main process is gone: draining and stopping")
         finally:
@@ -230,6 +230,10 @@ class _Worker:
     inbox: Connection  # ours: send to the worker
     outbox: Connection  # ours: receive from the worker
     sent_symbols: tuple[str, ...] | None = None
+    # Gap messages for the worker, sent with its next frames (one writer per pipe: a message
+    # written by another thread meanwhile would interleave with a large one).
+    controls: list[tuple[Any, ...]] = field(default_factory=list)
+    sending: asyncio.Future[None] | None = None
     seen_event_ms: int | None = None
     written_events: int = 0
     held_events: int = 0
@@ -283,13 +287,12 @@ class WorkerPool:
         return sum(w.held_events for w in self.workers)
 
     def record_gap(self, window: GapWindow) -> None:
-        self._post(self.workers[0], ("gap", window))
+        """A gap window to publish (worker 0 publishes it with its next write)."""
+        self.workers[0].controls.append(("gap", window))
 
     def open_gap(self, symbols: tuple[str, ...], reason: str, since_ms: int | None) -> None:
-        self._post(self.workers[0], ("open_gap", symbols, reason, since_ms))
-
-    def _post(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        worker.inbox.send(message)  # small: fits the pipe's buffer
+        """A gap from ``since_ms`` closed by worker 0's next events (the restart gap)."""
+        self.workers[0].controls.append(("open_gap", symbols, reason, since_ms))
 
     def route(self, frames: list[Frame]) -> list[list[Frame]]:
         chunks: list[list[Frame]] = [[] for _ in self.workers]
@@ -318,13 +321,18 @@ class WorkerPool:
                         continue
                     changed = symbols if symbols != worker.sent_symbols else None
                     worker.sent_symbols = symbols
-                    data = pickle.dumps(("frames", chunk, changed), pickle.HIGHEST_PROTOCOL)
-                    sends.append(off_loop(worker.inbox.send_bytes, data))
+                    message = ("frames", worker.controls, chunk, changed)
+                    worker.controls = []
+                    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+                    worker.sending = off_loop(worker.inbox.send_bytes, data)
+                    sends.append(worker.sending)
                 await asyncio.gather(*sends)
         finally:
             for worker in self.workers:
+                if worker.sending is not None and not worker.sending.done():
+                    continue  # cancelled mid-send (a crash): the worker sees EOF when we end
                 with contextlib.suppress(OSError):
-                    worker.inbox.send(("stop",))
+                    worker.inbox.send(("stop", worker.controls))
 
     async def collect(self, worker: _Worker) -> None:
         """Apply a worker's stats until it stops; a worker that dies ends the router."""
