@@ -7,7 +7,8 @@
    frames (:mod:`tests.bench.polygon_frames`: 8 symbols interleaved, trades with quotes and
    minute bars in the same frames, condition lists, normal JSON spacing, ~500 events a frame) as
    fast as it reads; events/s = growth of ``router_events_total`` (every type). Once in one
-   process, once with write workers (``ITS_ROUTER_WORKERS``).
+   process, once with write workers (``ITS_ROUTER_WORKERS``); then both fed at the target rate
+   (paced): what they write and the frames they drop.
 3. Best case, labelled as such: pre-encoded frames of 500 trades of one symbol, compact JSON,
    against the ceiling of its own entries.
 4. Compute on one core, no I/O: the router's parse/validate/batch (``build_batch``) over the same
