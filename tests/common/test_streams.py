@@ -154,5 +154,11 @@ def test_stream_layout_keeps_todays_names_with_one_shard_and_hash_tags_with_more
     shard = policies["its:stream:{g0}:trades"]
     assert trades.budget_bytes is not None and shard.budget_bytes == trades.budget_bytes // 4
     assert len(policies) == len(DEFAULT_TRIM) + 3 * len(SHARDED_STREAMS)
+    assert four.expand(["its:stream:trades", "its:stream:gaps", "other"]) == [
+        *four.names(Stream.TRADES),
+        "its:stream:gaps",
+        "other",
+    ]
+    assert one.expand(["its:stream:trades"]) == ["its:stream:trades"]
     with pytest.raises(ValueError):
         StreamLayout(0)

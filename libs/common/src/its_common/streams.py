@@ -111,6 +111,15 @@ class StreamLayout:
             return [stream.value]
         return [self.name(stream, shard) for shard in range(self.shards)]
 
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """Configured stream names with each sharded stream replaced by its shards."""
+        known = {stream.value: stream for stream in Stream}
+        return [
+            shard
+            for name in names
+            for shard in (self.names(known[name]) if name in known else [name])
+        ]
+
     def for_symbol(self, stream: Stream, symbol: str) -> str:
         return self.name(stream, self.shard_of(symbol))
 
