@@ -165,3 +165,57 @@ def test_both_statefulsets_look_up_their_live_object() -> None:
         text = (CHART_DIR / "templates" / template).read_text()
         assert 'include "its.persistenceGuard"' in text
         assert 'lookup "apps/v1" "StatefulSet"' in text
+
+
+# ----- external stores and stream shards (issue 14) --------------------------------------------
+
+
+EXTERNAL = {
+    "redis": {
+        "external": {
+            "url": "rediss://redis.example.net:6380/0",
+            "port": 6380,
+            "cidr": "10.8.0.0/16",
+        },
+        "auth": {"existingSecret": "managed-redis"},
+    },
+    "timescaledb": {
+        "external": {"host": "tsdb.example.net", "port": 5433},
+        "auth": {"existingSecret": "managed-tsdb"},
+    },
+}
+
+
+def test_external_redis_and_timescaledb_replace_the_in_chart_stores(render: Render) -> None:
+    objects = parse_manifests(render(EXTERNAL))
+    for name in STORES:
+        assert not any(
+            o["metadata"]["name"] == name for o in objects if o["kind"] != "NetworkPolicy"
+        )
+    loader = next(c for c in pod_spec(find(objects, "Deployment", "its-loader"))["containers"])
+    env = {e["name"]: e.get("value") for e in loader["env"]}
+    assert env["REDIS_URL"] == "rediss://redis.example.net:6380/0"
+    assert env["DATABASE_URL"] == "postgresql://its@tsdb.example.net:5433/its"
+    secrets = [o["metadata"]["name"] for o in objects if o["kind"] == "Secret"]
+    assert "its-redis" not in secrets and "its-timescaledb" not in secrets
+    clients = find(objects, "NetworkPolicy", "its-redis-clients")["spec"]["egress"]
+    assert clients == [
+        {"to": [{"ipBlock": {"cidr": "10.8.0.0/16"}}], "ports": [{"protocol": "TCP", "port": 6380}]}
+    ]
+    db = find(objects, "NetworkPolicy", "its-timescaledb-clients")["spec"]["egress"]
+    assert db[0]["ports"] == [{"protocol": "TCP", "port": 5433}]
+    assert not any(
+        o["metadata"]["name"].endswith("-ingress") and "redis" in o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+    )
+
+
+def test_an_external_store_needs_an_existing_secret(render: Render) -> None:
+    with pytest.raises(helm.HelmRenderError, match="existingSecret"):
+        render({"redis": {"external": {"url": "redis://redis.example.net:6379/0"}}})
+
+
+def test_stream_shards_are_one_setting_for_every_service(render: Render) -> None:
+    objects = parse_manifests(render({"config": {"streamShards": 4}}))
+    assert find(objects, "ConfigMap", "its-config")["data"]["ITS_STREAM_SHARDS"] == "4"

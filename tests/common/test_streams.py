@@ -136,3 +136,29 @@ async def test_pending_entries_of_a_killed_consumer_are_claimed(
     assert set(counts.values()) == {2}  # read once by the dead consumer, once by the rescuer
     assert await streams.ack(redis_client, stream, "loader", ids) == 5
     assert (await redis_client.xpending(stream, "loader"))["pending"] == 0
+
+
+def test_stream_layout_keeps_todays_names_with_one_shard_and_hash_tags_with_more() -> None:
+    from its_common.streams import DEFAULT_TRIM, SHARDED_STREAMS, StreamLayout
+
+    one = StreamLayout()
+    assert all(one.names(stream) == [stream.value] for stream in Stream)
+    assert one.trim_policies() == {s.value: p for s, p in DEFAULT_TRIM.items()}
+    four = StreamLayout(4)
+    assert four.names(Stream.BARS_1M)[2] == "its:stream:{g2}:bars:1m"
+    assert four.names(Stream.GAPS) == [Stream.GAPS.value]  # only market data is sharded
+    assert four.for_symbol(Stream.TRADES, "NVDA") == four.name(Stream.TRADES, four.shard_of("NVDA"))
+    assert StreamLayout(4).shard_of("NVDA") == four.shard_of("NVDA")  # stable (CRC-32)
+    policies = four.trim_policies()
+    trades = DEFAULT_TRIM[Stream.TRADES]
+    shard = policies["its:stream:{g0}:trades"]
+    assert trades.budget_bytes is not None and shard.budget_bytes == trades.budget_bytes // 4
+    assert len(policies) == len(DEFAULT_TRIM) + 3 * len(SHARDED_STREAMS)
+    assert four.expand(["its:stream:trades", "its:stream:gaps", "other"]) == [
+        *four.names(Stream.TRADES),
+        "its:stream:gaps",
+        "other",
+    ]
+    assert one.expand(["its:stream:trades"]) == ["its:stream:trades"]
+    with pytest.raises(ValueError):
+        StreamLayout(0)

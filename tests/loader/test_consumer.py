@@ -189,6 +189,63 @@ async def test_replicas_share_the_work(redis_server, redis_client, db_url, start
     await second.stop()
 
 
+async def test_two_replicas_in_one_group_store_every_entry_exactly_once(
+    redis_server, redis_client, db_url, start_loader
+):
+    """Loaders scale as consumer-group replicas: bars (with re-sent versions) and trades (with
+    duplicates) split between two loaders; each entry is loaded by exactly one of them, each
+    minute keeps its newest version (received_at decides, not which replica wrote last) and each
+    trade is stored once."""
+    for stream in (Stream.TRADES, Stream.BARS_1M):
+        await ensure_group(redis_client, stream, "loader")
+    replicas = [
+        start_loader(
+            make_settings(
+                redis_server.url, db_url, streams="bars,trades", consumer=name, batch_entries=3
+            )
+        )
+        for name in ("r1", "r2")
+    ]
+
+    async def both_waiting():
+        groups = [await redis_client.xinfo_consumers(s, "loader") for s in (Stream.TRADES,)]
+        return all(len(g) == 2 for g in groups)
+
+    await wait_until(both_waiting)
+    entries = 0
+    for minute in range(60):
+        for version in range(3):  # the newest version is received last
+            close = 10.0 + minute + version / 10
+            received = T0 + (minute + 1) * 60_000 + version * 1_000
+            await add_bars(redis_client, [bar("NVDA", minute, close=close)], received)
+            entries += 1
+    for i in range(300):  # every trade twice, in different entries
+        await add_trades(redis_client, [trade("MSFT", i * 5 + k) for k in range(5)])
+        await add_trades(redis_client, [trade("MSFT", i * 5 + k) for k in range(5)])
+
+    def loaded(stream: str) -> float:
+        return float(
+            sum(
+                r.metric("its_loader_entries_total", stream=stream, outcome="loaded")
+                for r in replicas
+            )
+        )
+
+    await wait_until(lambda: loaded("1m") == entries and loaded("trades") == 600, 60)
+    assert scalar(db_url, "SELECT count(*) FROM trades") == 1_500
+    rows = query(db_url, "SELECT close FROM market_data WHERE symbol = 'NVDA' ORDER BY ts")
+    assert [round(c, 2) for (c,) in rows] == [round(10.2 + m, 2) for m in range(60)]
+    per_replica = [
+        r.metric("its_loader_entries_total", stream="trades", outcome="loaded") for r in replicas
+    ]
+    assert all(count > 0 for count in per_replica)  # both did part of the work
+    for stream in (Stream.TRADES, Stream.BARS_1M):
+        assert (await redis_client.xpending(stream, "loader"))["pending"] == 0
+    assert await redis_client.xlen(Stream.DEAD_LETTER) == 0
+    for replica in replicas:
+        await replica.stop()
+
+
 async def test_pending_entries_of_a_dead_consumer_are_claimed(
     redis_server, redis_client, db_url, start_loader
 ):

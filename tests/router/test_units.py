@@ -70,7 +70,7 @@ def test_batch_groups_by_type_keeps_latest_trade_and_isolates_bad_events() -> No
     bad = b'[{"ev":"T","sym":"NVDA","x":4,"i":"9","z":3,"p":-2.0,"s":1,"t":9,"q":9}]'
     batch = build_batch([Frame(1_000, good), Frame(1_001, bad), Frame(1_002, b"{oops")])
     assert batch.counts_by_type() == {"T": 3, "AM": 1}
-    ((data, count),) = batch.groups[("ws", "T")].entries(100)
+    ((data, count),) = batch.groups[("ws", "T", 0)].entries(100)
     symbols = [getattr(t, "symbol", None) for t in decode_frame(data)]
     assert count == 3 and symbols == ["NVDA", "MSFT", "NVDA"]
     assert batch.latest_trades["NVDA"].timestamp == 5 and batch.latest_trades["MSFT"].timestamp == 3
@@ -99,7 +99,7 @@ def test_clean_single_type_frames_are_kept_raw_and_split_into_bounded_entries() 
     ]
     frames.append(Frame(9, frames[0].payload.replace(b'"ds"', b'"ds"')[:-1] + b',{"ev":"T"}]'))
     batch = build_batch(frames)
-    group = batch.groups[("ws", "T")]
+    group = batch.groups[("ws", "T", 0)]
     entries = group.entries(25)
     # five clean frames kept raw, plus the good events of the sixth: frame granularity, <= 25
     assert [count for _, count in entries] == [20, 20, 20]
@@ -107,3 +107,22 @@ def test_clean_single_type_frames_are_kept_raw_and_split_into_bounded_entries() 
     assert [t.timestamp for t in decoded] == list(range(50)) + list(range(10))
     assert [e.reason for _, e in batch.dead_letters] == ["missing_field"]
     assert batch.latest_trades["NVDA"].timestamp == 49
+
+
+def test_latest_trade_per_symbol_is_the_newest_and_the_later_one_on_a_tie() -> None:
+    quote = (
+        b'{"ev":"Q","sym":"MSFT","bx":1,"bp":1.0,"bs":1,"ax":1,"ap":1.1,"as":1,"t":8,"q":1,"z":3}'
+    )
+    tied_first, tied_last = (
+        Trade("MSFT", 4, "a", 3, 1.0, 1, 7, 1),
+        Trade("MSFT", 4, "b", 3, 2.0, 1, 7, 2),
+    )
+    trades = [trade("NVDA", 9), tied_first, trade("NVDA", 3), tied_last, trade("AAPL", 1)]
+    mixed = encode_frame(trades)[:-1] + b"," + quote + b"]"
+    batch = build_batch([Frame(1, encode_frame([trade("AAPL", 2)])), Frame(2, mixed)])
+    assert {s: t.trade_id for s, t in batch.latest_trades.items()} == {
+        "NVDA": "9", "MSFT": "b", "AAPL": "2",
+    }  # fmt: skip
+    ((data, _),) = batch.groups[("ws", "T", 0)].entries(100)
+    assert [t.trade_id for t in decode_frame(data)] == ["2", "9", "a", "3", "b", "1"]  # type: ignore[union-attr]
+    assert batch.counts_by_type() == {"T": 6, "Q": 1}

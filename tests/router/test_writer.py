@@ -210,3 +210,41 @@ async def test_a_feed_state_not_published_while_redis_was_down_is_published_agai
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_sharded_streams_get_each_symbols_events_in_its_own_shard(redis_client: Any):
+    layout = streams.StreamLayout(3)
+    symbols = ["NVDA", "MSFT", "AAPL", "AMZN", "TSLA", "META"]
+    assert len({layout.shard_of(s) for s in symbols}) > 1  # the test spreads over shards
+    bar = MinuteAgg("NVDA", 10.0, 1.0, 1.0, 1.0, 1.0, 60_000, 120_000)
+    mixed = [
+        Trade(symbol, 4, str(i), 3, 100.0, 100, 1_764_081_000_000 + i, i)
+        for i, symbol in enumerate(symbols * 5)
+    ]
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=10_000,
+        layout=layout,
+    )
+    writer.hold_frames(
+        [
+            Frame(streams.now_ms(), encode_frame([*mixed, bar])),
+            frame(100, symbol="MSFT"),  # one symbol: kept raw, in MSFT's shard
+        ]
+    )
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.TRADES) == 0  # the unsharded name is not used
+    seen: dict[str, list[int]] = {}
+    for shard in range(3):
+        name = layout.name(Stream.TRADES, shard)
+        assert name == f"its:stream:{{g{shard}}}:trades"
+        for entry_id, fields in await redis_client.xrange(name):
+            for event in streams.decode_entry(entry_id, fields).events:
+                assert layout.shard_of(event.symbol) == shard  # type: ignore[union-attr]
+                seen.setdefault(event.symbol, []).append(event.sequence)  # type: ignore[union-attr]
+    assert sum(map(len, seen.values())) == 40
+    assert seen["MSFT"][:5] == [1, 7, 13, 19, 25]  # each symbol's events in frame order
+    bars = await redis_client.xrange(layout.for_symbol(Stream.BARS_1M, "NVDA"))
+    assert len(bars) == 1

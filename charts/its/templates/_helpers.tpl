@@ -245,15 +245,33 @@ Offline rendering (helm template, lint) has no cluster, so it always generates.
 {{/* ----- connection settings (no passwords inside) ----- */}}
 
 {{- define "its.redis.url" -}}
+{{- if .Values.redis.external.url -}}
+{{- .Values.redis.external.url -}}
+{{- else -}}
 {{- printf "redis://%s:6379/0" (include "its.componentName" (dict "root" . "component" "redis")) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "its.database.host" -}}
-{{- include "its.componentName" (dict "root" . "component" "timescaledb") -}}
+{{- .Values.timescaledb.external.host | default (include "its.componentName" (dict "root" . "component" "timescaledb")) -}}
+{{- end -}}
+
+{{- define "its.database.port" -}}
+{{- if .Values.timescaledb.external.host -}}{{- .Values.timescaledb.external.port -}}{{- else -}}5432{{- end -}}
 {{- end -}}
 
 {{- define "its.database.url" -}}
-{{- printf "postgresql://%s@%s:5432/%s" .Values.timescaledb.username (include "its.database.host" .) .Values.timescaledb.database -}}
+{{- printf "postgresql://%s@%s:%s/%s" .Values.timescaledb.username (include "its.database.host" .) (include "its.database.port" .) .Values.timescaledb.database -}}
+{{- end -}}
+
+{{/* External stores bring their own password: an existing Secret is required. */}}
+{{- define "its.validateExternalStores" -}}
+{{- if and .Values.redis.external.url (not .Values.redis.auth.existingSecret) -}}
+{{- fail "redis.external.url needs redis.auth.existingSecret (the external Redis' password)" -}}
+{{- end -}}
+{{- if and .Values.timescaledb.external.host (not .Values.timescaledb.auth.existingSecret) -}}
+{{- fail "timescaledb.external.host needs timescaledb.auth.existingSecret (the database password)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Secret files mounted into ITS containers. */}}

@@ -22,6 +22,21 @@ import redis.asyncio as aioredis
 from its_common.streams import now_ms
 
 FEED_CLOCK_KEY: Final = "its:clock:feed"
+# With several router write workers (ITS_ROUTER_WORKERS > 1): the newest event time each worker
+# has written (field ``w<index>``), so a new router process opens its restart gap at the oldest
+# of them: a worker killed with frames in hand may be behind the feed clock another one wrote.
+WORKER_CLOCK_KEY: Final = "its:clock:router-workers"
+# Hash fields set only when newer: ``KEYS[1]`` the hash, ``ARGV[1]`` the ordering field,
+# ``ARGV[2]`` its new value, ``ARGV[3]`` the writing run (a router process), then field/value
+# pairs. Within one run the hash never goes back (several workers write it out of order); a new
+# run overwrites it (a replay restarting at 09:30 moves the clock back, as with one process).
+ADVANCE_HASH_LUA: Final = """
+local run = redis.call('HGET', KEYS[1], 'run')
+local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
+if run == ARGV[3] and stored ~= nil and stored > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'run', ARGV[3], unpack(ARGV, 4))
+return 1
+"""
 ClockMode = Literal["feed", "wall"]
 
 

@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from its_common import redaction
+from its_common.streams import StreamLayout
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
 ENV_PREFIX = "ITS_"
@@ -156,6 +157,14 @@ class BaseServiceSettings(BaseSettings):
         default=["NVDA", "MSFT"], min_length=1, validation_alias=shared_env("symbols")
     )
 
+    stream_shards: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        validation_alias=shared_env("stream_shards"),
+        description="symbol groups the market-data streams are split into (its_common.streams)",
+    )
+
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "ITS_REDIS_URL"),
@@ -272,6 +281,9 @@ class BaseServiceSettings(BaseSettings):
 
     def effective_service_name(self) -> str:
         return self.service_name or self.SERVICE
+
+    def stream_layout(self) -> StreamLayout:
+        return StreamLayout(self.stream_shards)
 
     def redis_url_with_password(self) -> str:
         """REDIS_URL with REDIS_PASSWORD applied (never log the result)."""

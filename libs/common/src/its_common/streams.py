@@ -25,9 +25,11 @@ Consumers must reject a version they do not know (:class:`EntryFormatError`), ne
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -60,6 +62,87 @@ STREAM_FOR_EVENT: Final[dict[str, Stream]] = {
     "A": Stream.BARS_1S,
     "AM": Stream.BARS_1M,
 }
+
+
+# Market-data streams: written per symbol, so they can be split into shards by symbol group.
+SHARDED_STREAMS: Final = frozenset({Stream.TRADES, Stream.QUOTES, Stream.BARS_1S, Stream.BARS_1M})
+MAX_SHARDS: Final = 256
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """Where each stream lives: ``shards`` symbol groups (``ITS_STREAM_SHARDS``, default 1).
+
+    With one shard every stream keeps its name (``its:stream:trades``: today's layout). With
+    N > 1 the market-data streams (:data:`SHARDED_STREAMS`) become one stream per symbol group,
+    ``its:stream:{g<k>}:trades`` / ``its:stream:{g<k>}:bars:1m``, k = CRC-32 of the symbol mod N:
+    the hash tag ``{g<k>}`` puts a group's streams in one Redis Cluster slot, different groups
+    spread over the cluster's nodes. One symbol is always in one shard, so each symbol's events
+    keep their order; writers write a symbol's events to its shard, consumers read every shard.
+    Every other stream (feed status, gaps, dead letters, features, decisions, alert events) is
+    not sharded. Changing the shard count of a running system moves every symbol: drain the
+    consumers first (the old streams keep their entries until read).
+    """
+
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(f"stream shards must be 1..{MAX_SHARDS}, not {self.shards}")
+
+    @property
+    def sharded(self) -> bool:
+        return self.shards > 1
+
+    def shard_of(self, symbol: str) -> int:
+        return _shard_of(symbol, self.shards)
+
+    def name(self, stream: Stream, shard: int = 0) -> str:
+        """The name of ``stream`` in ``shard`` (the plain name when not sharded)."""
+        if not self.sharded or stream not in SHARDED_STREAMS:
+            return stream.value
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard {shard} outside 0..{self.shards - 1}")
+        return f"{KEY_PREFIX}:stream:{{g{shard}}}:{stream.value.removeprefix('its:stream:')}"
+
+    def names(self, stream: Stream) -> list[str]:
+        """Every stream a consumer of ``stream`` reads: one per shard."""
+        if not self.sharded or stream not in SHARDED_STREAMS:
+            return [stream.value]
+        return [self.name(stream, shard) for shard in range(self.shards)]
+
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """Configured stream names with each sharded stream replaced by its shards."""
+        known = {stream.value: stream for stream in Stream}
+        return [
+            shard
+            for name in names
+            for shard in (self.names(known[name]) if name in known else [name])
+        ]
+
+    def for_symbol(self, stream: Stream, symbol: str) -> str:
+        return self.name(stream, self.shard_of(symbol))
+
+    def trim_policies(self) -> dict[str, TrimPolicy]:
+        """:data:`DEFAULT_TRIM` over every stream of this layout; a sharded stream's byte budget
+        is split between its shards, so the memory bound stays what it was."""
+        out: dict[str, TrimPolicy] = {}
+        for stream, policy in DEFAULT_TRIM.items():
+            names = self.names(stream)
+            share = policy
+            if len(names) > 1 and policy.budget_bytes is not None:
+                share = TrimPolicy(
+                    maxlen=max(MIN_OBSERVED_MAXLEN, policy.maxlen // len(names)),
+                    max_age_s=policy.max_age_s,
+                    budget_bytes=policy.budget_bytes // len(names),
+                )
+            out.update(dict.fromkeys(names, share))
+        return out
+
+
+@lru_cache(maxsize=65_536)
+def _shard_of(symbol: str, shards: int) -> int:
+    return zlib.crc32(symbol.encode()) % shards
 
 
 MIN_MAXLEN: Final = 1_000

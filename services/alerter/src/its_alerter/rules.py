@@ -195,7 +195,7 @@ async def stream_lag(redis: aioredis.Redis, stream: str, group: str, now_ms: int
 async def loader_lag_rule(ctx: RuleContext) -> list[Condition]:
     s = ctx.settings
     out = []
-    for stream in s.loader_streams:
+    for stream in s.stream_layout().expand(s.loader_streams):  # every shard (ITS_STREAM_SHARDS)
         lag = await stream_lag(ctx.redis, stream, s.loader_group, ctx.now_ms)
         worst = max(lag["oldest_pending_s"], lag["backlog_s"])
         if worst > s.loader_lag_s:

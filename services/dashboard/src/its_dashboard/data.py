@@ -131,7 +131,7 @@ class Sources:
     async def loader(self) -> dict[str, Any]:
         out = {}
         group = self.settings.loader_group
-        for stream in self.settings.loader_streams:
+        for stream in self.settings.stream_layout().expand(self.settings.loader_streams):
             try:
                 summary: Any = await self.redis.xpending(stream, group)
                 groups: Any = await self.redis.xinfo_groups(stream)

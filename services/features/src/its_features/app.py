@@ -44,6 +44,7 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.symbols import LiveSymbols
+from its_common.tasks import run_essential
 from its_common.telemetry import context_from_traceparent, traceparent_of
 from its_features.config import FeaturesSettings
 from its_features.live import CompletedMinute, MinuteAssembler
@@ -433,27 +434,35 @@ async def run_features(ctx: ServiceContext[FeaturesSettings]) -> None:
         await follower.check(now)
         return now
 
-    consumer = StreamConsumer(
-        redis,
-        BarsHandler(processor, market_time, ctx.counters),
-        ConsumerConfig(
-            stream=Stream.BARS_1M.value,
-            group=settings.group,
-            consumer=settings.consumer or instance_name(),
-            batch_entries=settings.batch_entries,
-            block_ms=settings.block_ms,
-            service="features",
-            gap_symbols=tuple(symbols),
-        ),
-        ctx.stopping,
-        registry=ctx.registry,
-        on_idle=lambda: _idle(processor, market_time),
-    )
+    # One consumer per stream shard of the minute bars (one stream unless ITS_STREAM_SHARDS > 1),
+    # sharing the processor: a symbol lives in one shard, so its bars keep their order.
+    consumers = [
+        StreamConsumer(
+            redis,
+            BarsHandler(processor, market_time, ctx.counters),
+            ConsumerConfig(
+                stream=stream,
+                group=settings.group,
+                consumer=settings.consumer or instance_name(),
+                batch_entries=settings.batch_entries,
+                block_ms=settings.block_ms,
+                service="features",
+                gap_symbols=tuple(symbols),
+            ),
+            ctx.stopping,
+            registry=ctx.registry,
+            on_idle=lambda: _idle(processor, market_time),
+        )
+        for stream in settings.stream_layout().names(Stream.BARS_1M)
+    ]
     log.info(
         "features starting",
-        extra={"consumer": consumer.config.consumer, "symbols": symbols},
+        extra={"consumer": consumers[0].config.consumer, "symbols": symbols},
     )
-    await consumer.run()
+    if len(consumers) == 1:
+        await consumers[0].run()
+        return
+    await run_essential(ctx.stopping, {f"consume-{c.config.stream}": c.run() for c in consumers})
 
 
 async def _idle(processor: FeaturesProcessor, now: Callable[[], Awaitable[int]]) -> None:

@@ -16,7 +16,7 @@ from its_common.db.connect import connection_kwargs
 from its_common.gaps import GapWindow, encode_gap
 from its_common.heartbeat import instance_name
 from its_common.runtime import ServiceContext
-from its_common.streams import Stream
+from its_common.streams import Stream, StreamLayout
 from its_common.symbols import read_symbols
 from its_common.tasks import run_essential
 from its_loader.backfill import startup_windows
@@ -109,38 +109,53 @@ async def publish_startup_gaps(
     return len(windows)
 
 
+def stream_handlers(kind: str, layout: StreamLayout, gaps: GapsHandler) -> list[Handler[Any]]:
+    """The handlers of one kind of stream: one per stream shard for bars and trades."""
+    if kind == "gaps":
+        return [gaps]
+    made: list[Handler[Any]] = []
+    for name in layout.names(Stream.BARS_1M if kind == "bars" else Stream.TRADES):
+        handler = BarsHandler() if kind == "bars" else TradesHandler()
+        handler.stream = name
+        made.append(handler)
+    return made
+
+
 async def main(ctx: ServiceContext[LoaderSettings]) -> None:
     settings = ctx.settings
     redis = ctx.require_redis()
     metrics = LoaderMetrics(ctx.registry)
     config = consumer_config(settings)
     rest = PolygonRest(rest_config(settings), metrics)
-    handlers: dict[str, Handler[Any]] = {
-        "bars": BarsHandler(),
-        "trades": TradesHandler(),
-        "gaps": GapsHandler(
-            rest,
-            MarketClock(redis),
-            metrics,
-            trades=settings.backfill_trades,
-            settle_wait_s=settings.settle_wait_s,
-            late_reports_ms=int(settings.late_reports_s * 1000),
-            stopping=ctx.stopping,
-        ),
-    }
-    databases = {kind: Database(settings) for kind in settings.stream_kinds()}
+    gaps = GapsHandler(
+        rest,
+        MarketClock(redis),
+        metrics,
+        trades=settings.backfill_trades,
+        settle_wait_s=settings.settle_wait_s,
+        late_reports_ms=int(settings.late_reports_s * 1000),
+        stopping=ctx.stopping,
+    )
+    # One consumer (and database connection) per stream: with stream shards, one per shard of
+    # the bars and trades streams (its_common.streams.StreamLayout), each handler its own.
+    handlers = [
+        handler
+        for kind in settings.stream_kinds()
+        for handler in stream_handlers(kind, settings.stream_layout(), gaps)
+    ]
+    databases = {handler.stream: Database(settings) for handler in handlers}
     consumers = {
-        kind: loader_consumer(
-            handlers[kind],
+        handler.stream: loader_consumer(
+            handler,
             redis,
-            databases[kind],
+            databases[handler.stream],
             config,
             metrics,
             ctx.stopping,
             ctx.registry,
             ctx.counters,
         )[0]
-        for kind in settings.stream_kinds()
+        for handler in handlers
     }
     metrics.db_up.set(1)
 
@@ -156,7 +171,7 @@ async def main(ctx: ServiceContext[LoaderSettings]) -> None:
         extra={"consumer": config.consumer, "group": config.group, "streams": settings.streams},
     )
     essential: dict[str, Coroutine[Any, Any, Any]] = {
-        f"consume-{c.config.label}": consume(c, databases[kind]) for kind, c in consumers.items()
+        f"consume-{stream}": consume(c, databases[stream]) for stream, c in consumers.items()
     }
     essential["lag"] = lag_loop(
         redis,

@@ -15,7 +15,8 @@ CHANNELS = ("T", "Q", "A", "AM")
 class RouterSettings(BaseServiceSettings):
     """The router's own settings keep their documented ``ITS_<FIELD>`` names (the common prefix,
     which other services' variables share, so it is not checked for typos). ``ITS_ROUTER_*`` is
-    claimed anyway: no setting has that prefix, so such a variable is a mistake and is named."""
+    claimed: ``ITS_ROUTER_WORKERS`` is its one setting there, any other such variable is a
+    mistake and is named."""
 
     SERVICE: ClassVar[str] = "router"
     EXTRA_ENV_PREFIXES: ClassVar[tuple[str, ...]] = ("ITS_ROUTER_",)
@@ -42,6 +43,13 @@ class RouterSettings(BaseServiceSettings):
         "symbol list, which still names the symbols whose gaps are backfilled",
     )
     queue_max_frames: int = Field(default=2_000, ge=10, description="read queue bound (frames)")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("ITS_ROUTER_WORKERS"),
+        description="write worker processes behind the one feed connection (1: in-process)",
+    )
     batch_max_events: int = Field(default=20_000, ge=1, description="events per write batch")
     hold_max_events: int = Field(
         default=1_000_000, ge=1, description="events held in memory while Redis is unreachable"

@@ -22,13 +22,14 @@ from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
-from its_common.clock import FEED_CLOCK_KEY, feed_clock_mapping
+from its_common.clock import ADVANCE_HASH_LUA, FEED_CLOCK_KEY, WORKER_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade, encode_frame
 from its_common.gaps import GapWindow
 from its_common.streams import (
     DEFAULT_TRIM,
     STREAM_FOR_EVENT,
     Stream,
+    StreamLayout,
     encode_entry_raw,
     latest_trade_key,
     now_ms,
@@ -57,6 +58,8 @@ class StreamWriter:
         backoff: Backoff | None = None,
         on_written: Callable[[int], None] | None = None,
         latest_for_listed_only: bool = False,
+        worker: WorkerIdentity | None = None,
+        layout: StreamLayout | None = None,
     ) -> None:
         """``latest_for_listed_only``: keep the latest-trade hash only for the symbol list (the
         whole market's thousands of tickers would cost a write each per batch, for no reader)."""
@@ -81,6 +84,12 @@ class StreamWriter:
         self.retry_at = 0.0
         self.redis_ok = True
         self.written_events = 0
+        # One of several write workers (its_router.workers): the feed clock and the latest
+        # trades are advanced only forward within the run (the workers write out of order), and
+        # this worker's own clock is kept for the restart gap of the next router process.
+        self.worker = worker
+        self.layout = layout or StreamLayout()
+        self._advance = redis.register_script(ADVANCE_HASH_LUA) if worker else None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -120,11 +129,11 @@ class StreamWriter:
         for index, frame in enumerate(frames):
             if frame.gap_before:
                 if index > start:
-                    self.hold(build_batch(frames[start:index]))
+                    self.hold(build_batch(frames[start:index], self.layout))
                 self.open_gap(tuple(self.symbols()), frame.gap_before)
                 start = index
         if start < len(frames):
-            self.hold(build_batch(frames[start:]))
+            self.hold(build_batch(frames[start:], self.layout))
 
     def hold(self, batch: Batch) -> None:
         for status in batch.statuses:
@@ -253,15 +262,15 @@ class StreamWriter:
             traceparent = current_traceparent()
             if traceparent is not None:  # attributes only when the span is exported
                 span.set_attribute("its.events", batch.event_count)
-                span.set_attribute("its.types", sorted({tag for _, tag in batch.groups}))
+                span.set_attribute("its.types", sorted({tag for _, tag, _ in batch.groups}))
                 span.set_attribute("its.symbols", sorted(batch.symbols)[:MAX_SPAN_SYMBOLS])
                 if batch.min_event_ms is not None:
                     span.set_attribute("its.min_event_ms", batch.min_event_ms)
             received = batch.first_received_ms
             written_bytes = 0
             async with self.redis.pipeline(transaction=False) as pipe:
-                for (source, tag), group in batch.groups.items():
-                    stream = STREAM_FOR_EVENT[tag]
+                for (source, tag, shard), group in batch.groups.items():
+                    stream = self.layout.name(STREAM_FOR_EVENT[tag], shard)
                     for data, count in group.entries(self.max_events_per_entry):
                         fields: dict[Any, Any] = encode_entry_raw(
                             tag, data, count, received, traceparent, source
@@ -271,16 +280,32 @@ class StreamWriter:
                         # (its_common.trimming, run by the router's app).
                         pipe.xadd(stream, fields)
                         written_bytes += len(data)
+                clock = batch.max_event_ms
+                if clock is None or clock <= (self.written_event_ms or 0):
+                    clock = None
                 listed = set(self.symbols()) if self.latest_for_listed_only else None
-                for symbol, trade in batch.latest_trades.items():
-                    if listed is None or symbol in listed:
+                latest = [
+                    (symbol, trade)
+                    for symbol, trade in batch.latest_trades.items()
+                    if listed is None or symbol in listed
+                ]
+                if self.worker is None or self._advance is None:
+                    for symbol, trade in latest:
                         mapping = _trade_mapping(trade, received)
                         pipe.hset(latest_trade_key(symbol), mapping=mapping)
-                clock = batch.max_event_ms
-                if clock is not None and clock > (self.written_event_ms or 0):
-                    pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))
+                    if clock is not None:
+                        pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))
                 else:
-                    clock = None
+                    run, advance = self.worker.run, self._advance
+                    for symbol, trade in latest:
+                        pairs = _flat(_trade_mapping(trade, received))
+                        args = ["t", trade.timestamp, run, *pairs]
+                        await advance(keys=[latest_trade_key(symbol)], args=args, client=pipe)
+                    if clock is not None:
+                        pairs = _flat(feed_clock_mapping(clock))
+                        args = ["event_ms", clock, run, *pairs]
+                        await advance(keys=[FEED_CLOCK_KEY], args=args, client=pipe)
+                        pipe.hset(WORKER_CLOCK_KEY, f"w{self.worker.index}", str(clock))
                 for received_ms, error in batch.dead_letters:
                     pipe.xadd(
                         Stream.DEAD_LETTER,
@@ -320,6 +345,14 @@ class StreamWriter:
 
 
 @dataclass(frozen=True)
+class WorkerIdentity:
+    """Which write worker a writer is (``index``) and of which router process (``run``)."""
+
+    index: int
+    run: str
+
+
+@dataclass(frozen=True)
 class OpenGap:
     symbols: tuple[str, ...]
     reason: str
@@ -338,3 +371,7 @@ def _trade_mapping(trade: Trade, received_ms: int) -> dict[Any, Any]:
         "rt": str(received_ms),
         "json": encode_frame([trade]),
     }
+
+
+def _flat(mapping: dict[Any, Any]) -> list[Any]:
+    return [item for pair in mapping.items() for item in pair]
