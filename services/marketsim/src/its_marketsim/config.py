@@ -107,6 +107,11 @@ class MarketSimSettings(BaseServiceSettings):
         description='initial faults as JSON, e.g. {"duplicate_rate": 0.01}',
     )
     public_base_url: str | None = Field(None)
+    demo_pattern: bool = Field(
+        False,
+        description="the demo market's planted, learnable pattern (its_common.simmarket.pattern); "
+        "only for the demo (make run)",
+    )
     position_path: str | None = Field(
         None,
         description="file keeping a replay's position so the next start continues it "
@@ -182,4 +187,5 @@ class MarketSimSettings(BaseServiceSettings):
             admin_enabled=self.admin_enabled,
             faults=json.loads(self.faults) if self.faults.strip() else {},
             public_base_url=self.public_base_url,
+            demo_pattern=self.demo_pattern,
         )

@@ -93,6 +93,7 @@ class SimConfig:
     admin_enabled: bool = True
     faults: dict[str, Any] = field(default_factory=dict)
     public_base_url: str | None = None
+    demo_pattern: bool = False  # the planted, learnable pattern of :mod:`.pattern` (demo only)
 
     def __post_init__(self) -> None:
         if not self.symbols:
