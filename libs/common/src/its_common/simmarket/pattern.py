@@ -5,23 +5,21 @@ A deliberately learnable regularity, so that the demo model has something real t
 property of real markets; a market with it is labelled "demo market with a planted pattern"
 wherever it is served.
 
-Pattern ``hourly-sawtooth`` (version 1): every regular session, each symbol runs through
-60-minute cycles that start at its phase (minutes past the hour, New York time) and lie wholly
-inside the regular session. In each cycle a linear drift is added to the log mid price: it rises
-by :data:`DEMO_PATTERN_MOVE` over the first :data:`DEMO_PATTERN_RISE_MIN` minutes and falls by the
-same amount over the remaining 40 minutes. The random walk, volatility, activity and every other
-part of the market are unchanged; the drift of a cycle sums to zero, so day levels chain as
-without it. Phases: NVDA :00 (cycles 10:00-11:00 ... 15:00-16:00), MSFT :30 (09:30-10:30 ...
-14:30-15:30), any other symbol ``15 * (crc32(symbol) % 4)`` minutes. On a 13:00 early close only
-the cycles that end by 13:00 run.
+Pattern ``hourly-sawtooth`` (version 1): every regular session runs through 60-minute cycles,
+one per full clock hour from 10:00 (New York) to the close: 10:00-11:00, ..., 15:00-16:00 (on a
+13:00 early close, 10:00 to 13:00). In each cycle a linear drift is added to the log mid price of
+every symbol: it rises by :data:`DEMO_PATTERN_MOVE` (0.8 %) over the first
+:data:`DEMO_PATTERN_RISE_MIN` (20) minutes and falls by the same amount over the remaining 40.
+The random walk, volatility, activity and every other part of the market are unchanged; the
+drift of a cycle sums to zero, so day levels chain as without it.
 
-What can be learnt: buy a symbol at the start of its cycle, sell it 20 minutes later (the
-features ``hour`` and ``minute`` say where the cycle is).
+What can be learnt: buy at the full hour, sell 20 minutes later (the features ``hour`` and
+``minute`` say where the cycle is). All symbols share the cycle, so the two-ticker policy's best
+moves are single joint actions (BUY_BOTH, then SELL_BOTH).
 """
 
 from __future__ import annotations
 
-import zlib
 from typing import Final
 
 import numpy as np
@@ -29,18 +27,10 @@ from numpy.typing import NDArray
 
 DEMO_PATTERN_NAME: Final = "hourly-sawtooth"
 DEMO_PATTERN_VERSION: Final = 1
-DEMO_PATTERN_MOVE: Final = 0.006  # log-price rise of a cycle's first part (0.6 %), then back
+DEMO_PATTERN_MOVE: Final = 0.008  # log-price rise of a cycle's first part (0.8 %), then back
 DEMO_PATTERN_RISE_MIN: Final = 20
 DEMO_PATTERN_CYCLE_MIN: Final = 60
-DEMO_PATTERN_PHASES: Final[dict[str, int]] = {"NVDA": 0, "MSFT": 30}
 DEMO_PATTERN_LABEL: Final = "demo market with a planted pattern"
-
-
-def phase_minutes(symbol: str) -> int:
-    """Minutes past the hour (New York) at which the symbol's cycles start."""
-    if symbol in DEMO_PATTERN_PHASES:
-        return DEMO_PATTERN_PHASES[symbol]
-    return 15 * (zlib.crc32(symbol.encode()) % 4)
 
 
 def describe() -> dict[str, object]:
@@ -52,8 +42,7 @@ def describe() -> dict[str, object]:
         "move": DEMO_PATTERN_MOVE,
         "rise_minutes": DEMO_PATTERN_RISE_MIN,
         "cycle_minutes": DEMO_PATTERN_CYCLE_MIN,
-        "phases": dict(DEMO_PATTERN_PHASES),
-        "other_phases": "15 * (crc32(symbol) % 4) minutes past the hour",
+        "cycles": "every full clock hour from 10:00 New York to the close, all symbols",
         "doc": "its_common.simmarket.pattern (services/marketsim/README.md, Demo pattern)",
     }
 
@@ -69,10 +58,9 @@ def drift(
     rise = DEMO_PATTERN_RISE_MIN * 60
     up = DEMO_PATTERN_MOVE / rise
     down = -DEMO_PATTERN_MOVE / (cycle - rise)
-    for k, symbol in enumerate(symbols):
-        first = ((phase_minutes(symbol) - 30) % 60) * 60  # seconds after the open
-        for start in range(first, regular_seconds - cycle + 1, cycle):
-            a = open_second + start
-            out[a : a + rise, k] = up
-            out[a + rise : a + cycle, k] = down
+    first = 30 * 60  # 10:00, seconds after the 09:30 open
+    for start in range(first, regular_seconds - cycle + 1, cycle):
+        a = open_second + start
+        out[a : a + rise, :] = up
+        out[a + rise : a + cycle, :] = down
     return out
