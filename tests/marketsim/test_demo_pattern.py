@@ -4,6 +4,7 @@ documented drift when on (nothing random changes), deterministic per seed."""
 from __future__ import annotations
 
 from datetime import date
+from functools import partial
 
 import numpy as np
 
@@ -15,6 +16,11 @@ from tests.marketsim.support import config
 
 MONDAY = date(2025, 11, 3)
 EARLY_CLOSE = date(2025, 11, 28)  # the day after Thanksgiving: 13:00 close
+
+
+def _at(diff: np.ndarray, open_s: int, hh: int, mm: int) -> float:
+    """The path difference of the first symbol at hh:mm New York (the open is 09:30)."""
+    return float(diff[open_s + ((hh - 9) * 60 + mm - 30) * 60, 0])
 
 
 def generator(cfg: SimConfig) -> MarketGenerator:
@@ -39,10 +45,8 @@ def test_the_path_differs_by_exactly_the_documented_drift() -> None:
         assert np.array_equal(vol_off, vol_on)
         open_s = (session.open_ms - session.pre_open_ms) // 1000
         diff = path_on - path_off
-        # Minute m after the open: zero before 10:00, +0.8 % at 10:20, back to 0 at 11:00, ...
-        def at(hh: int, mm: int) -> float:
-            second = open_s + ((hh - 9) * 60 + mm - 30) * 60
-            return float(diff[second, 0])
+        # Zero before 10:00, +0.8 % at 10:20, back to 0 at 11:00, ...
+        at = partial(_at, diff, open_s)
 
         assert abs(at(9, 59)) < 1e-12
         assert abs(at(10, 20) - pattern.DEMO_PATTERN_MOVE) < 1e-9

@@ -55,7 +55,9 @@ def test_chained_curves_continue_where_the_previous_ended() -> None:
     assert scales == [1.0, 1.1]
 
 
-def test_cli_walk_forward_report_and_model_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_walk_forward_report_and_model_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bars = tmp_path / "bars.parquet"
     assert main(["sim-bars", "--from", str(FIRST), "--to", str(LAST), "--out", str(bars),
                  "--trades-per-day", "4000", "--seed", "5", "--demo-pattern"]) == 0  # fmt: skip
@@ -108,7 +110,9 @@ def test_cli_walk_forward_report_and_model_card(tmp_path: Path, capsys: pytest.C
     assert (bundle / MODEL_CARD_FILE).is_file()
 
 
-def test_cli_refuses_a_range_without_a_fold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_a_range_without_a_fold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bars = tmp_path / "bars.parquet"
     assert main(["sim-bars", "--from", "2025-03-03", "--to", "2025-03-05", "--out", str(bars),
                  "--trades-per-day", "3000"]) == 0  # fmt: skip

@@ -56,7 +56,13 @@ class Plan:
         out = []
         start = 0
         while start + self.train_sessions + self.test_sessions <= episodes:
-            out.append((start, start + self.train_sessions, start + self.train_sessions + self.test_sessions))
+            out.append(
+                (
+                    start,
+                    start + self.train_sessions,
+                    start + self.train_sessions + self.test_sessions,
+                )
+            )
             start += self.test_sessions
         if not out:
             raise DataError(

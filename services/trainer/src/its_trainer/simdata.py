@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from its_common.calendar import sessions_between
-from its_common.simmarket.config import SimConfig
 from its_common.simmarket import pattern
+from its_common.simmarket.config import SimConfig
 from its_common.simmarket.market import MarketGenerator
 
 MARKET_SUFFIX = ".market.json"

@@ -27,7 +27,9 @@ MODEL_CARD_MARKDOWN: Final = "MODEL_CARD.md"
 CARD_VERSION: Final = 1
 
 
-def build_card(meta: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_card(
+    meta: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The card of a bundle from its ``bundle.json`` and an evaluation report (or None)."""
     demo = bool(meta.get("demo", False))
     data = dict(meta.get("data", {}))
@@ -36,7 +38,8 @@ def build_card(meta: Mapping[str, Any], evaluation: Mapping[str, Any] | None = N
     if demo:
         use = "demo only: trained on the ITS market simulator's data, not for real trading"
         if pattern:
-            use += f" ({pattern.get('label', 'a planted pattern')}: what it learnt is not in real markets)"
+            label = pattern.get("label", "a planted pattern")
+            use += f" ({label}: what it learnt is not in real markets)"
     else:
         use = "paper trading and research; check the evaluation before any use"
     return {
@@ -122,11 +125,12 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines.append("None yet: `its-trainer evaluate ... --bundle <this bundle>` adds it.")
         return "\n".join(lines) + "\n"
     plan = evaluation.get("plan", {})
+    folds = len(evaluation.get("folds", []))
+    rules = "the live trader's" if evaluation.get("risk_limits") else "none"
     lines += [
-        f"Data {evaluation.get('from')} .. {evaluation.get('to')}: {len(evaluation.get('folds', []))} "
-        f"folds, train on {plan.get('train_sessions')} sessions, test on the next "
-        f"{plan.get('test_sessions')}, roll by {plan.get('test_sessions')}; risk rules: "
-        f"{'the trader' + chr(39) + 's' if evaluation.get('risk_limits') else 'none'}.",
+        f"Data {evaluation.get('from')} .. {evaluation.get('to')}: {folds} folds, train on "
+        f"{plan.get('train_sessions')} sessions, test on the next {plan.get('test_sessions')}, "
+        f"roll by {plan.get('test_sessions')}; risk rules: {rules}.",
         "",
         "| fold | test | return | B&H return | Sharpe | B&H Sharpe | max DD | turnover |",
         "|---|---|---|---|---|---|---|---|",

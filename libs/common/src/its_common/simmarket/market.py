@@ -298,8 +298,8 @@ class MarketGenerator:
                 steps[second, cols] += jump * minute_sd[cols] * vol[second, cols]
         if self.config.demo_pattern:  # the demo market's planted, documented pattern
             open_second = (session.open_ms - session.pre_open_ms) // 1000
-            regular = (session.close_ms - session.open_ms) // 1000
-            steps += pattern.drift(self.symbols, n, open_second, regular)
+            regular_seconds = (session.close_ms - session.open_ms) // 1000
+            steps += pattern.drift(self.symbols, n, open_second, regular_seconds)
         path = np.vstack([np.zeros((1, k)), np.cumsum(steps, axis=0)])
         with self._lock:
             self._path_cache[day] = (path, vol)
