@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-
 from its_common.model.bundle import load_bundle
 from its_common.model.card import read_card
 from its_common.model.runner import PolicyRunner
