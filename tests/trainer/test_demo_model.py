@@ -55,11 +55,14 @@ def test_the_demo_model_trades_at_the_production_threshold_on_the_demo_market() 
             if choice.action != HOLD_BOTH and confidence >= 0.6:
                 confident += 1
             obs, _, done, _, _ = env.step(choice.action)
-    assert confident >= 100, confident
+    # Measured: 821 of the 1,163 decisions other than HOLD_BOTH on these 3 sessions.
+    assert confident >= 400, confident
     # Through the live trader's default risk rules (threshold 0.6): orders pass.
     limits = RiskLimits()
     assert limits.min_confidence == 0.6
     result = run_backtest(bundle, data, limits=limits)
     assert result.risk is not None
-    assert result.risk.outcomes.get("orders", 0) >= 20, result.risk.report()
-    assert result.policy.trades >= 20
+    # Measured: 191 fills, +6.5 % against buy-and-hold's +3.0 %, no halt.
+    assert result.risk.outcomes.get("orders", 0) >= 30, result.risk.report()
+    assert result.policy.trades >= 60 and result.risk.halted is None
+    assert result.policy.total_return > result.buy_and_hold.total_return
