@@ -91,6 +91,10 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):+.2%}"
 
 
+def _share(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.2%}"
+
+
 def _num(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.2f}"
 
@@ -140,13 +144,13 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines.append(
             f"| {fold['fold']} | {fold['test']['from']} .. {fold['test']['to']} | "
             f"{_pct(p['total_return'])} | {_pct(b['total_return'])} | {_num(p['sharpe'])} | "
-            f"{_num(b['sharpe'])} | {_pct(p['max_drawdown'])} | {_num(p['turnover'])} |"
+            f"{_num(b['sharpe'])} | {_share(p['max_drawdown'])} | {_num(p['turnover'])} |"
         )
     overall = evaluation.get("overall", {})
     p, b = overall.get("policy", {}), overall.get("buy_and_hold", {})
     lines.append(
         f"| all | | {_pct(p.get('total_return'))} | {_pct(b.get('total_return'))} | "
-        f"{_num(p.get('sharpe'))} | {_num(b.get('sharpe'))} | {_pct(p.get('max_drawdown'))} | "
+        f"{_num(p.get('sharpe'))} | {_num(b.get('sharpe'))} | {_share(p.get('max_drawdown'))} | "
         f"{_num(p.get('turnover'))} |"
     )
     boot = evaluation.get("bootstrap", {})
