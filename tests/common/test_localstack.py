@@ -436,3 +436,15 @@ def test_the_local_dashboard_token_is_generated_once_private_and_never_printed(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     own, hint = dashboard_token(tmp_path, environ={"ITS_DASHBOARD_TOKEN": "mine"})
     assert own == {} and "ITS_DASHBOARD_TOKEN" in hint  # the user's own token wins
+
+
+def test_the_demo_market_has_its_planted_pattern_and_the_trader_its_production_threshold() -> None:
+    from its_common.localstack.services import local_services
+    from its_common.risk import RiskLimits
+
+    for broker in ("sim", "ib-sim", "ib"):
+        services = {s.name: s for s in local_services(False, broker)}
+        assert services["marketsim"].env["ITS_MARKETSIM_DEMO_PATTERN"] == "true"
+        # No lowered confidence threshold: the trader's default (production) one applies.
+        assert "ITS_TRADER_MIN_CONFIDENCE" not in services["trader"].env
+    assert RiskLimits().min_confidence == 0.6

@@ -37,6 +37,7 @@ TABLES = (
     "fills", "orders", "positions", "portfolio_snapshots", "signals", "price_checks", "alerts",
     "gap_audit", "market_data", "sys_metrics", "service_state",
 )  # fmt: skip
+PLANTED = "demo market with a planted pattern"
 
 
 def free_port() -> int:
@@ -237,7 +238,10 @@ async def seed(stack: Stack) -> None:
         cur.execute(
             "INSERT INTO signals (ts, model_version, action, action_name, confidence,"
             " features, risk_outcome) VALUES (%s,'demo',8,'BUY_BOTH',0.41,%s,'denied')",
-            (now - timedelta(minutes=3), Jsonb({"demo": True, "filled": []})),
+            (
+                now - timedelta(minutes=3),
+                Jsonb({"demo": True, "filled": [], "demo_market": PLANTED}),
+            ),
         )
         cur.execute(
             "INSERT INTO alerts (rule, fingerprint, severity, state, message, labels)"

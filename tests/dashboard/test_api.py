@@ -51,9 +51,11 @@ async def test_panels_show_live_data_and_acceptance(stack: Stack):
     assert snap["feed"]["data"]["state"] == "subscribed"
     assert snap["decisions"]["data"][0]["confidence"] == 0.73
     # The demo flag comes from the signals row's features document (written by inference).
-    assert [(d["model_version"], d["demo"]) for d in snap["decisions"]["data"]] == [
-        ("m-2026-11-20", False),
-        ("demo", True),
+    assert [
+        (d["model_version"], d["demo"], d["demo_market"]) for d in snap["decisions"]["data"]
+    ] == [
+        ("m-2026-11-20", False, ""),
+        ("demo", True, "demo market with a planted pattern"),
     ]
     assert snap["portfolio"]["data"]["accounts"][0]["equity"] == 100_110
     assert len(snap["portfolio"]["data"]["equity_curve"]) == 12

@@ -113,10 +113,15 @@ async def test_a_demo_model_is_labelled_in_the_header_and_the_decisions_panel(
         conn.execute(
             "INSERT INTO signals (ts, model_version, action, action_name, confidence, features)"
             " VALUES (now(), 'demo', 4, 'HOLD_BOTH', 0.9, %s)",
-            (Jsonb({"demo": True}),),
+            (Jsonb({"demo": True, "demo_market": "demo market with a planted pattern"}),),
         )
     await expect(page.locator("#model-badge")).to_be_visible(timeout=5_000)
-    await expect(page.locator("#model-badge")).to_have_text("demo model")
+    # The planted pattern of the demo model's training market is stated with the label.
+    await expect(page.locator("#model-badge")).to_have_text(
+        "demo model · demo market with a planted pattern"
+    )
+    title = await page.locator("#model-badge").get_attribute("title")
+    assert title is not None and "(demo market with a planted pattern)" in title
     latest = page.locator("#panel-decisions p.model")
     await expect(latest).to_contain_text("model demo")
     await expect(latest.locator(".badge.demo")).to_be_visible()

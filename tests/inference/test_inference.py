@@ -56,6 +56,28 @@ def test_demo_bundle_is_labelled_and_loads():
     assert sum(f.stat().st_size for f in DEMO.iterdir()) < 3_000_000
 
 
+def test_the_demo_market_is_named_in_the_load_log_decisions_and_signals(caplog):
+    from its_inference.app import _demo_label
+    from its_inference.policy import LivePolicy
+
+    with caplog.at_level("WARNING", logger="its"):
+        bundle = load(DEMO)
+    assert "DEMO MODEL demo loaded" in caplog.text
+    assert "(demo market with a planted pattern)" in caplog.text
+    policy = LivePolicy(bundle)
+    assert policy.demo and policy.demo_market == "demo market with a planted pattern"
+    decision = Decision(
+        ts_ms=1_742_218_200_000, action=8, action_name="BUY_BOTH", confidence=0.9,
+        model_version="demo", features_hash="ab" * 32, symbols=PAIR, demo=True,
+        demo_market=policy.demo_market,
+    )  # fmt: skip
+    assert _demo_label(decision) == "DEMO model (demo market with a planted pattern) "
+    assert decode_decision("1-0", encode_decision(decision)).demo_market == policy.demo_market
+    plain = msgspec.structs.replace(decision, demo_market="")
+    assert _demo_label(plain) == "DEMO model "
+    assert _demo_label(msgspec.structs.replace(plain, demo=False)) == ""
+
+
 def test_decision_entry_round_trip_and_versioning():
     decision = Decision(
         ts_ms=1_742_218_200_000,

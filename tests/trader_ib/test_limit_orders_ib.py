@@ -71,7 +71,8 @@ async def test_the_local_ib_sim_configuration_fills_a_buy_decision(
         trader = build_trader(settings, redis_client, TraderMetrics(CollectorRegistry()))
         await trader.start()
         try:
-            assert await trader.handle_decision(decision(feed.t, BUY_NVDA, 0.3)) == "orders"
+            # Confident enough for the production threshold (0.6), which the local stack keeps.
+            assert await trader.handle_decision(decision(feed.t, BUY_NVDA, 0.7)) == "orders"
             await drain_fills(trader, database_url, 1)
             [(order_type, status, quantity, filled)] = rows(
                 database_url, "SELECT order_type, status, quantity, filled_quantity FROM orders"

@@ -50,6 +50,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     session_last: bool = False  # the session's last minute: the environment trades no more
     filled: tuple[str, ...] = ()  # symbols whose bar of ts_ms was missing (forward-filled)
     demo: bool = False  # made by a demo model (bundle.json "demo": true)
+    demo_market: str = ""  # its training market's planted pattern, e.g. "demo market with a ..."
     decided_ms: int = 0  # wall clock when the decision was made (UTC ms)
     latency_us: int = 0  # features entry received -> decision made, microseconds
 

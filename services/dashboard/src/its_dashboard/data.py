@@ -250,15 +250,18 @@ class Sources:
     async def decisions(self) -> list[dict[str, Any]]:
         # ``demo``: the inference service writes the bundle's "demo" flag into each row's
         # ``features`` document (``{"demo": true, ...}``); rows without it are not demo.
+        # ``demo_market``: the planted pattern of the demo model's training market, if any.
         rows = await self.query(
             "SELECT ts, model_version, action_name, confidence, risk_outcome,"
-            " coalesce(features -> 'demo' = 'true'::jsonb, false) FROM signals"
+            " coalesce(features -> 'demo' = 'true'::jsonb, false),"
+            " coalesce(features ->> 'demo_market', '') FROM signals"
             " ORDER BY ts DESC LIMIT %s",
             (self.settings.table_rows,),
         )
         if not rows:
             raise NoData("no decisions yet")
-        return _rows(rows, ["ts", "model_version", "action", "confidence", "risk_outcome", "demo"])
+        columns = ["ts", "model_version", "action", "confidence", "risk_outcome", "demo"]
+        return _rows(rows, [*columns, "demo_market"])
 
     async def portfolio(self) -> dict[str, Any]:
         accounts = await self.query(

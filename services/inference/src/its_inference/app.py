@@ -104,6 +104,13 @@ class InferenceMetrics:
         )
 
 
+def _demo_label(decision: Decision) -> str:
+    """ "DEMO model " (with its training market's planted pattern, if any) or ""."""
+    if not decision.demo:
+        return ""
+    return f"DEMO model ({decision.demo_market}) " if decision.demo_market else "DEMO model "
+
+
 def decision_of(step: Step, fs: FeatureSet, policy: LivePolicy, latency_s: float) -> Decision:
     return Decision(
         ts_ms=step.ts_ms,
@@ -117,6 +124,7 @@ def decision_of(step: Step, fs: FeatureSet, policy: LivePolicy, latency_s: float
         session_last=step.session_last,
         filled=fs.filled,
         demo=policy.demo,
+        demo_market=policy.demo_market,
         decided_ms=now_ms(),
         latency_us=int(latency_s * 1e6),
     )
@@ -304,7 +312,7 @@ class InferenceProcessor:
                 decision.action_name,
                 decision.confidence,
                 decision.ts_ms,
-                "DEMO model " if decision.demo else "",
+                _demo_label(decision),
                 decision.model_version,
             )
         return [decision for decision, _ in made]
@@ -327,6 +335,7 @@ class InferenceProcessor:
                         "feature_spec_hash": d.features_hash,
                         "filled": list(d.filled),
                         "demo": d.demo,
+                        **({"demo_market": d.demo_market} if d.demo_market else {}),
                         "values": {s: list(fs.symbols[s].values or ()) for s in d.symbols},
                     }
                 ),

@@ -28,8 +28,11 @@ def load(root: Path, pinned: str = "") -> Bundle:
     """Find and load (with every check); :class:`BundleError` says why a bundle is refused."""
     bundle = load_bundle(find_bundle(root, pinned))
     if bundle.demo:
+        market = f" ({bundle.demo_market})" if bundle.demo_market else ""
         log.warning(
-            "DEMO MODEL %s loaded: trained on simulator data, not for real trading", bundle.version
+            "DEMO MODEL %s loaded: trained on simulator data%s, not for real trading",
+            bundle.version,
+            market,
         )
     else:
         log.info("model bundle %s loaded from %s", bundle.version, bundle.path)

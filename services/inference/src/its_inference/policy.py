@@ -67,6 +67,7 @@ class LivePolicy:
         self.bundle = bundle
         self.version = bundle.version
         self.demo = bundle.demo
+        self.demo_market = bundle.demo_market
         self.symbols = bundle.symbols
         self.config = bundle.env_config()
         self.capital = self.config.initial_capital if capital is None else capital

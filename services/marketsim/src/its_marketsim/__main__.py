@@ -81,6 +81,11 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--faults", "initial faults as JSON (ITS_MARKETSIM_FAULTS)", {}),
     ("--public-base-url", "base of next_url links (default: the request's origin)", {}),
     (
+        "--demo-pattern",
+        "the demo market's planted, learnable pattern (ITS_MARKETSIM_DEMO_PATTERN; demo only)",
+        {"action": "store_const", "const": True},
+    ),
+    (
         "--position-path",
         "file keeping a replay's position for the next start (ITS_MARKETSIM_POSITION_PATH)",
         {},

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from its_common.simmarket import sessions
+from its_common.simmarket import pattern, sessions
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import MarketSource
 from its_common.simmarket.market import MarketGenerator
@@ -126,8 +126,17 @@ class Simulator:
                 "symbols": list(self.source.symbols),
                 "speed": "max" if self.clock.max_speed else self.clock.speed,
                 "start_ms": self.clock.now_ms(),
+                "demo_pattern": self.config.demo_pattern,
             },
         )
+        if self.config.demo_pattern:
+            log.warning(
+                "DEMO market with a planted pattern (%s v%d): every hour each symbol's price "
+                "rises %.1f %% over %d minutes and falls back over the rest of the hour; not a "
+                "real market (its_common.simmarket.pattern)",
+                pattern.DEMO_PATTERN_NAME, pattern.DEMO_PATTERN_VERSION,
+                pattern.DEMO_PATTERN_MOVE * 100, pattern.DEMO_PATTERN_RISE_MIN,
+            )  # fmt: skip
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -117,6 +117,11 @@ class MarketSimSettings(BaseServiceSettings):
     whole_market_burst_rate: float = Field(0.0, ge=0, le=2_000_000)
     whole_market_burst_every_s: float = Field(600.0, gt=0)
     whole_market_burst_s: float = Field(5.0, ge=0)
+    demo_pattern: bool = Field(
+        False,
+        description="the demo market's planted, learnable pattern (its_common.simmarket.pattern); "
+        "only for the demo (make run)",
+    )
     position_path: str | None = Field(
         None,
         description="file keeping a replay's position so the next start continues it "
@@ -198,4 +203,5 @@ class MarketSimSettings(BaseServiceSettings):
             whole_market_burst_rate=self.whole_market_burst_rate,
             whole_market_burst_every_s=self.whole_market_burst_every_s,
             whole_market_burst_s=self.whole_market_burst_s,
+            demo_pattern=self.demo_pattern,
         )

@@ -67,6 +67,7 @@ class Metrics:
     max_drawdown: float  # largest fall from a running peak, as a fraction
     trades: int
     final_equity: float
+    turnover: float = 0.0  # value bought and sold / starting equity
 
 
 @dataclass
@@ -215,7 +216,7 @@ class BacktestResult:
         }
 
 
-def metrics(equity: NDArray[np.float64], trades: int) -> Metrics:
+def metrics(equity: NDArray[np.float64], trades: int, traded: float = 0.0) -> Metrics:
     returns = np.diff(equity) / equity[:-1]
     std = float(returns.std()) if len(returns) > 1 else 0.0
     sharpe = float(returns.mean() / std * math.sqrt(MINUTES_PER_YEAR)) if std > 0 else 0.0
@@ -226,18 +227,21 @@ def metrics(equity: NDArray[np.float64], trades: int) -> Metrics:
         max_drawdown=float(np.max(1.0 - equity / peak)),
         trades=trades,
         final_equity=float(equity[-1]),
+        turnover=float(traded / equity[0]),
     )
 
 
-def buy_and_hold(data: PairData, config: EnvConfig) -> tuple[NDArray[np.float64], int]:
+def buy_and_hold(data: PairData, config: EnvConfig) -> tuple[NDArray[np.float64], int, float]:
     """Half the capital in each symbol at the first possible fill (the first session's second
     bar open, as for the policy), held to the last bar's close and sold there; same costs.
-    One value per point of the policy's curve (each session's first row, then every step)."""
+    One value per point of the policy's curve (each session's first row, then every step);
+    the number of fills and the value traded."""
     capital = config.initial_capital
     slip = config.slippage_bps / 10_000.0
     lo = int(data.bounds[0])
     shares = [0.0, 0.0]
     cash = capital
+    traded = 0.0
     for i in (0, 1):
         price = data.open[lo + 1, i] * (1 + slip)
         qty = math.floor((capital / 2 - config.commission_min) / price)
@@ -245,6 +249,7 @@ def buy_and_hold(data: PairData, config: EnvConfig) -> tuple[NDArray[np.float64]
             qty -= 1
         shares[i] = float(qty)
         cash -= qty * price + config.commission(qty)
+        traded += qty * price
     curve = [capital]
     for e in range(data.episodes):
         start, end = int(data.bounds[e]), int(data.bounds[e + 1])
@@ -254,8 +259,9 @@ def buy_and_hold(data: PairData, config: EnvConfig) -> tuple[NDArray[np.float64]
     last = int(data.bounds[-1]) - 1
     for i in (0, 1):
         cash += shares[i] * data.close[last, i] * (1 - slip) - config.commission(shares[i])
+        traded += shares[i] * data.close[last, i] * (1 - slip)
     curve[-1] = cash
-    return np.asarray(curve), 4
+    return np.asarray(curve), 4, traded
 
 
 def _decision_time(data: PairData, row: int) -> datetime:
@@ -284,6 +290,7 @@ def run_backtest(
     curve = [capital]
     session_starts = [0]
     trades = 0
+    traded = 0.0
     counts = np.zeros(9, dtype=np.int64)
     for episode in range(data.episodes):
         obs, _ = shadow.reset(options={"episode": episode, "capital": shadow_capital})
@@ -310,10 +317,11 @@ def run_backtest(
                 gate.after_step(account.equity, _decision_time(data, account.t))
             curve.append(float(info["equity"]))
         trades += account.trades
+        traded += account.portfolio.traded
         capital = account.equity
         shadow_capital = shadow.equity
     equity = np.asarray(curve)
-    bench, bench_trades = buy_and_hold(data, config)
+    bench, bench_trades, bench_traded = buy_and_hold(data, config)
     # The benchmark has one point per row; the policy's curve repeats each session's last equity
     # as the next session's first point, which the benchmark marks at that row's close.
     assert len(bench) == len(equity), (len(bench), len(equity))
@@ -322,8 +330,8 @@ def run_backtest(
         first_day=data.first_day.isoformat(),
         last_day=data.last_day.isoformat(),
         sessions=data.episodes,
-        policy=metrics(equity, trades),
-        buy_and_hold=metrics(bench, bench_trades),
+        policy=metrics(equity, trades, traded),
+        buy_and_hold=metrics(bench, bench_trades, bench_traded),
         actions={ACTION_NAMES[i]: int(c) for i, c in enumerate(counts)},
         equity=equity,
         benchmark=bench,

@@ -214,6 +214,23 @@ class PairData:
     def last_day(self) -> date:
         return self.sessions[-1].day
 
+    def episodes_slice(self, start: int, stop: int) -> PairData:
+        """Episodes ``start .. stop - 1`` alone (features are session-local: the values are
+        those of the whole)."""
+        if not 0 <= start < stop <= self.episodes:
+            raise ValueError(f"episodes {start}..{stop} outside 0..{self.episodes}")
+        lo, hi = int(self.bounds[start]), int(self.bounds[stop])
+        return PairData(
+            symbols=self.symbols,
+            sessions=self.sessions[start:stop],
+            ts=self.ts[lo:hi],
+            features=self.features[lo:hi],
+            open=self.open[lo:hi],
+            close=self.close[lo:hi],
+            filled=self.filled[lo:hi],
+            bounds=self.bounds[start : stop + 1] - lo,
+        )
+
 
 def build_pair(
     bars: dict[str, SymbolBars], symbols: tuple[str, str], first: date, last: date

@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from its_common.actions import action_map
 from its_common.features import FEATURE_NAMES, FEATURE_SPEC, FEATURE_SPEC_HASH
 from its_common.model.bundle import BUNDLE_FORMAT, META_FILE
+from its_common.model.card import build_card, write_card
 from its_trainer import __version__
 from its_trainer.bundle import POLICY_FILE, VECNORM_FILE, Sb3Files, add_runtime
 from its_trainer.data import PairData
@@ -166,9 +167,14 @@ def train(
     bundle_dir: Path,
     *,
     data_source: str = "",
+    market: dict[str, Any] | None = None,
+    demo: bool = False,
     progress: TextIO | None = sys.stderr,
 ) -> TrainResult:
-    """Train and write a bundle into ``bundle_dir`` (created; must not hold a bundle already)."""
+    """Train and write a bundle into ``bundle_dir`` (created; must not hold a bundle already)
+    with its model card (:mod:`its_common.model.card`, no evaluation yet). ``market``: what the
+    bars' market was when known (the simulator's description of ``sim-bars`` output); ``demo``:
+    mark the bundle as a demo model (``"demo": true``: inference and the dashboard say DEMO)."""
     if (bundle_dir / META_FILE).exists():
         raise FileExistsError(f"{bundle_dir} already holds a bundle")
     bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +244,7 @@ def train(
             "sessions": data.episodes,
             "rows": len(data.ts),
             "filled_minutes": {s: int(data.filled[:, i].sum()) for i, s in enumerate(data.symbols)},
+            **({"market": market} if market else {}),
         },
         "seed": config.seed,
         "train_config": config.__dict__,
@@ -246,9 +253,11 @@ def train(
         "libraries": library_versions(),
         "trainer_version": __version__,
         "metrics": metrics,
+        **({"demo": True} if demo else {}),
     }
     meta = add_runtime(bundle_dir, meta, Sb3Files(model, env))
     (bundle_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_card(bundle_dir, build_card(json.loads((bundle_dir / META_FILE).read_text())))
     return TrainResult(bundle=bundle_dir, metrics=metrics)
 
 

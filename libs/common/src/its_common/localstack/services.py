@@ -88,11 +88,6 @@ def ib_simulator(broker: str, ports: Ports = Ports()) -> list[LocalService]:
     return [LocalService("ibsim", ports["ibsim"], env=env, urls=urls)]
 
 
-# The committed demo model is unsure of itself (its action probabilities rarely pass the
-# production threshold of 0.6), so locally the trader accepts lower confidence: the demo trades.
-DEMO_TRADER_ENV = {"ITS_TRADER_MIN_CONFIDENCE": "0.2"}
-
-
 # With the IB simulator the trader sends marketable-limit orders (20 bp cap, the remainder is
 # cancelled after 30 s): the IB path's limit orders and partial fills are exercised locally.
 IB_SIM_ORDER_ENV = {"ITS_TRADER_ORDER_TYPE": "marketable_limit"}
@@ -102,7 +97,6 @@ def trader_env(broker: str, ports: Ports = Ports()) -> dict[str, str]:
     """BROKER=sim (default), ib-sim (the local simulator) or ib (ITS_IB_* from the environment)."""
     if broker == "ib-sim":
         return {
-            **DEMO_TRADER_ENV,
             **IB_SIM_ORDER_ENV,
             "ITS_TRADER_BROKER": "ib",
             "ITS_IB_HOST": "127.0.0.1",
@@ -110,8 +104,10 @@ def trader_env(broker: str, ports: Ports = Ports()) -> dict[str, str]:
             "ITS_IB_CLIENT_ID": "1",
         }
     if broker == "ib":
-        return {"ITS_TRADER_BROKER": "ib", **DEMO_TRADER_ENV}
-    return dict(DEMO_TRADER_ENV)
+        return {"ITS_TRADER_BROKER": "ib"}
+    # The trader keeps its production confidence threshold (0.6): the demo model trades on the
+    # demo market's planted pattern (ITS_MARKETSIM_DEMO_PATTERN below), not on a lowered bar.
+    return {}
 
 
 METRICS_TARGETS = (
@@ -145,6 +141,9 @@ def local_services(
                 "ITS_MARKETSIM_REST_PORT": str(rest_port),
                 "ITS_MARKETSIM_API_KEYS": DEV_API_KEY,
                 "ITS_MARKETSIM_SPEED": "1",
+                # The demo market: a planted, documented pattern the demo model learnt
+                # (its_common.simmarket.pattern); the simulator's log and the dashboard say so.
+                "ITS_MARKETSIM_DEMO_PATTERN": "true",
                 **(marketsim_env or {}),
             },
             urls={

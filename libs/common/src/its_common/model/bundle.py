@@ -65,6 +65,17 @@ class Bundle:
     def demo(self) -> bool:
         return bool(self.meta.get("demo", False))
 
+    @property
+    def demo_market(self) -> str:
+        """The label of the planted pattern of the market the bundle was trained on (bundle.json
+        ``data.market.demo_pattern.label``, e.g. "demo market with a planted pattern"); "" when
+        it was trained on a market without one."""
+        market = self.meta.get("data", {}).get("market")
+        planted = market.get("demo_pattern") if isinstance(market, dict) else None
+        if not isinstance(planted, dict):
+            return ""
+        return str(planted.get("label") or "market with a planted pattern")
+
     def env_config(self) -> EnvConfig:
         return EnvConfig(**self.meta["env_config"])
 

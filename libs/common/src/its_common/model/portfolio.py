@@ -51,6 +51,7 @@ class Portfolio:
         self.equity = 0.0
         self.trades = 0
         self.costs = 0.0
+        self.traded = 0.0  # value of the shares bought and sold at their fill prices (turnover)
         self.reset(config.initial_capital if capital is None else capital)
 
     def reset(self, capital: float) -> None:
@@ -61,6 +62,7 @@ class Portfolio:
         self.equity = self.start_capital
         self.trades = 0
         self.costs = 0.0
+        self.traded = 0.0
 
     def positions(self, close: Sequence[float]) -> tuple[float, float]:
         """Signed position values at ``close`` as fractions of equity (the observation's)."""
@@ -107,6 +109,7 @@ class Portfolio:
         fee = self.config.commission(shares)
         self.cash += shares * fill - fee
         self.costs += fee + shares * price * self._slip
+        self.traded += shares * fill
         self.shares[i] -= shares
         self.trades += 1
 
@@ -119,5 +122,6 @@ class Portfolio:
         fee = self.config.commission(shares)
         self.cash -= shares * fill + fee
         self.costs += fee + shares * price * self._slip
+        self.traded += shares * fill
         self.shares[i] += shares
         self.trades += 1

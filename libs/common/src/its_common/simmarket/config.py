@@ -101,6 +101,7 @@ class SimConfig:
     whole_market_burst_rate: float = 0.0
     whole_market_burst_every_s: float = 600.0
     whole_market_burst_s: float = 5.0
+    demo_pattern: bool = False  # the planted, learnable pattern of :mod:`.pattern` (demo only)
 
     def __post_init__(self) -> None:
         if not self.symbols:

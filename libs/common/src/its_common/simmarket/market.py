@@ -36,6 +36,9 @@ stocks (``its-marketsim facts`` measures them; the simulator's README lists the 
   (a late report keeps the number of its execution time); trade ids are unique per ticker and
   day.
 
+With ``SimConfig.demo_pattern`` (off by default; the demo market of ``make run``) a planted,
+documented pattern is added to the mid-price path (:mod:`.pattern`): nothing random changes.
+
 Every random draw comes from a numpy ``SeedSequence`` keyed by (seed, day, stream, symbol), so
 any day can be generated on its own, in any order, by the WebSocket stream or by REST.
 """
@@ -52,7 +55,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from its_common.simmarket import sessions
+from its_common.simmarket import pattern, sessions
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import F64, I64, DayData, QuoteColumns, TradeColumns
 
@@ -293,6 +296,10 @@ class MarketGenerator:
             for second, jump in zip(at.tolist(), size.tolist(), strict=True):
                 cols = slice(None) if own is None else slice(own, own + 1)
                 steps[second, cols] += jump * minute_sd[cols] * vol[second, cols]
+        if self.config.demo_pattern:  # the demo market's planted, documented pattern
+            open_second = (session.open_ms - session.pre_open_ms) // 1000
+            regular_seconds = (session.close_ms - session.open_ms) // 1000
+            steps += pattern.drift(self.symbols, n, open_second, regular_seconds)
         path = np.vstack([np.zeros((1, k)), np.cumsum(steps, axis=0)])
         with self._lock:
             self._path_cache[day] = (path, vol)

@@ -199,9 +199,13 @@ function renderPortfolio(data, body) {
   return undefined;
 }
 
-// A decision of a demo model (bundle.json "demo": true): trained on simulator data, not for trading.
-function demoBadge() {
-  return el("span", { class: "badge demo", title: "trained on simulator data, not for real trading" }, "demo model");
+// A decision of a demo model (bundle.json "demo": true): trained on simulator data, not for trading;
+// `market` names the planted pattern of its training market ("demo market with a planted pattern").
+function demoTitle(market) {
+  return `trained on simulator data${market ? " (" + market + ")" : ""}, not for real trading`;
+}
+function demoBadge(market) {
+  return el("span", { class: "badge demo", title: demoTitle(market) }, "demo model");
 }
 
 function ageClass(age) { return age < 15 ? "good" : age < 30 ? "warn" : "bad"; }
@@ -295,13 +299,16 @@ function render(s) {
   const latest = s.decisions && s.decisions.status === "ok" ? s.decisions.data[0] : null;
   const modelBadge = document.getElementById("model-badge");
   modelBadge.hidden = !(latest && latest.demo);
-  if (latest) modelBadge.title = `decisions come from the demo model ${latest.model_version}: trained on simulator data, not for real trading`;
+  if (latest) {
+    modelBadge.textContent = latest.demo_market ? `demo model · ${latest.demo_market}` : "demo model";
+    modelBadge.title = `decisions come from the demo model ${latest.model_version}: ${demoTitle(latest.demo_market)}`;
+  }
   panel("decisions", s.decisions, (rows) => el("div", {},
     el("p", { class: "model" }, "model ", el("strong", {}, rows[0].model_version), " ",
-      rows[0].demo ? demoBadge() : null),
+      rows[0].demo ? demoBadge(rows[0].demo_market) : null),
     table(rows, [["ts", "bar", time], ["action", "action"],
       ["confidence", "confidence", (v) => fmt(v, 3)], ["risk_outcome", "risk"],
-      ["model_version", "model", (v, row) => row.demo ? el("span", {}, v, " ", demoBadge()) : fmt(v)]])));
+      ["model_version", "model", (v, row) => row.demo ? el("span", {}, v, " ", demoBadge(row.demo_market)) : fmt(v)]])));
   panel("orders", s.orders, (rows) => table(rows, [["market_ts", "market time",
     (v, row) => el("span", { title: "placed at " + time(row.created_at) + " wall clock" }, time(v))], ["symbol", "symbol"],
     ["side", "side", orderSide], ["quantity", "qty", (v) => fmt(v, 0)], ["status", "status", orderStatus],
