@@ -335,3 +335,5 @@ def test_a_frozen_router_dropped_as_a_slow_reader_reconnects(
         resumed = feed_clock(r)
         wait_until(lambda: feed_clock(r) > resumed + 60_000, 30, "the feed a minute on")
         assert rt.process.poll() is None
+        # Published as its own state: the alerter's feed_overflow rule reads it.
+        assert "slow_consumer" in feed_states(r)

@@ -20,6 +20,8 @@ from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher, decode_status
 from its_router.writer import StreamWriter
 
+HOUR_MS = 3_600_000
+
 
 def frame(start: int, count: int = 10, symbol: str = "NVDA") -> Frame:
     trades = [
@@ -125,18 +127,48 @@ async def test_a_restart_gap_is_published_only_when_the_first_event_is_newer(red
         hold_max_events=1_000,
         publish_gap=publisher.publish_gap,
     )
-    stored_clock = 1_764_081_000_050
+    stored_clock = 1_764_081_000_050 + HOUR_MS
     writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
-    writer.hold_frames([frame(0)])  # events at ...000 to ...009: not newer than the clock
+    writer.hold_frames([frame(0)])  # events an hour behind the clock: the replay restarted
     assert await writer.flush()
     assert await redis_client.xlen(Stream.GAPS) == 0
+    assert writer.open_gaps == []
 
+    stored_clock = 1_764_081_000_050
     writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
     writer.hold_frames([frame(100)])  # events at ...100 to ...109: after the clock
     assert await writer.flush()
     gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
     assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
         (stored_clock, 1_764_081_000_109, "restart")
+    ]
+
+
+async def test_a_late_report_first_after_a_reconnect_does_not_close_its_gap_empty(
+    redis_client: Any,
+):
+    """The first frame after a reconnect may hold nothing but a trade reported late (sent now,
+    stamped up to 15 minutes earlier) or a corrected bar. The chaos soak lost such a trade: it
+    closed the reconnect's window as empty, so the window (and the trades sent while the feed
+    was down) was never backfilled. The window must wait for the first current event."""
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    writer.hold_frames([frame(0)])  # events at ...000 to ...009: the newest before the drop
+    late = Trade("NVDA", 4, "late", 3, 100.0, 10, 1_764_081_000_000 - 5 * 60_000, 7, (12,))
+    writer.hold_frames([Frame(streams.now_ms(), encode_frame([late]), "ws", "reconnect")])
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0  # not known yet how far the feed is
+    writer.hold_frames([frame(60_000)])  # the first current events, a minute on
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (1_764_081_000_009, 1_764_081_060_009, "reconnect")
     ]
 
 

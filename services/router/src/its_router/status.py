@@ -10,27 +10,13 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from its_common.feed_status import FEED_STATE_KEY, FeedStatus, decode_status
 from its_common.gaps import GapWindow, encode_gap
 from its_common.streams import DEFAULT_TRIM, Stream, now_ms
 
 log = logging.getLogger("its.router.status")
-FEED_STATE_KEY: Final = "its:feed:state"
-
-
-class FeedStatus(msgspec.Struct, frozen=True):
-    """One entry of ``its:stream:feed-status`` (field ``data``; ``v=1``, ``type=feed_status``)."""
-
-    state: str  # connected | subscribed | disconnected | stale | auth_failed | max_connections
-    detail: str
-    ts_ms: int
-    source: str = "router"
-
-
+__all__ = ["FEED_STATE_KEY", "FeedStatus", "StatusPublisher", "decode_status"]
 _encoder: Final = msgspec.json.Encoder()
-
-
-def decode_status(fields: dict[bytes, bytes]) -> FeedStatus:
-    return msgspec.json.decode(fields[b"data"], type=FeedStatus)
 
 
 @dataclass

@@ -41,6 +41,9 @@ log = logging.getLogger("its.router.writer")
 tracer = trace.get_tracer("its.router")
 MAX_DEAD_LETTER_BYTES = 64 * 1024
 MAX_SPAN_SYMBOLS = 50
+# How much older than the feed's clock an event sent now can be: trades are reported up to
+# 15 minutes late (and the corrected bars re-sent with them), plus a margin.
+LATE_REPORT_HORIZON_MS = 20 * 60_000
 
 
 class StreamWriter:
@@ -56,6 +59,7 @@ class StreamWriter:
         publish_gap: Callable[[GapWindow], Any] | None = None,
         backoff: Backoff | None = None,
         on_written: Callable[[int], None] | None = None,
+        late_report_horizon_ms: int = LATE_REPORT_HORIZON_MS,
     ) -> None:
         self.redis = redis
         self.metrics = metrics
@@ -66,6 +70,7 @@ class StreamWriter:
         self.publish_gap = publish_gap
         self.backoff = backoff or Backoff(0.2, 5.0)
         self.on_written = on_written  # bytes of stream entries written (the trimmer's nudge)
+        self.late_report_horizon_ms = late_report_horizon_ms
         self.held: deque[Batch] = deque()
         self.held_events = 0
         self.pending_gaps: list[GapWindow] = []
@@ -182,19 +187,28 @@ class StreamWriter:
         self.open_gaps.append(OpenGap(symbols, reason, start - pad_ms, pad_ms))
 
     def _close_open_gaps(self, reach_ms: int) -> None:
-        """Close the open gaps at how far the first batch after them reaches (its newest event,
+        """Close the open gaps at how far the first batch past them reaches (its newest event,
         a bar's end: late reports and bars carry older times than the moment they are sent, so
-        the oldest time would cut the window short). A batch not reaching past the gap's start
-        (a restart behind the stored feed clock, a feed replaying older events) means nothing
-        was missed in between: no empty window is published (the alerter would report it as a
-        0 s data gap)."""
+        the oldest time would cut the window short).
+
+        A batch not reaching past a gap's start leaves it open when it is within the late-report
+        horizon: it may hold nothing but a trade reported late or a corrected bar (older times,
+        sent now), and the feed's clock is only learned from the next current event (the chaos
+        soak lost a late-reported trade sent during a feed drop: the first frame after the
+        reconnect was that late trade alone and closed the reconnect's window empty). A batch
+        further behind means the feed itself is behind (a restart behind the stored feed clock,
+        a replay started again): nothing was missed in between and no empty window is published
+        (the alerter would report it as a 0 s data gap)."""
+        still_open: list[OpenGap] = []
         for gap in self.open_gaps:
             end = reach_ms + gap.pad_ms
-            if end <= gap.start_ms:
+            if end > gap.start_ms:
+                self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
+            elif end > gap.start_ms - self.late_report_horizon_ms:
+                still_open.append(gap)  # a late report: wait for a current event
+            else:
                 log.info("gap (%s) closed empty: the feed did not reach past it", gap.reason)
-                continue
-            self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
-        self.open_gaps.clear()
+        self.open_gaps = still_open
 
     @property
     def feed_clock_ms(self) -> int | None:
