@@ -231,14 +231,19 @@ async def test_a_feed_state_not_published_while_redis_was_down_is_published_agai
     try:
         await publisher.publish("max_connections", "another client")
         await asyncio.to_thread(server.stop)
-        await publisher.publish("subscribed", "NVDA")  # lost: Redis is down
+        # Not written while Redis is down; every one is kept, in order, with its own time (a
+        # slow_consumer close between two others is what the feed_overflow alert looks for).
+        await publisher.publish("slow_consumer", "received 1011")
+        await publisher.publish("subscribed", "NVDA")
+        restarted_ms = streams.now_ms()
         await asyncio.to_thread(server.start)
         await publisher.retry()
         assert (await client.hget("its:feed:state", "state")) == b"subscribed"
         await publisher.retry()  # nothing pending: no second entry
         entries: Any = await client.xrange(Stream.FEED_STATUS)
-        states = [decode_status(fields).state for _, fields in entries]
-        assert states == ["max_connections", "subscribed"]
+        statuses = [decode_status(fields) for _, fields in entries]
+        assert [s.state for s in statuses] == ["max_connections", "slow_consumer", "subscribed"]
+        assert statuses[1].ts_ms <= statuses[2].ts_ms <= restarted_ms
     finally:
         await client.aclose()
         server.stop()

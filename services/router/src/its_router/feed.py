@@ -267,15 +267,14 @@ class FeedClient:
         stale_ms = int(self.settings.stale_after_s * 1000)
         started = now_ms()
         tick_s = min(1.0, self.settings.stale_after_s / 4)
-        ticked = time.monotonic()
         while True:
+            ticked = time.monotonic()
             await asyncio.sleep(tick_s)
             if time.monotonic() - ticked > tick_s + self.settings.stale_after_s / 2:
                 # This process did not run for a while (frozen, starved): the silence is its
                 # own, not the feed's. Judge the feed from now on, after the read loop has seen
                 # what arrived meanwhile (a close for falling behind is reported as such).
                 started = now_ms()
-            ticked = time.monotonic()
             if self._overflow_start is not None and self.queue.qsize() < self.queue.maxsize // 2:
                 self._close_overflow()
             last = self.last_message_ms or started
