@@ -107,6 +107,11 @@ class ChaosStack:
                 "ITS_ALERTER_FEED_ALWAYS": "true",
                 "ITS_ALERTER_FEED_STALE_AFTER_S": "3",
                 "ITS_ALERTER_COOLDOWN_S": "0",
+                "ITS_ALERTER_REDIS_TIMEOUT_S": "1",
+                "ITS_ALERTER_DATABASE_TIMEOUT_S": "1",
+                # the windowed rules resolve this long after the last event
+                "ITS_ALERTER_DEAD_LETTER_WINDOW_S": "3",
+                "ITS_ALERTER_FEED_OVERFLOW_WINDOW_S": "3",
             },
             "router": {
                 **common,
@@ -170,15 +175,19 @@ class ChaosStack:
         assert self.redis.process is not None
         os.kill(self.redis.process.pid, sig)
 
-    def redis_kill_and_restart(self) -> None:
+    def redis_kill(self) -> None:
         assert self.redis.process is not None
         self.redis.process.kill()
         self.redis.process.wait(10)
+
+    def redis_start(self) -> None:
         self.redis.start()  # the same port and data directory (AOF)
         self._remember(self.redis.process)
 
-    def postgres_restart(self) -> None:
+    def postgres_stop(self) -> None:
         self.postgres.stop()
+
+    def postgres_start(self) -> None:
         self.postgres.start()
         self._remember(self.postgres.process)
 
