@@ -1,16 +1,23 @@
-"""The chaos suite's order check against a database with planted faults: it must catch what
-the demo model's run cannot show while it places no orders (a decision ordered twice, an
-over-fill, a fill recorded twice or never made by the broker, a lost execution)."""
+"""The chaos suite's checks against planted faults: the order check must catch what the demo
+model's run cannot show while it places no orders (a decision ordered twice, an over-fill, a
+fill recorded twice or never made by the broker, a lost execution); the memory bound and
+"nothing left running" must see a real process, child and port."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import psycopg
 
 from its_common.db.migrate import apply_migrations
-from tests.chaos.checks import check_orders
+from tests.chaos.checks import check_memory, check_nothing_left, check_orders, descendants
+from tests.chaos.memory import MemorySampler
+from tests.router.harness import wait_until
 
 DECISION = datetime(2025, 11, 4, 15, 0, tzinfo=UTC)
 
@@ -103,3 +110,45 @@ def test_every_planted_fault_is_reported(database_url: str) -> None:
     assert "order over: filled 200.0 of 100.0" in text
     assert "order dup: fill d1-again the broker never made" in text
     assert "order lost: execution l1 never recorded as a fill" in text
+
+
+def test_a_process_or_port_left_behind_is_reported() -> None:
+    """The "nothing left running" check sees a started pid, a new child and a bound port."""
+    before = set(descendants())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stack = SimpleNamespace(pids={child.pid}, ports={port})
+    try:
+        check = check_nothing_left(cast(Any, stack), before)
+        text = " | ".join(check.notes)
+        assert f"pid {child.pid} still running" in text
+        assert f"child pid {child.pid} still running" in text
+        assert f"port {port} still in use" in text
+    finally:
+        child.kill()
+        child.wait()
+        listener.close()
+    assert check_nothing_left(cast(Any, stack), before).ok
+
+
+def test_memory_over_its_bound_is_reported() -> None:
+    """The sampler reads the resident memory of the real service process (peak across samples)."""
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; b = bytearray(160 << 20); print(1, flush=True)"
+         "; time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert hog.stdout is not None and hog.stdout.readline().strip() == b"1"
+        sampler = MemorySampler(cast(Any, SimpleNamespace(services={"hog": SimpleNamespace(
+            process=hog)})), interval_s=0.05).start()  # fmt: skip
+        wait_until(lambda: sampler.peaks.get("hog", 0) > 150 << 20, 20, "a sample of the hog")
+        peaks = sampler.stop()
+    finally:
+        hog.kill()
+        hog.wait()
+    assert not check_memory(peaks, {"default": 100}).ok
+    assert check_memory(peaks, {"default": 400}).ok
