@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from its_common import calendar
 from tests.chaos.faults import ALERT_TIMEOUT_S, FaultResult, _poll, alert_in
-from tests.chaos.stack import SYMBOLS, ChaosStack
+from tests.chaos.stack import SYMBOLS, ChaosStack, start_time
 from tests.router.harness import SIM_KEY, http
 
 MINUTE_MS = 60_000
@@ -296,9 +296,9 @@ def check_nothing_left(stack: ChaosStack, children_before: set[int]) -> Check:
     """After stop: no process the run started is alive, no new descendant of the runner (a
     pytest session's own servers were there before), every port free."""
     check = Check("nothing left running")
-    for pid in sorted(stack.pids):
+    for pid, started in sorted(stack.pids.items()):
         check.compared += 1
-        if _alive(pid):
+        if _alive(pid) and start_time(pid) == started:  # not a pid reused by another process
             check.differ(f"pid {pid} still running")
     for pid in descendants():
         if pid not in children_before:

@@ -302,19 +302,37 @@ class FaultRunner:
         self._recover(result, "stored", before, restarted)
 
     def _postgres_restart(self, result: FaultResult, _: PlannedFault) -> None:
-        """Stopped for the hold time, then started. The alert is recorded in PostgreSQL, so it
-        is looked for once the database is back (the alerter keeps the rows it could not write
-        and writes them with their own time)."""
+        """Stopped for the hold time (and until the alerter sees it: its firing gauge, as the
+        alert cannot be recorded yet), then started. The alert row is looked for once the
+        database is back: the alerter keeps the rows it could not write and writes them then,
+        with their own time."""
         before = probe(self.stack, "stored")()
         result.started = datetime.now(UTC)
+        alert = EXPECTED_ALERTS["postgres_restart"]
         self.stack.postgres_stop()
         try:
             time.sleep(result.hold_s)  # the fault lasts this long; nothing is awaited
+            _poll(lambda: self._alerter_firing(alert.rule), ALERT_TIMEOUT_S)
         finally:
             restarted = time.monotonic()
             self.stack.postgres_start()
-        self._expect_alert(result, EXPECTED_ALERTS["postgres_restart"])
         self._recover(result, "stored", before, restarted)
+        self._expect_alert(result, alert)
+
+    def _alerter_firing(self, rule: str) -> bool:
+        """Whether the alerter reports ``rule`` firing now (its_alerter_firing{rule})."""
+        handle = self.stack.services.get("alerter")
+        if handle is None:
+            return False
+        try:
+            status, text = http("GET", f"http://127.0.0.1:{handle.port}/metrics")
+        except OSError:
+            return False
+        wanted = f'its_alerter_firing{{rule="{rule}"}} '
+        return status == 200 and any(
+            line.startswith(wanted) and float(line.split()[-1]) > 0
+            for line in str(text).splitlines()
+        )
 
     # -- the feed ---------------------------------------------------------------------------
 

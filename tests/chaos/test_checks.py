@@ -17,6 +17,7 @@ import psycopg
 from its_common.db.migrate import apply_migrations
 from tests.chaos.checks import check_memory, check_nothing_left, check_orders, descendants
 from tests.chaos.memory import MemorySampler
+from tests.chaos.stack import start_time
 from tests.router.harness import wait_until
 
 DECISION = datetime(2025, 11, 4, 15, 0, tzinfo=UTC)
@@ -120,13 +121,14 @@ def test_a_process_or_port_left_behind_is_reported() -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    stack = SimpleNamespace(pids={child.pid}, ports={port})
+    stack = SimpleNamespace(pids={child.pid: start_time(child.pid), 1: -2}, ports={port})
     try:
         check = check_nothing_left(cast(Any, stack), before)
         text = " | ".join(check.notes)
         assert f"pid {child.pid} still running" in text
         assert f"child pid {child.pid} still running" in text
         assert f"port {port} still in use" in text
+        assert "pid 1 " not in text  # pid 1 started at another time: not the process started
     finally:
         child.kill()
         child.wait()

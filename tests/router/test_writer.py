@@ -247,3 +247,35 @@ async def test_a_feed_state_not_published_while_redis_was_down_is_published_agai
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_a_gap_ends_where_the_events_of_its_settle_time_reach(redis_client: Any):
+    """A late report newer than the gap's start, alone in the first frame after a reconnect,
+    must not end the window at its own (older) time: the current events that follow within
+    the settle time decide where the window ends (a longer outage lost the trades between the
+    late report's time and the feed's clock otherwise)."""
+    now = [100.0]
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+        gap_settle_s=1.0,
+        monotonic=lambda: now[0],
+    )
+    writer.hold_frames([frame(0)])  # the newest event before the drop: ...009
+    late = Trade("NVDA", 4, "late", 3, 100.0, 10, 1_764_081_030_000, 7, (12,))
+    writer.hold_frames([Frame(streams.now_ms(), encode_frame([late]), "ws", "reconnect")])
+    now[0] += 0.5
+    writer.hold_frames([frame(300_000)])  # the current events, five minutes on
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0  # still settling
+    now[0] += 0.6
+    writer.settle_open_gaps()
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (1_764_081_000_009, 1_764_081_300_009, "reconnect")
+    ]

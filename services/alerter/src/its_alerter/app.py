@@ -104,8 +104,8 @@ class Alerter:
             for name, count in self.failures.items()
             if count >= self.settings.rule_failures_alert
         ]
-        await self.engine.record_pending()
         await self.engine.evaluate(results, now_ms())
+        await self.engine.record_pending()
         self.metrics.evaluations.inc()
         self.ctx.counters["firing"] = float(len(self.engine.active))
 

@@ -32,7 +32,7 @@ from its_common.redaction import redact
 
 log = logging.getLogger("its.alerter.engine")
 UNRECORDED_MAX = 10_000
-RECORD_TIMEOUT_S = 5.0  # a database that does not answer must not hold the rounds up
+RECORD_TIMEOUT_S = 1.0  # a database that does not answer must not hold the rounds up
 
 
 @dataclass
@@ -232,7 +232,10 @@ class AlertEngine:
     async def _record(self, notification: Notification, delivered: list[str]) -> None:
         """Queue the row, then write every queued row in order. A row PostgreSQL did not take
         (restarting, unreachable) stays queued (bounded) and is written with its own time by a
-        later round: an alert that fired and resolved during a database outage is kept."""
+        later round: an alert that fired and resolved during a database outage is kept. While
+        rows wait, a new one only joins them: the round is not held up (the chaos soak saw a
+        round blocked on writes for a whole PostgreSQL outage, so database_unreachable never
+        fired)."""
         if self.pool is None:
             return
         if len(self.unrecorded) == self.unrecorded.maxlen:
@@ -243,8 +246,10 @@ class AlertEngine:
                 dropped.fingerprint,
                 dropped.state,
             )
+        known_down = bool(self.unrecorded)
         self.unrecorded.append((notification, delivered))
-        await self.record_pending()
+        if not known_down:  # while rows wait, the round goes on: the next round writes them
+            await self.record_pending()
 
     async def record_pending(self) -> int:
         """Write the queued alert rows (oldest first); returns how many are still queued."""

@@ -17,7 +17,7 @@ from its_router.feed import FeedClient
 from its_router.metrics import RouterMetrics
 from its_router.rest import RestPoller
 from its_router.status import StatusPublisher
-from its_router.writer import StreamWriter
+from its_router.writer import GAP_SETTLE_S, StreamWriter
 
 log = logging.getLogger("its.router")
 MODE_KEY = "its:router:mode"
@@ -53,6 +53,7 @@ async def main(
         symbols=lambda: list(source.symbols),
         publish_gap=status.publish_gap,
         on_written=trimmer.note_written,
+        gap_settle_s=GAP_SETTLE_S,
     )
     if settings.use_polygon_ws:
         source = FeedClient(
