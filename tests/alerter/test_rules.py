@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
@@ -14,18 +17,25 @@ from its_alerter.config import AlerterSettings
 from its_alerter.rules import (
     DatabaseNotReadyError,
     RuleContext,
+    database_rule,
+    dead_letters_rule,
+    feed_overflow_rule,
     feed_rule,
     heartbeat_rule,
     loader_lag_rule,
     model_age_rule,
     price_divergence_rule,
     redis_memory_rule,
+    redis_rule,
     trading_halted_rule,
 )
+from its_common import streams
 from its_common.db.connect import async_pool
+from its_common.feed_status import SLOW_CONSUMER, FeedStatus
 from its_common.heartbeat import beat
+from its_common.localstack.servers import RedisServer, free_port
 from its_common.settings import SettingsError, load_settings
-from its_common.streams import latest_trade_key, now_ms
+from its_common.streams import Stream, latest_trade_key, now_ms
 
 
 def settings(redis_url: str, db_url: str = "postgresql://x@127.0.0.1/x", **kw: Any):
@@ -168,3 +178,79 @@ def test_settings_validation():
         load_settings(AlerterSettings, rules="feed,nonsense", smtp_to="not-an-address")
     text = str(err.value)
     assert "ITS_ALERTER_RULES" in text and "nonsense" in text and "ITS_ALERTER_SMTP_TO" in text
+
+
+async def test_redis_rule_fires_while_redis_does_not_answer(tmp_path):
+    """Frozen (SIGSTOP) or killed: ``redis_unreachable``; answered again: resolved."""
+    server = RedisServer(tmp_path / "redis").start()
+    assert server.process is not None
+    client = streams.connect(server.url, health_check_interval=0, socket_timeout=1)
+    s = settings(server.url, redis_timeout_s=0.5)
+    try:
+        assert await redis_rule(RuleContext(s, client, None, datetime.now(UTC))) == []
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            [frozen] = await redis_rule(RuleContext(s, client, None, datetime.now(UTC)))
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert frozen.fingerprint == "redis_unreachable" and frozen.severity == "critical"
+        assert "no answer" in frozen.message
+        assert await redis_rule(RuleContext(s, client, None, datetime.now(UTC))) == []
+        server.stop()
+        [down] = await redis_rule(RuleContext(s, client, None, datetime.now(UTC)))
+        assert down.rule == "redis_unreachable" and "Error" in down.labels["error"]
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_database_rule_fires_while_postgresql_does_not_answer(redis_client, db_url):
+    s = settings("redis://127.0.0.1:1/0", db_url, database_timeout_s=1)
+    now = datetime.now(UTC)
+    async with async_pool(s) as pool:
+        assert await database_rule(RuleContext(s, redis_client, pool, now)) == []
+    with pytest.raises(DatabaseNotReadyError):  # no pool yet: the schema gate decides
+        await database_rule(RuleContext(s, redis_client, None, now))
+    nobody = f"postgresql://its@127.0.0.1:{free_port()}/its"
+    down = settings("redis://127.0.0.1:1/0", nobody, database_timeout_s=1)
+    pool = async_pool(down, min_size=0, max_size=1)
+    await pool.open(wait=False)
+    try:
+        [cond] = await database_rule(RuleContext(down, redis_client, pool, now))
+    finally:
+        await pool.close()
+    assert cond.fingerprint == "database_unreachable" and cond.severity == "critical"
+
+
+async def test_dead_letters_rule_counts_the_window(redis_server, redis_client):
+    s = settings(redis_server.url, dead_letter_window_s=60)
+    now = datetime.now(UTC)
+    ctx = RuleContext(s, redis_client, None, now)
+    old = now_ms() - 120_000
+    entry = {"v": "1", "source": "router", "reason": "invalid_json", "detail": "x", "raw": "["}
+    await redis_client.xadd(Stream.DEAD_LETTER, entry, id=f"{old}-0")
+    assert await dead_letters_rule(ctx) == []  # older than the window: resolved
+    await redis_client.xadd(Stream.DEAD_LETTER, entry)
+    await redis_client.xadd(Stream.DEAD_LETTER, {**entry, "source": "loader", "reason": "poison"})
+    [cond] = await dead_letters_rule(RuleContext(s, redis_client, None, datetime.now(UTC)))
+    assert cond.fingerprint == "dead_letters" and cond.labels["count"] == 2
+    assert cond.labels["reasons"] == {"router:invalid_json": 1, "loader:poison": 1}
+
+
+async def test_feed_overflow_rule_reads_slow_consumer_closes(redis_server, redis_client):
+    s = settings(redis_server.url, feed_overflow_window_s=60)
+
+    def status(state: str) -> dict[bytes, bytes]:
+        data = msgspec.json.encode(FeedStatus(state=state, detail="1011", ts_ms=now_ms()))
+        return {b"v": b"1", b"type": b"feed_status", b"data": data}
+
+    old = now_ms() - 120_000
+    await redis_client.xadd(Stream.FEED_STATUS, status(SLOW_CONSUMER), id=f"{old}-0")
+    await redis_client.xadd(Stream.FEED_STATUS, status("disconnected"))
+    await redis_client.xadd(Stream.FEED_STATUS, status("subscribed"))
+    ctx = RuleContext(s, redis_client, None, datetime.now(UTC))
+    # a plain disconnect is feed_disconnected's; the slow-consumer close is older than the window
+    assert await feed_overflow_rule(ctx) == []
+    await redis_client.xadd(Stream.FEED_STATUS, status(SLOW_CONSUMER))
+    [cond] = await feed_overflow_rule(RuleContext(s, redis_client, None, datetime.now(UTC)))
+    assert cond.fingerprint == "feed_overflow" and cond.labels["count"] == 1

@@ -186,7 +186,7 @@ async def test_cooldown_flapping_repeat_and_restart(redis_server, db_url):
     async with async_pool(settings) as pool:
         first = engine()
         await first.restore(pool)
-        t = 1_000_000_000
+        t = now_ms() - 1_000_000  # rows are recorded at these times; a restart reads them
         await first.evaluate({"redis_memory": [cond]}, t)
         await first.evaluate({"redis_memory": [cond]}, t + 10_000)
         await first.evaluate({"redis_memory": []}, t + 20_000)  # resolved
@@ -244,3 +244,32 @@ async def test_notifier_failures_are_reported_without_secrets(slack, smtp, caplo
     await LogNotifier().send(notification)
     assert "alert firing redis_memory" in caplog.text
     assert json.dumps(notification.labels) == '{"a": 1}'
+
+
+async def test_alerts_that_could_not_be_recorded_are_recorded_later_with_their_time(db_url):
+    """An alert that fires and resolves while PostgreSQL does not take the rows (restarting:
+    here the table is away) is recorded once it does, in order, at the time it happened."""
+    settings = load_settings(AlerterSettings, database_url=db_url)
+    recorder = Recorder()
+    engine = AlertEngine(
+        [recorder], AlerterMetrics(CollectorRegistry()), environment="t", cooldown_s=0, repeat_s=0
+    )
+    cond = Condition("database_unreachable", "critical", "PostgreSQL does not answer")
+    async with async_pool(settings) as pool:
+        await engine.restore(pool)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE alerts RENAME TO alerts_away")
+        t = now_ms() - 60_000
+        await engine.evaluate({"database": [cond]}, t)
+        await engine.evaluate({"database": []}, t + 5_000)
+        assert [n.state for n in recorder.sent] == ["firing", "resolved"]  # notified at once
+        assert await engine.record_pending() == 2
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE alerts_away RENAME TO alerts")
+        assert await engine.record_pending() == 0
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT state, (extract(epoch FROM ts) * 1000)::bigint FROM alerts"
+            " WHERE fingerprint = 'database_unreachable' ORDER BY id"
+        ).fetchall()
+    assert rows == [("firing", t), ("resolved", t + 5_000)]

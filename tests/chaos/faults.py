@@ -95,6 +95,16 @@ EXPECTED_ALERTS: dict[str, ExpectedAlert] = {
     "feed_drop": ExpectedAlert("feed_disconnected"),
     "feed_stall": ExpectedAlert("feed_stale"),
     "max_connections": ExpectedAlert("feed_disconnected"),
+    "redis_pause": ExpectedAlert("redis_unreachable"),
+    "redis_kill": ExpectedAlert("redis_unreachable"),
+    "postgres_restart": ExpectedAlert("database_unreachable"),
+    "malformed": ExpectedAlert("dead_letters"),
+    "slow_reader": ExpectedAlert("feed_overflow"),
+}
+# Faults that raise no alert, and why (shown in the table instead of the alert).
+NO_ALERT: dict[str, str] = {
+    "duplicates": "none: stored once by key",
+    "kill_alerter": "none: watched by its platform",
 }
 
 
@@ -272,23 +282,57 @@ class FaultRunner:
         self.stack.redis_signal(signal.SIGSTOP)
         try:
             time.sleep(result.hold_s)  # the fault lasts this long; nothing is awaited
+            self._expect_alert(result, EXPECTED_ALERTS["redis_pause"])
         finally:
             self.stack.redis_signal(signal.SIGCONT)
         self._recover(result, "stored", before)
 
     def _redis_kill(self, result: FaultResult, _: PlannedFault) -> None:
+        """kill -9; down for the hold time (and until its alert fired), then started again on
+        its data (AOF)."""
         before = probe(self.stack, "stored")()
         result.started = datetime.now(UTC)
-        ended = time.monotonic()
-        self.stack.redis_kill_and_restart()
-        self._recover(result, "stored", before, ended)
+        self.stack.redis_kill()
+        try:
+            time.sleep(result.hold_s)  # the fault lasts this long; nothing is awaited
+            self._expect_alert(result, EXPECTED_ALERTS["redis_kill"])
+        finally:
+            restarted = time.monotonic()
+            self.stack.redis_start()
+        self._recover(result, "stored", before, restarted)
 
     def _postgres_restart(self, result: FaultResult, _: PlannedFault) -> None:
+        """Stopped for the hold time (and until the alerter sees it: its firing gauge, as the
+        alert cannot be recorded yet), then started. The alert row is looked for once the
+        database is back: the alerter keeps the rows it could not write and writes them then,
+        with their own time."""
         before = probe(self.stack, "stored")()
         result.started = datetime.now(UTC)
-        ended = time.monotonic()
-        self.stack.postgres_restart()
-        self._recover(result, "stored", before, ended)
+        alert = EXPECTED_ALERTS["postgres_restart"]
+        self.stack.postgres_stop()
+        try:
+            time.sleep(result.hold_s)  # the fault lasts this long; nothing is awaited
+            _poll(lambda: self._alerter_firing(alert.rule), ALERT_TIMEOUT_S)
+        finally:
+            restarted = time.monotonic()
+            self.stack.postgres_start()
+        self._recover(result, "stored", before, restarted)
+        self._expect_alert(result, alert)
+
+    def _alerter_firing(self, rule: str) -> bool:
+        """Whether the alerter reports ``rule`` firing now (its_alerter_firing{rule})."""
+        handle = self.stack.services.get("alerter")
+        if handle is None:
+            return False
+        try:
+            status, text = http("GET", f"http://127.0.0.1:{handle.port}/metrics")
+        except OSError:
+            return False
+        wanted = f'its_alerter_firing{{rule="{rule}"}} '
+        return status == 200 and any(
+            line.startswith(wanted) and float(line.split()[-1]) > 0
+            for line in str(text).splitlines()
+        )
 
     # -- the feed ---------------------------------------------------------------------------
 
@@ -308,6 +352,7 @@ class FaultRunner:
         self._sim_fault(result, {"stall": True}, {"stall": False})
 
     def _malformed(self, result: FaultResult, _: PlannedFault) -> None:
+        result.alert = EXPECTED_ALERTS["malformed"]
         self._sim_fault(result, {"malformed_rate": 0.05}, {"malformed_rate": 0.0})
 
     def _duplicates(self, result: FaultResult, _: PlannedFault) -> None:
@@ -339,7 +384,10 @@ class FaultRunner:
             self.stack.sim.drop(1011)
         finally:
             self.stack.signal_service("router", signal.SIGCONT)
-        self._recover(result, "feed", before)
+            resumed = time.monotonic()
+        # The router reads the close once it runs again and reports it (slow_consumer).
+        self._expect_alert(result, EXPECTED_ALERTS["slow_reader"])
+        self._recover(result, "feed", before, resumed)
 
 
 def _hhmm(ms: int) -> str:

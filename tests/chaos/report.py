@@ -6,21 +6,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tests.chaos.checks import Check
-from tests.chaos.faults import FaultResult
+from tests.chaos.faults import NO_ALERT, FaultResult
 
 
 def fault_table(results: Sequence[FaultResult]) -> str:
     lines = [
         f"{'#':>3} {'fault':<17} {'feed':<5} {'trigger':<38} {'hold s':>6} {'stage':<9} "
-        f"{'recovery s':>10} {'alert':<28} problems"
+        f"{'recovery s':>10} {'alert':<30} problems"
     ]
     for number, r in enumerate(results, 1):
         recovery = "-" if r.recovery_s is None else f"{r.recovery_s:.1f}"
-        alert = r.alert.fingerprint if r.alert else "(no rule)"
+        alert = r.alert.fingerprint if r.alert else NO_ALERT.get(r.kind, "(no rule)")
         problems = "; ".join(r.problems + [f"restarted: {c[:120]}" for c in r.crashes]) or "none"
         lines.append(
             f"{number:>3} {r.kind:<17} {r.feed_at:<5} {r.trigger[:38]:<38} {r.hold_s:>6.1f} "
-            f"{r.stage:<9} {recovery:>10} {alert:<28} {problems}"
+            f"{r.stage:<9} {recovery:>10} {alert:<30} {problems}"
         )
     return "\n".join(lines)
 

@@ -55,12 +55,13 @@ class Durations:
     redis_pause_s: float
     feed_fault_s: float  # stall, refused connections, malformed/duplicate periods
     slow_reader_s: float
+    store_down_s: float  # Redis killed, PostgreSQL stopped: down this long before the start
 
 
 DURATIONS: Final[dict[Variant, Durations]] = {
-    "short": Durations(redis_pause_s=5, feed_fault_s=4, slow_reader_s=3),
+    "short": Durations(redis_pause_s=5, feed_fault_s=4, slow_reader_s=3, store_down_s=2),
     # the 30 s Redis pause; longer feed faults
-    "soak": Durations(redis_pause_s=30, feed_fault_s=10, slow_reader_s=5),
+    "soak": Durations(redis_pause_s=30, feed_fault_s=10, slow_reader_s=5, store_down_s=5),
 }
 
 
@@ -71,6 +72,8 @@ def hold_for(kind: str, durations: Durations) -> float:
         return durations.feed_fault_s
     if kind == "slow_reader":
         return durations.slow_reader_s
+    if kind in {"redis_kill", "postgres_restart"}:
+        return durations.store_down_s
     return 0.0
 
 

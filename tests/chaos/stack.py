@@ -29,6 +29,17 @@ from tests.processes import REPO, ServiceProcess, start_service, stop_process
 from tests.router.harness import SIM_KEY, Sim, router_env, simulator
 
 SYMBOLS = ("NVDA", "MSFT")
+
+
+def start_time(pid: int) -> int:
+    """The start time of ``pid`` (clock ticks since boot; -1 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[19])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return -1
+
+
 # Every service the stack runs; the router starts last (see ChaosStack.start).
 SERVICES = ("trader", "inference", "features", "loader", "validator", "alerter", "router")
 HEARTBEAT_MAX_AGE_S = 2
@@ -47,7 +58,9 @@ class ChaosStack:
     work_dir: Path
     config: StackConfig = field(default_factory=StackConfig)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
-    pids: set[int] = field(default_factory=set)
+    # Every process started: pid -> its start time (/proc), so a pid the system gave to
+    # another process since (a long run on a busy machine wraps pids) is not taken for it.
+    pids: dict[int, int] = field(default_factory=dict)
     ports: set[int] = field(default_factory=set)
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)  # killed on purpose, not restarted yet
@@ -107,6 +120,11 @@ class ChaosStack:
                 "ITS_ALERTER_FEED_ALWAYS": "true",
                 "ITS_ALERTER_FEED_STALE_AFTER_S": "3",
                 "ITS_ALERTER_COOLDOWN_S": "0",
+                "ITS_ALERTER_REDIS_TIMEOUT_S": "1",
+                "ITS_ALERTER_DATABASE_TIMEOUT_S": "1",
+                # the windowed rules resolve this long after the last event
+                "ITS_ALERTER_DEAD_LETTER_WINDOW_S": "3",
+                "ITS_ALERTER_FEED_OVERFLOW_WINDOW_S": "3",
             },
             "router": {
                 **common,
@@ -151,7 +169,7 @@ class ChaosStack:
 
     def _remember(self, process: subprocess.Popen[Any] | None, *ports: int) -> None:
         if process is not None:
-            self.pids.add(process.pid)
+            self.pids[process.pid] = start_time(process.pid)
         self.ports.update(ports)
 
     # -- faults on processes ----------------------------------------------------------------
@@ -170,15 +188,19 @@ class ChaosStack:
         assert self.redis.process is not None
         os.kill(self.redis.process.pid, sig)
 
-    def redis_kill_and_restart(self) -> None:
+    def redis_kill(self) -> None:
         assert self.redis.process is not None
         self.redis.process.kill()
         self.redis.process.wait(10)
+
+    def redis_start(self) -> None:
         self.redis.start()  # the same port and data directory (AOF)
         self._remember(self.redis.process)
 
-    def postgres_restart(self) -> None:
+    def postgres_stop(self) -> None:
         self.postgres.stop()
+
+    def postgres_start(self) -> None:
         self.postgres.start()
         self._remember(self.postgres.process)
 

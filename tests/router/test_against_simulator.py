@@ -241,7 +241,10 @@ def test_rest_fallback_end_to_end_with_the_switch_recorded(tmp_path: Path, redis
             assert all(isinstance(b, MinuteAgg) and b.end - b.start == 60_000 for b in bars)
             starts = [(b.symbol, b.start) for b in bars]
             assert len(starts) == len(set(starts))  # each completed minute polled once
-            assert any(g.reason == "fallback_switch" for g in gaps(r))
+            # published once the events of its settle time (a second) are in
+            wait_until(
+                lambda: any(g.reason == "fallback_switch" for g in gaps(r)), 20, "switch gap"
+            )
             assert rt.metric("router_rest_requests_total", outcome="ok") > 0
             wait_until(lambda: rt.readyz()[0] == 200, 10, "ready in REST mode")
 
@@ -335,6 +338,8 @@ def test_a_frozen_router_dropped_as_a_slow_reader_reconnects(
         resumed = feed_clock(r)
         wait_until(lambda: feed_clock(r) > resumed + 60_000, 30, "the feed a minute on")
         assert rt.process.poll() is None
+        # Published as its own state: the alerter's feed_overflow rule reads it.
+        assert "slow_consumer" in feed_states(r)
 
 
 def test_subscribe_all_stores_trades_and_bars_of_unlisted_symbols(

@@ -20,6 +20,8 @@ from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher, decode_status
 from its_router.writer import StreamWriter
 
+HOUR_MS = 3_600_000
+
 
 def frame(start: int, count: int = 10, symbol: str = "NVDA") -> Frame:
     trades = [
@@ -125,18 +127,48 @@ async def test_a_restart_gap_is_published_only_when_the_first_event_is_newer(red
         hold_max_events=1_000,
         publish_gap=publisher.publish_gap,
     )
-    stored_clock = 1_764_081_000_050
+    stored_clock = 1_764_081_000_050 + HOUR_MS
     writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
-    writer.hold_frames([frame(0)])  # events at ...000 to ...009: not newer than the clock
+    writer.hold_frames([frame(0)])  # events an hour behind the clock: the replay restarted
     assert await writer.flush()
     assert await redis_client.xlen(Stream.GAPS) == 0
+    assert writer.open_gaps == []
 
+    stored_clock = 1_764_081_000_050
     writer.open_gap(("NVDA",), "restart", since_ms=stored_clock)
     writer.hold_frames([frame(100)])  # events at ...100 to ...109: after the clock
     assert await writer.flush()
     gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
     assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
         (stored_clock, 1_764_081_000_109, "restart")
+    ]
+
+
+async def test_a_late_report_first_after_a_reconnect_does_not_close_its_gap_empty(
+    redis_client: Any,
+):
+    """The first frame after a reconnect may hold nothing but a trade reported late (sent now,
+    stamped up to 15 minutes earlier) or a corrected bar. The chaos soak lost such a trade: it
+    closed the reconnect's window as empty, so the window (and the trades sent while the feed
+    was down) was never backfilled. The window must wait for the first current event."""
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    writer.hold_frames([frame(0)])  # events at ...000 to ...009: the newest before the drop
+    late = Trade("NVDA", 4, "late", 3, 100.0, 10, 1_764_081_000_000 - 5 * 60_000, 7, (12,))
+    writer.hold_frames([Frame(streams.now_ms(), encode_frame([late]), "ws", "reconnect")])
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0  # not known yet how far the feed is
+    writer.hold_frames([frame(60_000)])  # the first current events, a minute on
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (1_764_081_000_009, 1_764_081_060_009, "reconnect")
     ]
 
 
@@ -199,14 +231,19 @@ async def test_a_feed_state_not_published_while_redis_was_down_is_published_agai
     try:
         await publisher.publish("max_connections", "another client")
         await asyncio.to_thread(server.stop)
-        await publisher.publish("subscribed", "NVDA")  # lost: Redis is down
+        # Not written while Redis is down; every one is kept, in order, with its own time (a
+        # slow_consumer close between two others is what the feed_overflow alert looks for).
+        await publisher.publish("slow_consumer", "received 1011")
+        await publisher.publish("subscribed", "NVDA")
+        restarted_ms = streams.now_ms()
         await asyncio.to_thread(server.start)
         await publisher.retry()
         assert (await client.hget("its:feed:state", "state")) == b"subscribed"
         await publisher.retry()  # nothing pending: no second entry
         entries: Any = await client.xrange(Stream.FEED_STATUS)
-        states = [decode_status(fields).state for _, fields in entries]
-        assert states == ["max_connections", "subscribed"]
+        statuses = [decode_status(fields) for _, fields in entries]
+        assert [s.state for s in statuses] == ["max_connections", "slow_consumer", "subscribed"]
+        assert statuses[1].ts_ms <= statuses[2].ts_ms <= restarted_ms
     finally:
         await client.aclose()
         server.stop()
@@ -248,3 +285,35 @@ async def test_sharded_streams_get_each_symbols_events_in_its_own_shard(redis_cl
     assert seen["MSFT"][:5] == [1, 7, 13, 19, 25]  # each symbol's events in frame order
     bars = await redis_client.xrange(layout.for_symbol(Stream.BARS_1M, "NVDA"))
     assert len(bars) == 1
+
+
+async def test_a_gap_ends_where_the_events_of_its_settle_time_reach(redis_client: Any):
+    """A late report newer than the gap's start, alone in the first frame after a reconnect,
+    must not end the window at its own (older) time: the current events that follow within
+    the settle time decide where the window ends (a longer outage lost the trades between the
+    late report's time and the feed's clock otherwise)."""
+    now = [100.0]
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+        gap_settle_s=1.0,
+        monotonic=lambda: now[0],
+    )
+    writer.hold_frames([frame(0)])  # the newest event before the drop: ...009
+    late = Trade("NVDA", 4, "late", 3, 100.0, 10, 1_764_081_030_000, 7, (12,))
+    writer.hold_frames([Frame(streams.now_ms(), encode_frame([late]), "ws", "reconnect")])
+    now[0] += 0.5
+    writer.hold_frames([frame(300_000)])  # the current events, five minutes on
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0  # still settling
+    now[0] += 0.6
+    writer.settle_open_gaps()
+    assert await writer.flush()
+    gaps = [decode_gap(fields) for _, fields in await redis_client.xrange(Stream.GAPS)]
+    assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
+        (1_764_081_000_009, 1_764_081_300_009, "reconnect")
+    ]

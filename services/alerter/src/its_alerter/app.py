@@ -24,6 +24,7 @@ from its_common.streams import now_ms
 
 log = logging.getLogger("its.alerter")
 RULE_TIMEOUT_S = 10.0
+STORE_RULES = frozenset({"redis", "database"})
 
 
 class Alerter:
@@ -74,11 +75,18 @@ class Alerter:
             return_exceptions=True,
         )
         results: dict[str, list[Condition]] = {}
+        # While Redis or PostgreSQL does not answer, the rules reading it fail: that is one
+        # problem (redis_unreachable / database_unreachable), not a rule_failing per rule.
+        store_down = any(
+            isinstance(outcome, list) and outcome and name in STORE_RULES
+            for name, outcome in zip(names, outcomes, strict=True)
+        )
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, DatabaseNotReadyError):
                 continue
             if isinstance(outcome, BaseException):
-                self.failures[name] = self.failures.get(name, 0) + 1
+                if not store_down:
+                    self.failures[name] = self.failures.get(name, 0) + 1
                 self.last_error[name] = redact(f"{type(outcome).__name__}: {outcome}")[:300]
                 self.metrics.rule_errors.labels(name).inc()
                 log.warning("rule %s failed: %s", name, self.last_error[name])
@@ -97,6 +105,7 @@ class Alerter:
             if count >= self.settings.rule_failures_alert
         ]
         await self.engine.evaluate(results, now_ms())
+        await self.engine.record_pending()
         self.metrics.evaluations.inc()
         self.ctx.counters["firing"] = float(len(self.engine.active))
 

@@ -19,6 +19,10 @@ RULE_NAMES = (
     "heartbeat",
     "model_age",
     "gaps",
+    "redis",
+    "database",
+    "dead_letters",
+    "feed_overflow",
 )
 Severity = Literal["info", "warning", "critical"]
 
@@ -67,6 +71,18 @@ class AlerterSettings(BaseServiceSettings):
     )
     # Redis
     redis_memory_bytes: int = Field(180 * 1024 * 1024, gt=0)
+    redis_timeout_s: float = Field(3.0, gt=0, description="a PING not answered this fast fires")
+    # PostgreSQL
+    database_timeout_s: float = Field(
+        5.0, gt=0, description="a SELECT 1 not answered this fast fires"
+    )
+    # input set aside and feed overflow: events within a window (resolved once it passed)
+    dead_letter_window_s: float = Field(
+        300.0, gt=0, description="dead-lettered entries this recent fire dead_letters"
+    )
+    feed_overflow_window_s: float = Field(
+        300.0, gt=0, description="slow-consumer closes this recent fire feed_overflow"
+    )
     # loader lag
     loader_group: str = Field("loader", min_length=1)
     loader_streams: Annotated[list[str], NoDecode] = Field(

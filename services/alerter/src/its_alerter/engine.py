@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from its_alerter.notifiers import Notifier, NotifyError, wants
 from its_common.redaction import redact
 
 log = logging.getLogger("its.alerter.engine")
+UNRECORDED_MAX = 10_000
+RECORD_TIMEOUT_S = 1.0  # a database that does not answer must not hold the rounds up
 
 
 @dataclass
@@ -84,6 +87,8 @@ class AlertEngine:
         self.last_sent_ms: dict[str, int] = {}
         self.pool: AsyncConnectionPool | None = None
         self.known_rules: set[str] = set()
+        # Alert rows not written yet (the database did not answer): retried every round.
+        self.unrecorded: deque[tuple[Notification, list[str]]] = deque(maxlen=UNRECORDED_MAX)
 
     async def restore(self, pool: AsyncConnectionPool) -> int:
         """Take over the firing alerts recorded by a previous run; returns how many."""
@@ -225,28 +230,44 @@ class AlertEngine:
         return delivered
 
     async def _record(self, notification: Notification, delivered: list[str]) -> None:
+        """Queue the row, then write every queued row in order. A row PostgreSQL did not take
+        (restarting, unreachable) stays queued (bounded) and is written with its own time by a
+        later round: an alert that fired and resolved during a database outage is kept. While
+        rows wait, a new one only joins them: the round is not held up (the chaos soak saw a
+        round blocked on writes for a whole PostgreSQL outage, so database_unreachable never
+        fired)."""
         if self.pool is None:
             return
-        labels = dict(notification.labels)
-        if notification.event:
-            labels["_event"] = True
+        if len(self.unrecorded) == self.unrecorded.maxlen:
+            dropped, _ = self.unrecorded[0]
+            log.error(
+                "alert rows queue full (%d): the oldest is not recorded: %s %s",
+                len(self.unrecorded),
+                dropped.fingerprint,
+                dropped.state,
+            )
+        known_down = bool(self.unrecorded)
+        self.unrecorded.append((notification, delivered))
+        if not known_down:  # while rows wait, the round goes on: the next round writes them
+            await self.record_pending()
+
+    async def record_pending(self) -> int:
+        """Write the queued alert rows (oldest first); returns how many are still queued."""
+        if self.pool is None or not self.unrecorded:
+            return len(self.unrecorded)
         try:
-            async with self.pool.connection() as conn:
-                await conn.execute(
-                    "INSERT INTO alerts (rule, fingerprint, severity, state, message, labels,"
-                    " notified) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        notification.rule,
-                        notification.fingerprint,
-                        notification.severity,
-                        notification.state,
-                        notification.message,
-                        Jsonb(json.loads(json.dumps(labels, default=str))),
-                        delivered,
-                    ),
-                )
+            async with self.pool.connection(timeout=RECORD_TIMEOUT_S) as conn:
+                while self.unrecorded:
+                    notification, delivered = self.unrecorded[0]
+                    await conn.execute(*_insert(notification, delivered))
+                    self.unrecorded.popleft()
         except Exception as exc:
-            log.error("alert not recorded: %s", redact(f"{type(exc).__name__}: {exc}"))
+            log.error(
+                "alert not recorded yet (%d queued, retried next round): %s",
+                len(self.unrecorded),
+                redact(f"{type(exc).__name__}: {exc}"),
+            )
+        return len(self.unrecorded)
 
     def _gauges(self) -> None:
         counts: dict[str, int] = {}
@@ -259,3 +280,23 @@ class AlertEngine:
     async def close(self) -> None:
         for notifier in self.notifiers:
             await notifier.close()
+
+
+def _insert(notification: Notification, delivered: list[str]) -> tuple[str, tuple[Any, ...]]:
+    labels = dict(notification.labels)
+    if notification.event:
+        labels["_event"] = True
+    return (
+        "INSERT INTO alerts (ts, rule, fingerprint, severity, state, message, labels, notified)"
+        " VALUES (to_timestamp(%s / 1000.0), %s, %s, %s, %s, %s, %s, %s)",
+        (
+            notification.ts_ms,
+            notification.rule,
+            notification.fingerprint,
+            notification.severity,
+            notification.state,
+            notification.message,
+            Jsonb(json.loads(json.dumps(labels, default=str))),
+            delivered,
+        ),
+    )

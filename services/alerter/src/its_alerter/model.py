@@ -61,6 +61,10 @@ RULE_GROUP: Final[dict[str, str]] = {
     "kill_switch": "trading_halted",
     "heartbeat_missing": "heartbeat",
     "model_stale": "model_age",
+    "redis_unreachable": "redis",
+    "database_unreachable": "database",
+    "dead_letters": "dead_letters",
+    "feed_overflow": "feed_overflow",
     "rule_failing": ENGINE_GROUP,
 }
 """Alert name -> the configured rule (``ITS_ALERTER_RULES``) that raises and resolves it."""

@@ -17,6 +17,12 @@ Sources (contracts of other services):
 - heartbeats: ``its:heartbeat:<service>:<instance>`` of every expected service.
 - model age: hash ``its:model:active`` (``created_at`` ISO 8601 or Unix ms, ``name``), else the
   newest ``bundle.json`` under ``ITS_ALERTER_MODEL_BUNDLE_DIR``.
+- Redis and PostgreSQL reachable: a ``PING`` and a ``SELECT 1`` answered within a timeout (the
+  rules of a store that does not answer fail meanwhile; their failures are not counted).
+- dead letters: entries added to ``its:stream:dead-letter`` (malformed input, poison entries)
+  within the last ``dead_letter_window_s``.
+- feed overflow: ``slow_consumer`` states on ``its:stream:feed-status`` (the feed closed the
+  router as a reader that fell behind) within the last ``feed_overflow_window_s``.
 """
 
 from __future__ import annotations
@@ -29,19 +35,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import psycopg
 import redis.asyncio as aioredis
-from psycopg_pool import AsyncConnectionPool
-from redis.exceptions import ResponseError
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from redis.exceptions import RedisError, ResponseError
 
 from its_alerter.config import AlerterSettings
 from its_alerter.model import Condition
 from its_common import calendar
+from its_common.feed_status import FEED_STATE_KEY, HEALTHY_STATES, SLOW_CONSUMER, decode_status
 from its_common.heartbeat import read_heartbeats
-from its_common.streams import latest_trade_key
+from its_common.redaction import redact
+from its_common.streams import Stream, latest_trade_key
 
-FEED_STATE_KEY: Final = "its:feed:state"
 KILL_KEY: Final = "its:trader:kill"
-HEALTHY_FEED_STATES: Final = frozenset({"subscribed", "connected"})
+HEALTHY_FEED_STATES: Final = HEALTHY_STATES
+# Entries read per window by the windowed rules: enough to count "many".
+WINDOW_SCAN: Final = 1_000
 
 
 class DatabaseNotReadyError(RuntimeError):
@@ -338,7 +348,114 @@ async def model_age_rule(ctx: RuleContext) -> list[Condition]:
     ]
 
 
+def _reason(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}".rstrip(": "))[:300]
+
+
+async def redis_rule(ctx: RuleContext) -> list[Condition]:
+    """Redis answers a PING within ``redis_timeout_s`` (down, restarting, loading or frozen:
+    every stream stops; the services hold or retry what they produce meanwhile)."""
+    timeout = ctx.settings.redis_timeout_s
+    try:
+        await asyncio.wait_for(ctx.redis.ping(), timeout)
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
+        return [
+            Condition(
+                "redis_unreachable",
+                "critical",
+                f"Redis does not answer ({reason}; timeout {timeout:.0f}s)",
+                labels={"error": reason},
+            )
+        ]
+    return []
+
+
+async def database_rule(ctx: RuleContext) -> list[Condition]:
+    """PostgreSQL answers ``SELECT 1`` within ``database_timeout_s``."""
+    pool = ctx.db()
+    timeout = ctx.settings.database_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            async with pool.connection(timeout=timeout) as conn:
+                await conn.execute("SELECT 1")
+    except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
+        return [
+            Condition(
+                "database_unreachable",
+                "critical",
+                f"PostgreSQL does not answer ({reason}; timeout {timeout:.0f}s)",
+                labels={"error": reason},
+            )
+        ]
+    return []
+
+
+async def _recent(redis: aioredis.Redis, stream: str, window_s: float, now_ms: int) -> list[Any]:
+    """Entries of ``stream`` added within the last ``window_s`` (newest first, at most
+    :data:`WINDOW_SCAN`)."""
+    since = now_ms - int(window_s * 1000)
+    entries: Any = await redis.xrevrange(stream, max="+", min=str(since), count=WINDOW_SCAN)
+    return list(entries or [])
+
+
+async def dead_letters_rule(ctx: RuleContext) -> list[Condition]:
+    """Input the system could not use was set aside (malformed frames, poison entries): nothing
+    is lost (the router records a gap window for it), but its source needs a look."""
+    window = ctx.settings.dead_letter_window_s
+    entries = await _recent(ctx.redis, Stream.DEAD_LETTER, window, ctx.now_ms)
+    if not entries:
+        return []
+    reasons: dict[str, int] = {}
+    for _, fields in entries:
+        decoded = _decode(fields)
+        reason = f"{decoded.get('source', '?')}:{decoded.get('reason', '?')}"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    count = len(entries)
+    more = "+" if count >= WINDOW_SCAN else ""
+    return [
+        Condition(
+            "dead_letters",
+            "warning",
+            f"{count}{more} entries dead-lettered in the last {window:.0f}s "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})",
+            labels={"count": count, "window_s": window, "reasons": reasons},
+        )
+    ]
+
+
+async def feed_overflow_rule(ctx: RuleContext) -> list[Condition]:
+    """The feed closed the router as a slow consumer (its send buffer for us overflowed): what
+    it dropped is backfilled from the reconnect's gap window, but the router is not keeping up."""
+    window = ctx.settings.feed_overflow_window_s
+    entries = await _recent(ctx.redis, Stream.FEED_STATUS, window, ctx.now_ms)
+    slow = []
+    for _, fields in entries:
+        try:
+            status = decode_status(fields)
+        except (KeyError, ValueError):
+            continue  # not a status entry this rule can read; the others say nothing of it
+        if status.state == SLOW_CONSUMER:
+            slow.append(status)
+    if not slow:
+        return []
+    return [
+        Condition(
+            "feed_overflow",
+            "warning",
+            f"the feed closed the router as a slow consumer {len(slow)} time(s) in the last "
+            f"{window:.0f}s (latest: {slow[0].detail[:200]})",
+            labels={"count": len(slow), "window_s": window},
+        )
+    ]
+
+
 RULES: Final[dict[str, Rule]] = {
+    "redis": redis_rule,
+    "database": database_rule,
+    "dead_letters": dead_letters_rule,
+    "feed_overflow": feed_overflow_rule,
     "feed": feed_rule,
     "price_divergence": price_divergence_rule,
     "redis_memory": redis_memory_rule,

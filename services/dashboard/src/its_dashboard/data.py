@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import ResponseError
 
 from its_common.features.spec import FEATURE_NAMES
+from its_common.feed_status import FEED_STATE_KEY
 from its_common.heartbeat import read_heartbeats
 from its_common.redaction import redact
 from its_common.streams import Stream, now_ms
@@ -25,7 +26,6 @@ from its_dashboard.config import DashboardSettings
 
 log = logging.getLogger("its.dashboard.data")
 Panel = dict[str, Any]
-FEED_STATE_KEY = "its:feed:state"
 
 
 class NoData(Exception):  # noqa: N818 - a panel state, not an error

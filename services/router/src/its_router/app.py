@@ -20,7 +20,7 @@ from its_router.metrics import RouterMetrics
 from its_router.rest import RestPoller
 from its_router.status import StatusPublisher
 from its_router.workers import WorkerConfig, WorkerPool
-from its_router.writer import StreamWriter
+from its_router.writer import GAP_SETTLE_S, StreamWriter
 
 log = logging.getLogger("its.router")
 MODE_KEY = "its:router:mode"
@@ -85,6 +85,7 @@ async def main(
             on_written=trimmer.note_written,
             layout=layout,
             latest_for_listed_only=settings.subscribe_all,
+            gap_settle_s=GAP_SETTLE_S,
         )
     if settings.use_polygon_ws:
         source = FeedClient(

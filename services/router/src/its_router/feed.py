@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from its_common import calendar
 from its_common.backoff import Backoff
 from its_common.events import CodecError, Status, decode_frame
+from its_common.feed_status import SLOW_CONSUMER
 from its_common.gaps import GapWindow
 from its_common.streams import now_ms
 from its_common.symbols import read_symbols
@@ -34,6 +35,7 @@ from its_router.status import StatusPublisher
 from its_router.subscriptions import diff, feed_topics, subscribe_message
 
 log = logging.getLogger("its.router.feed")
+SLOW_CONSUMER_CLOSE_CODE = 1011
 
 
 class AuthFailedError(Exception):
@@ -114,6 +116,16 @@ class FeedClient:
                 delay, cause = 0.0, "stale"
             except (OSError, TimeoutError, websockets.WebSocketException, CodecError) as exc:
                 delay, cause = self.backoff.next_delay(), "error"
+                state = "disconnected"
+                if closed_as_slow_consumer(exc):
+                    # The feed gave up on us: we read too slowly (a frozen or overloaded
+                    # process). The alerter's feed_overflow rule reads this state.
+                    state = cause = SLOW_CONSUMER
+                    log.error(
+                        "the feed closed the connection as a slow consumer (%s)",
+                        exc,
+                        extra={"alert": "feed_overflow"},
+                    )
                 log.warning(
                     "feed connection lost (%s: %s); reconnecting in %.1fs",
                     type(exc).__name__,
@@ -121,7 +133,7 @@ class FeedClient:
                     delay,
                 )
                 # Not "subscribed" any more: the alerter's feed_disconnected rule reads this.
-                await self.status.publish("disconnected", f"{type(exc).__name__}: {exc}")
+                await self.status.publish(state, f"{type(exc).__name__}: {exc}")
             self._disconnected(cause)
             if stopping.is_set():
                 return
@@ -254,8 +266,15 @@ class FeedClient:
     async def _watchdog(self) -> None:
         stale_ms = int(self.settings.stale_after_s * 1000)
         started = now_ms()
+        tick_s = min(1.0, self.settings.stale_after_s / 4)
         while True:
-            await asyncio.sleep(min(1.0, self.settings.stale_after_s / 4))
+            ticked = time.monotonic()
+            await asyncio.sleep(tick_s)
+            if time.monotonic() - ticked > tick_s + self.settings.stale_after_s / 2:
+                # This process did not run for a while (frozen, starved): the silence is its
+                # own, not the feed's. Judge the feed from now on, after the read loop has seen
+                # what arrived meanwhile (a close for falling behind is reported as such).
+                started = now_ms()
             if self._overflow_start is not None and self.queue.qsize() < self.queue.maxsize // 2:
                 self._close_overflow()
             last = self.last_message_ms or started
@@ -314,6 +333,13 @@ class FeedClient:
             raise RuntimeError(self.fatal)
         if not self.subscribed:
             raise RuntimeError("feed not connected")
+
+
+def closed_as_slow_consumer(exc: BaseException) -> bool:
+    """Whether the feed closed the connection with 1011, as Polygon closes a reader whose
+    buffer on its side overflowed ("keepalive ping timeout")."""
+    received = getattr(exc, "rcvd", None) if isinstance(exc, websockets.ConnectionClosed) else None
+    return received is not None and received.code == SLOW_CONSUMER_CLOSE_CODE
 
 
 async def cancel_until_done(tasks: list[asyncio.Task[Any]], every_s: float = 1.0) -> None:

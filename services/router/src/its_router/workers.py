@@ -48,7 +48,7 @@ from its_common.streams import StreamLayout, connect
 from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
 from its_router.status import StatusPublisher
-from its_router.writer import StreamWriter, WorkerIdentity
+from its_router.writer import GAP_SETTLE_S, StreamWriter, WorkerIdentity
 
 log = logging.getLogger("its.router.workers")
 STATS_INTERVAL_S = 0.25
@@ -107,6 +107,7 @@ async def _serve(config: WorkerConfig, inbox: Connection, outbox: Connection) ->
         worker=WorkerIdentity(config.index, config.run),
         layout=StreamLayout(config.stream_shards),
         latest_for_listed_only=config.latest_for_listed_only,
+        gap_settle_s=GAP_SETTLE_S,
     )
     writer.seen_event_ms = config.feed_clock_ms
     queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=WORKER_QUEUE_FRAMES)

@@ -42,6 +42,11 @@ log = logging.getLogger("its.router.writer")
 tracer = trace.get_tracer("its.router")
 MAX_DEAD_LETTER_BYTES = 64 * 1024
 MAX_SPAN_SYMBOLS = 50
+# How much older than the feed's clock an event sent now can be: trades are reported up to
+# 15 minutes late (and the corrected bars re-sent with them), plus a margin.
+LATE_REPORT_HORIZON_MS = 20 * 60_000
+# The first events after a gap may be late reports only; the current ones follow within this.
+GAP_SETTLE_S = 1.0
 
 
 class StreamWriter:
@@ -60,6 +65,9 @@ class StreamWriter:
         latest_for_listed_only: bool = False,
         worker: WorkerIdentity | None = None,
         layout: StreamLayout | None = None,
+        late_report_horizon_ms: int = LATE_REPORT_HORIZON_MS,
+        gap_settle_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``latest_for_listed_only``: keep the latest-trade hash only for the symbol list (the
         whole market's thousands of tickers would cost a write each per batch, for no reader)."""
@@ -73,6 +81,11 @@ class StreamWriter:
         self.publish_gap = publish_gap
         self.backoff = backoff or Backoff(0.2, 5.0)
         self.on_written = on_written  # bytes of stream entries written (the trimmer's nudge)
+        self.late_report_horizon_ms = late_report_horizon_ms
+        # How long after the first events past a gap the gap's end may still grow (the router
+        # uses GAP_SETTLE_S; 0 closes it at the first batch, for tests of one batch).
+        self.gap_settle_s = gap_settle_s
+        self.monotonic = monotonic
         self.held: deque[Batch] = deque()
         self.held_events = 0
         self.pending_gaps: list[GapWindow] = []
@@ -99,7 +112,8 @@ class StreamWriter:
             frames = await self._take(queue, stopping)
             self.metrics.queue_depth.set(queue.qsize())
             self.hold_frames(frames)
-            if self.held and time.monotonic() >= self.retry_at:
+            self.settle_open_gaps()
+            if (self.held or self.pending_gaps) and time.monotonic() >= self.retry_at:
                 await self.flush()
         deadline = time.monotonic() + 5
         while self.held and time.monotonic() < deadline:
@@ -107,6 +121,7 @@ class StreamWriter:
                 await asyncio.sleep(0.2)
         if self.held:
             self._drop_all("shutdown with Redis unreachable")
+        self.settle_open_gaps(force=True)
         await self._publish_pending_gaps()
 
     async def _take(self, queue: asyncio.Queue[Frame], stopping: asyncio.Event) -> list[Frame]:
@@ -195,19 +210,48 @@ class StreamWriter:
         self.open_gaps.append(OpenGap(symbols, reason, start - pad_ms, pad_ms))
 
     def _close_open_gaps(self, reach_ms: int) -> None:
-        """Close the open gaps at how far the first batch after them reaches (its newest event,
-        a bar's end: late reports and bars carry older times than the moment they are sent, so
-        the oldest time would cut the window short). A batch not reaching past the gap's start
-        (a restart behind the stored feed clock, a feed replaying older events) means nothing
-        was missed in between: no empty window is published (the alerter would report it as a
-        0 s data gap)."""
+        """The events after the open gaps have begun: each gap closes at how far the batches of
+        its first ``gap_settle_s`` after them reach (the newest event, a bar's end), then
+        :meth:`settle_open_gaps` publishes it.
+
+        Not at the first batch alone: late reports and corrected bars carry older times than
+        the moment they are sent, and the first frame after a reconnect may hold nothing else
+        (the chaos soak lost a late-reported trade sent during a feed drop: the reconnect's
+        window was closed by that trade alone, as empty). The current events follow it
+        within the settle time; a window that ends a little late only backfills a little more.
+        """
+        now = self.monotonic()
         for gap in self.open_gaps:
-            end = reach_ms + gap.pad_ms
-            if end <= gap.start_ms:
-                log.info("gap (%s) closed empty: the feed did not reach past it", gap.reason)
+            gap.reach_ms = reach_ms if gap.reach_ms is None else max(gap.reach_ms, reach_ms)
+            if gap.closing_since is None:
+                gap.closing_since = now
+        self.settle_open_gaps()
+
+    def settle_open_gaps(self, force: bool = False) -> None:
+        """Publish the gaps whose settle time has passed (all with events after them when
+        ``force``). A gap the events did not reach past stays open while they are within the
+        late-report horizon of its start (late reports only: wait for a current event); further
+        behind, the feed itself is behind (a restart behind the stored feed clock, a replay
+        started again): nothing was missed in between and no empty window is published (the
+        alerter would report it as a 0 s data gap)."""
+        now = self.monotonic()
+        still_open: list[OpenGap] = []
+        for gap in self.open_gaps:
+            if gap.reach_ms is None or gap.closing_since is None:
+                still_open.append(gap)
                 continue
-            self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
-        self.open_gaps.clear()
+            if not force and now - gap.closing_since < self.gap_settle_s:
+                still_open.append(gap)
+                continue
+            end = gap.reach_ms + gap.pad_ms
+            if end > gap.start_ms:
+                self.pending_gaps.append(GapWindow(gap.symbols, gap.start_ms, end, gap.reason))
+            elif end > gap.start_ms - self.late_report_horizon_ms and not force:
+                gap.reach_ms = gap.closing_since = None  # late reports only: wait on
+                still_open.append(gap)
+            else:
+                log.info("gap (%s) closed empty: the feed did not reach past it", gap.reason)
+        self.open_gaps = still_open
 
     @property
     def feed_clock_ms(self) -> int | None:
@@ -352,12 +396,15 @@ class WorkerIdentity:
     run: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class OpenGap:
     symbols: tuple[str, ...]
     reason: str
     start_ms: int
     pad_ms: int
+    # Set by the first events after the gap: how far they reach, and since when (monotonic).
+    reach_ms: int | None = None
+    closing_since: float | None = None
 
 
 def _trade_mapping(trade: Trade, received_ms: int) -> dict[Any, Any]:

@@ -13,7 +13,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from its_common.backoff import Backoff
+from its_common.backoff import Backoff, until_redis_answers
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.decisions import Decision, decode_decision
@@ -214,8 +214,15 @@ async def run_trader(ctx: ServiceContext[TraderSettings], leadership: Leadership
     token = leadership.fence()
     if token is not None:  # a new leader raises the fence first: an old one is refused from now
         await trader.store.claim_fence(token)
-    await trader.start()
-    await trader.broker.subscribe(list(trader.symbols.current))  # prices for the validator
+
+    async def start_up() -> None:
+        await trader.start()
+        await trader.broker.subscribe(list(trader.symbols.current))  # prices for the validator
+
+    # Redis down or still loading its data at start is an outage to wait through, not a crash
+    # (the chaos soak: a trader restarted while Redis was killed ended with exit 1).
+    if not await until_redis_answers(start_up, "start-up", ctx.stopping):
+        return
 
     async def database_ready() -> None:
         await trader.store.get_state("halt")

@@ -172,8 +172,14 @@ class SimBroker:
     async def connect(self) -> None:
         if self._conn is not None and not self._conn.closed:
             return
-        self._conn = await psycopg.AsyncConnection.connect(**self._conn_kwargs, autocommit=True)
-        await self._load()
+        conn = await psycopg.AsyncConnection.connect(**self._conn_kwargs, autocommit=True)
+        self._conn = conn
+        try:
+            await self._load()
+        except BaseException:  # Redis or the database failed: the next connect() starts over
+            self._conn = None
+            await conn.close()
+            raise
         self._reader = asyncio.create_task(self._read_loop(), name="simbroker-reader")
 
     async def close(self) -> None:
