@@ -93,6 +93,9 @@ class ChaosStack:
                 "--quotes-per-trade", "0",
                 "--late-bar-rate", str(cfg.late_bar_rate),
                 "--max-connections-drop", "oldest",  # a second client takes the router's place
+                # The demo market (the demo model's planted pattern), so the demo model trades at
+                # the trader's production threshold and the order checks compare real orders.
+                "--demo-pattern",
             )
         )  # fmt: skip
         self._remember(self.sim.process, self.sim.ws_port, self.sim.rest_port)
@@ -103,7 +106,7 @@ class ChaosStack:
         }
         feed = {"ITS_POLYGON_REST_URL": self.sim.rest_url, "POLYGON_API_KEY": SIM_KEY}
         self.envs = {
-            "trader": {**common, "ITS_TRADER_BLOCK_MS": "100", "ITS_TRADER_MIN_CONFIDENCE": "0.2"},
+            "trader": {**common, "ITS_TRADER_BLOCK_MS": "100"},
             "inference": {
                 **common,
                 "ITS_INFERENCE_BUNDLE_DIR": str(REPO / "models" / "demo"),

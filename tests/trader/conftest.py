@@ -17,7 +17,7 @@ from its_common.decisions import Decision, encode_decision
 from its_common.events import Trade
 from its_common.features import FEATURE_SPEC_HASH
 from its_common.settings import load_settings
-from its_common.streams import Stream, encode_entry, latest_trade_key, now_ms
+from its_common.streams import Stream, StreamLayout, encode_entry, latest_trade_key, now_ms
 from its_trader.app import build_trader
 from its_trader.config import TraderSettings
 from its_trader.engine import Trader
@@ -39,10 +39,13 @@ def db_url(database_url: str) -> str:
 class Feed:
     """Writes trades the way the router does: a stream entry plus the latest-trade hash."""
 
-    def __init__(self, redis: Any, start_ms: int = OPEN_MS) -> None:
+    def __init__(
+        self, redis: Any, start_ms: int = OPEN_MS, layout: StreamLayout | None = None
+    ) -> None:
         self.redis = redis
         self.t = start_ms
         self.seq = 0
+        self.layout = layout or StreamLayout()  # sharded streams as the router writes them
 
     async def trade(self, symbol: str, price: float, step_ms: int = 1000, size: int = 100) -> str:
         self.t += step_ms
@@ -52,7 +55,7 @@ class Feed:
             timestamp=self.t, sequence=self.seq,
         )  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:  # one pipeline, as the router
-            pipe.xadd(Stream.TRADES, encode_entry("T", [trade]))
+            pipe.xadd(self.layout.for_symbol(Stream.TRADES, symbol), encode_entry("T", [trade]))
             pipe.hset(
                 latest_trade_key(symbol),
                 mapping={"p": repr(price), "s": str(size), "t": str(self.t), "rt": now_ms()},

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 
 from its_common.db.connect import connection_kwargs
 from its_common.events import Trade
-from its_common.streams import Stream, encode_entry, now_ms
+from its_common.streams import Stream, StreamLayout, encode_entry, now_ms
 from its_trader.broker import BrokerOrder, OrderRequest
 from its_trader.simbroker import SimBroker, SimConfig, apply_fill, broker_price_key
 from its_validator.check import broker_prices, compare, feed_prices
@@ -241,3 +242,77 @@ async def test_a_part_filled_order_continues_after_a_restart_without_reusing_a_p
         assert len(query(db_url, "SELECT * FROM sim_executions")) == 2
     finally:
         await second.close()
+
+
+def _terminate_other_sessions(db_url: str) -> int:
+    """What a PostgreSQL restart does to the broker's connection ("terminating connection due
+    to administrator command"), without stopping the test's server."""
+    rows = query(
+        db_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+        " current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    return len(rows)
+
+
+async def _placed_once_the_database_answers(sim: SimBroker, request: OrderRequest) -> BrokerOrder:
+    """The first call after the connection was cut may fail (the trader's consumer keeps the
+    decision pending and calls again); the next one must work."""
+    try:
+        return await sim.place_order(request)
+    except psycopg.OperationalError:
+        return await sim.place_order(request)
+
+
+async def test_a_database_restart_does_not_stop_orders_or_fills(redis_client, db_url):
+    """The chaos suite's PostgreSQL restart left the SimBroker 'not connected' for good: every
+    later decision was dead-lettered and no order filled again."""
+    feed = Feed(redis_client)
+    sim = broker(redis_client, db_url)
+    await feed.prices(NVDA=100.0)
+    await sim.connect()
+    try:
+        assert _terminate_other_sessions(db_url) >= 1
+        order = await _placed_once_the_database_answers(sim, OrderRequest("c1", "NVDA", "BUY", 10))
+        assert order.status == "open"
+        assert _terminate_other_sessions(db_url) >= 1  # cut again: the fill path reconnects too
+        await feed.trade("NVDA", 101.0)
+        execution = await wait_until(lambda: sim.fills().qsize() > 0 and sim.fills().get_nowait())
+        assert execution.client_order_id == "c1" and execution.quantity == 10
+        assert (await sim.order("c1")) is not None
+        positions = {p.symbol: p.quantity for p in await sim.positions()}
+        assert positions["NVDA"] == 10
+        assert sim.db_reconnects >= 2
+    finally:
+        await sim.close()
+    assert query(db_url, "SELECT status, filled_quantity FROM sim_orders") == [("filled", 10)]
+
+
+async def test_with_stream_shards_each_symbol_fills_from_its_own_shard(redis_client, db_url):
+    """ITS_STREAM_SHARDS > 1: the router writes each symbol's trades to its shard's stream; the
+    simulated broker read only the unsharded name and never filled."""
+    layout = StreamLayout(3)
+    assert layout.shard_of("NVDA") != layout.shard_of("AAPL")  # two shards (MSFT is NVDA's)
+    feed = Feed(redis_client, layout=layout)
+    settings = make_settings("redis://127.0.0.1:1/0", db_url)
+    sim = SimBroker(connection_kwargs(settings), redis_client, SimConfig(slippage_bps=0.0), layout)
+    await feed.prices(NVDA=100.0, AAPL=300.0)
+    await sim.connect()
+    try:
+        await sim.place_order(OrderRequest("n", "NVDA", "BUY", 10))
+        await sim.place_order(OrderRequest("a", "AAPL", "BUY", 5))
+        await feed.trade("AAPL", 301.0)
+        await feed.trade("NVDA", 101.0)
+        filled: dict[str, float] = {}
+
+        def both_filled() -> bool:
+            while sim.fills().qsize():
+                execution = sim.fills().get_nowait()
+                filled[execution.client_order_id] = execution.price
+            return len(filled) == 2
+
+        await wait_until(both_filled)
+        assert filled == pytest.approx({"n": 101.0, "a": 301.0})  # each at its next trade
+    finally:
+        await sim.close()
+    assert await redis_client.xlen(Stream.TRADES) == 0  # only the shards were written

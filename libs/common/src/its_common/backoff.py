@@ -14,6 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import psycopg
 from redis.exceptions import RedisError
 
 from its_common.redaction import redact
@@ -49,20 +50,22 @@ class Backoff:
         return delay
 
 
-async def until_redis_answers(
+async def until_stores_answer(
     step: Callable[[], Awaitable[None]], what: str, stopping: asyncio.Event
 ) -> bool:
-    """Run ``step`` (a service's start-up reads of Redis) until Redis lets it through: a
-    transient outage (paused, restarting, still loading its data) is no reason to end.
+    """Run ``step`` (a service's start-up reads of Redis and PostgreSQL) until both let it
+    through: a transient outage (paused, restarting, still loading its data) is no reason to
+    end (the chaos suite: a service restarted during a PostgreSQL restart ended with exit 1).
     Returns False when ``stopping`` is set first."""
     backoff = Backoff(0.5, 10.0)
     while not stopping.is_set():
         try:
             await step()
             return True
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, psycopg.OperationalError) as exc:
+            store = "PostgreSQL" if isinstance(exc, psycopg.OperationalError) else "Redis"
             reason = redact(f"{type(exc).__name__}: {exc}")
-            log.warning("%s: Redis unavailable (%s); retrying", what, reason)
+            log.warning("%s: %s unavailable (%s); retrying", what, store, reason)
             await backoff.sleep(stopping)
     return False
 

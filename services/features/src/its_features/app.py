@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from its_common.backoff import Backoff, until_redis_answers
+from its_common.backoff import Backoff, until_stores_answer
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
@@ -415,17 +415,19 @@ async def run_features(ctx: ServiceContext[FeaturesSettings]) -> None:
     metrics = FeaturesMetrics(ctx.registry)
     clock = MarketClock(redis, settings.clock)
     live = LiveSymbols(redis, settings.symbols)
-    started: list[tuple[int, tuple[str, ...]]] = []
+    started: list[tuple[tuple[str, ...], MinuteAssembler]] = []
 
     async def start_up() -> None:
+        # The assembler's rebuild reads PostgreSQL: inside the step, so a database restarting
+        # at start is waited through as a Redis outage is.
         now = await wait_for_market_time(clock, ctx.stopping)
         if now is not None:
-            started.append((now, await live.refresh()))
+            listed = await live.refresh()
+            started.append((listed, await build_assembler(settings, listed, now, metrics)))
 
-    if not await until_redis_answers(start_up, "start-up", ctx.stopping) or not started:
+    if not await until_stores_answer(start_up, "start-up", ctx.stopping) or not started:
         return
-    now, symbols = started[0]
-    assembler = await build_assembler(settings, symbols, now, metrics)
+    symbols, assembler = started[0]
     processor = FeaturesProcessor(redis, assembler, metrics, settings.cache_ttl_s)
     follower = SymbolFollower(processor, live, settings, metrics)
 

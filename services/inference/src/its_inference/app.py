@@ -18,7 +18,7 @@ import torch
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from its_common.backoff import until_redis_answers
+from its_common.backoff import until_stores_answer
 from its_common.calendar import current_session_open
 from its_common.clock import MarketClock
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
@@ -469,7 +469,7 @@ async def serve(
             replayed = processor.warm(await session_history(redis, stream))
             log.info("warm-up: %d minutes of the current session replayed", replayed)
 
-    if not await until_redis_answers(start_up, "start-up", ctx.stopping):
+    if not await until_stores_answer(start_up, "start-up", ctx.stopping):
         return
     watcher = asyncio.create_task(
         watch_bundles(

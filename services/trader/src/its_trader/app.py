@@ -13,7 +13,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from its_common.backoff import Backoff, until_redis_answers
+from its_common.backoff import Backoff, until_stores_answer
 from its_common.consumer import ConsumerConfig, Delivery, StreamConsumer
 from its_common.db.connect import connection_kwargs
 from its_common.decisions import Decision, decode_decision
@@ -68,7 +68,7 @@ def build_trader(
         )
         broker = IbBroker(config, redis=redis, registry=registry)
     else:
-        broker = SimBroker(dict(kwargs), redis, settings.sim_config())
+        broker = SimBroker(dict(kwargs), redis, settings.sim_config(), settings.stream_layout())
     trader = Trader(trader_config(settings), redis, broker, TraderStore(dict(kwargs)), metrics)
 
     async def reconcile_after_reconnect() -> None:
@@ -221,7 +221,7 @@ async def run_trader(ctx: ServiceContext[TraderSettings], leadership: Leadership
 
     # Redis down or still loading its data at start is an outage to wait through, not a crash
     # (the chaos soak: a trader restarted while Redis was killed ended with exit 1).
-    if not await until_redis_answers(start_up, "start-up", ctx.stopping):
+    if not await until_stores_answer(start_up, "start-up", ctx.stopping):
         return
 
     async def database_ready() -> None:

@@ -42,7 +42,14 @@ from redis.exceptions import RedisError
 from its_common.backoff import Backoff
 from its_common.clock import read_feed_clock
 from its_common.events import Trade
-from its_common.streams import EntryFormatError, Stream, decode_entry, latest_trade_key, now_ms
+from its_common.streams import (
+    EntryFormatError,
+    Stream,
+    StreamLayout,
+    decode_entry,
+    latest_trade_key,
+    now_ms,
+)
 from its_common.ticks import conforms_to_tick
 from its_trader.actions import Side
 from its_trader.broker import (
@@ -150,9 +157,14 @@ class SimBroker:
     name = "sim"
 
     def __init__(
-        self, conn_kwargs: dict[str, Any], redis: aioredis.Redis, config: SimConfig
+        self,
+        conn_kwargs: dict[str, Any],
+        redis: aioredis.Redis,
+        config: SimConfig,
+        layout: StreamLayout | None = None,
     ) -> None:
         self.account = config.account
+        self._layout = layout or StreamLayout()
         self.config = config
         self._conn_kwargs = conn_kwargs
         self._redis = redis
@@ -162,10 +174,14 @@ class SimBroker:
         self._fills: asyncio.Queue[Execution] = asyncio.Queue(FILL_QUEUE_MAX)
         self._closing = False
         self._reader: asyncio.Task[None] | None = None
-        self._cursor = "0-0"
+        # Where the reader is in each trades stream (one per shard, ITS_STREAM_SHARDS): a symbol
+        # lives in one shard, so an order compares entry ids of its own symbol's stream only.
+        self._cursors: dict[str, str] = {}
         self.trades_read = 0
         self.feed_rewinds = 0  # times the feed clock went back under open orders (a replay)
         self.clock_read_errors = 0
+        self.db_reconnects = 0
+        self.read_errors = 0  # entries that failed and were read again (PostgreSQL down, ...)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -210,13 +226,19 @@ class SimBroker:
         """Orders are acknowledged synchronously: no incidents."""
         return []
 
-    def _db(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
+    async def _db(self) -> psycopg.AsyncConnection[Any]:
+        """The broker's connection, opened again if PostgreSQL closed it (a restart): the books
+        are in memory and every write is one transaction, so nothing needs reloading."""
+        if self._conn is None:
             raise RuntimeError("SimBroker is not connected")
+        if self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(**self._conn_kwargs, autocommit=True)
+            self.db_reconnects += 1
+            log.warning("sim broker reconnected to PostgreSQL (connection %d)", self.db_reconnects)
         return self._conn
 
     async def _load(self) -> None:
-        conn = self._db()
+        conn = await self._db()
         cfg = self.config
         await conn.execute(
             "INSERT INTO sim_accounts (account, cash, initial_cash) VALUES (%s, %s, %s) "
@@ -267,18 +289,25 @@ class SimBroker:
                     int(row["executions"]),
                 )
         self._books = books
-        if books.open:
-            oldest = min(order.after for order in books.open.values())
-            self._cursor = f"{oldest[0]}-{oldest[1]}"
-        else:
-            self._cursor = await self._last_entry_id()
+        cursors: dict[str, str] = {}
+        for stream in self._layout.names(Stream.TRADES):
+            afters = [o.after for o in books.open.values() if self._stream_of(o.symbol) == stream]
+            if afters:
+                oldest = min(afters)
+                cursors[stream] = f"{oldest[0]}-{oldest[1]}"
+            else:
+                cursors[stream] = await self._last_entry_id(stream)
+        self._cursors = cursors
         log.info(
             "sim broker loaded",
-            extra={"open_orders": len(books.open), "cursor": self._cursor, "cash": books.cash},
+            extra={"open_orders": len(books.open), "cursors": cursors, "cash": books.cash},
         )
 
-    async def _last_entry_id(self) -> str:
-        last = await self._redis.xrevrange(Stream.TRADES, "+", "-", count=1)
+    def _stream_of(self, symbol: str) -> str:
+        return self._layout.for_symbol(Stream.TRADES, symbol)
+
+    async def _last_entry_id(self, stream: str) -> str:
+        last = await self._redis.xrevrange(stream, "+", "-", count=1)
         if not last:
             return "0-0"
         entry_id = last[0][0]
@@ -308,10 +337,10 @@ class SimBroker:
         if existing is not None:
             return existing  # idempotent: a re-sent client order id is the same order
         # Snapshot the feed position BEFORE the order exists: only later trades can fill it.
-        after_id = await self._last_entry_id()
+        after_id = await self._last_entry_id(self._stream_of(request.symbol))
         not_before = max(request.not_before_ms, await self._last_seen_trade_ms(request.symbol))
         async with self._lock:
-            conn = self._db()
+            conn = await self._db()
             row = await (
                 await conn.execute(
                     "INSERT INTO sim_orders (account, client_order_id, symbol, side, quantity,"
@@ -359,7 +388,7 @@ class SimBroker:
             return await self._order_unlocked(client_order_id)
 
     async def _order_unlocked(self, client_order_id: str) -> BrokerOrder | None:
-        cur = await self._db().execute(
+        cur = await (await self._db()).execute(
             "SELECT client_order_id, broker_order_id, symbol, side, quantity, status,"
             " filled_quantity FROM sim_orders WHERE client_order_id = %s",
             (client_order_id,),
@@ -369,7 +398,7 @@ class SimBroker:
 
     async def open_orders(self) -> list[BrokerOrder]:
         async with self._lock:
-            cur = await self._db().execute(
+            cur = await (await self._db()).execute(
                 "SELECT client_order_id, broker_order_id, symbol, side, quantity, status,"
                 " filled_quantity FROM sim_orders WHERE account = %s AND status = 'open'"
                 " ORDER BY broker_order_id",
@@ -379,7 +408,7 @@ class SimBroker:
 
     async def cancel(self, client_order_id: str) -> bool:
         async with self._lock:
-            cur = await self._db().execute(
+            cur = await (await self._db()).execute(
                 "UPDATE sim_orders SET status = 'cancelled', updated_at = now() "
                 "WHERE client_order_id = %s AND status = 'open' RETURNING 1",
                 (client_order_id,),
@@ -390,7 +419,7 @@ class SimBroker:
 
     async def executions(self, since_ms: int = 0) -> list[Execution]:
         async with self._lock:
-            cur = await self._db().execute(
+            cur = await (await self._db()).execute(
                 "SELECT execution_id, client_order_id, broker_order_id, symbol, side, quantity,"
                 " price, commission, ts_ms FROM sim_executions WHERE account = %s"
                 " AND ts_ms >= %s ORDER BY ts_ms, execution_id",
@@ -445,7 +474,7 @@ class SimBroker:
         while not self._closing:
             try:
                 reply: Any = await self._redis.xread(
-                    {Stream.TRADES: self._cursor},
+                    dict(self._cursors),  # type: ignore[arg-type]
                     count=self.config.read_count,
                     block=self.config.block_ms,
                 )
@@ -457,11 +486,23 @@ class SimBroker:
                 continue
             if reply and self._books.open:
                 await self._release_on_rewind()
-            for _stream, messages in reply or []:
-                for raw_id, fields in messages:
-                    entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-                    await self._on_entry(entry_id, fields)
-                    self._cursor = entry_id
+            try:
+                for raw_stream, messages in reply or []:
+                    stream = raw_stream.decode() if isinstance(raw_stream, bytes) else raw_stream
+                    for raw_id, fields in messages:
+                        entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                        await self._on_entry(entry_id, fields)
+                        self._cursors[stream] = entry_id
+            except Exception as exc:  # the reader must outlive any failure
+                # Read again from the last entry done: fills are keyed by the entry they took
+                # (an order's ``after``), so an entry read twice fills nothing twice.
+                self.read_errors += 1
+                delay = backoff.next_delay()
+                log.warning(
+                    "sim broker could not apply trades: %r; reading again in %.1fs", exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
             if reply:
                 await self._publish_marks()
 
@@ -564,7 +605,7 @@ class SimBroker:
                 current.quantity, current.avg_price, order.side, shares, price
             )
             signed_value = shares * price * (1 if order.side == "BUY" else -1)
-            conn = self._db()
+            conn = await self._db()
             async with conn.transaction():
                 # A part fill moves the order's stream bound to this entry: after a restart the
                 # trades stream is read again from there, and no print fills it twice.
