@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from its_common import streams
 from its_common.backoff import Backoff
+from its_common.clock import FEED_CLOCK_KEY, WORKER_CLOCK_KEY
 from its_common.events import MinuteAgg, Trade, encode_frame
 from its_common.gaps import decode_gap
 from its_common.localstack.servers import RedisServer
@@ -317,3 +318,39 @@ async def test_a_gap_ends_where_the_events_of_its_settle_time_reach(redis_client
     assert [(g.start_ms, g.end_ms, g.reason) for g in gaps] == [
         (1_764_081_000_009, 1_764_081_300_009, "reconnect")
     ]
+
+
+async def test_a_gap_not_yet_published_is_kept_for_the_next_router_process(redis_client: Any):
+    """The chaos soak lost trades of a feed drop: the router was killed while the reconnect
+    window was still settling, after events past it had moved the feed clock; the next
+    process's restart gap began at that clock. The unpublished gap's start is stored beside
+    the worker clocks (where the restart gap starts at the oldest value) until it is published."""
+    now = [100.0]
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+        gap_settle_s=1.0,
+        monotonic=lambda: now[0],
+    )
+    writer.hold_frames([frame(0)])  # the newest event before the drop: ...009
+    assert await writer.flush()
+    assert await redis_client.hget(WORKER_CLOCK_KEY, "gap") is None
+    writer.open_gap(("NVDA",), "reconnect")
+    writer.hold_frames([frame(300_000)])  # the events after the drop; the gap settles on
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 0
+    # Killed here, the next process would open its restart gap at this mark, not the feed clock.
+    mark = int(await redis_client.hget(WORKER_CLOCK_KEY, "gap"))
+    assert mark == 1_764_081_000_009
+    assert mark < int(await redis_client.hget(FEED_CLOCK_KEY, "event_ms"))
+    now[0] += 1.1
+    writer.settle_open_gaps()
+    assert await writer.flush()
+    assert await redis_client.xlen(Stream.GAPS) == 1  # published: the mark is no longer needed
+    writer.hold_frames([frame(360_000)])
+    assert await writer.flush()
+    assert await redis_client.hget(WORKER_CLOCK_KEY, "gap") is None

@@ -22,9 +22,11 @@ import redis.asyncio as aioredis
 from its_common.streams import now_ms
 
 FEED_CLOCK_KEY: Final = "its:clock:feed"
-# With several router write workers (ITS_ROUTER_WORKERS > 1): the newest event time each worker
-# has written (field ``w<index>``), so a new router process opens its restart gap at the oldest
-# of them: a worker killed with frames in hand may be behind the feed clock another one wrote.
+# Where a new router process must open its restart gap at the latest (the oldest value wins):
+# with several write workers (ITS_ROUTER_WORKERS > 1) the newest event time each has written
+# (field ``w<index>``: a worker killed with frames in hand may be behind the feed clock another
+# one wrote), and the start of gaps a writer has not published yet (``gap`` or ``gap<index>``:
+# a router killed while a reconnect window was still settling).
 WORKER_CLOCK_KEY: Final = "its:clock:router-workers"
 # Hash fields set only when newer: ``KEYS[1]`` the hash, ``ARGV[1]`` the ordering field,
 # ``ARGV[2]`` its new value, ``ARGV[3]`` the writing run (a router process), then field/value

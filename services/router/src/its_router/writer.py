@@ -87,6 +87,7 @@ class StreamWriter:
         self.gap_settle_s = gap_settle_s
         self.monotonic = monotonic
         self.held: deque[Batch] = deque()
+        self._gap_mark: int | None = None  # the unpublished gaps' start as stored in Redis
         self.held_events = 0
         self.pending_gaps: list[GapWindow] = []
         # Gaps whose end is not known yet: they close at the first event time after them.
@@ -327,6 +328,7 @@ class StreamWriter:
                 clock = batch.max_event_ms
                 if clock is None or clock <= (self.written_event_ms or 0):
                     clock = None
+                gap_mark = self._mark_unpublished_gaps(pipe)
                 listed = set(self.symbols()) if self.latest_for_listed_only else None
                 latest = [
                     (symbol, trade)
@@ -365,12 +367,30 @@ class StreamWriter:
                         approximate=True,
                     )
                 await pipe.execute()
+            self._gap_mark = gap_mark
             if clock is not None:
                 self.written_event_ms = clock
             if self.on_written is not None:
                 self.on_written(written_bytes)
         stored = now_ms()
         self._account(batch, stored)
+
+    def _mark_unpublished_gaps(self, pipe: Any) -> int | None:
+        """Keep the start of the gaps not yet published beside the worker clocks, in the
+        pipeline that moves the feed clock past them: a router killed before it published them
+        (an open gap waits for its settle time) then has its successor's restart gap start there,
+        not at the feed clock (the chaos soak lost trades of a feed drop whose reconnect window
+        was still settling when the router was killed)."""
+        starts = [gap.start_ms for gap in self.open_gaps]
+        starts += [window.start_ms for window in self.pending_gaps]
+        mark = min(starts) if starts else None
+        if mark != self._gap_mark:
+            field = "gap" if self.worker is None else f"gap{self.worker.index}"
+            if mark is None:
+                pipe.hdel(WORKER_CLOCK_KEY, field)
+            else:
+                pipe.hset(WORKER_CLOCK_KEY, field, str(mark))
+        return mark
 
     def _account(self, batch: Batch, stored_ms: int) -> None:
         metrics = self.metrics
