@@ -27,6 +27,7 @@ SETTLE_MS = MINUTE_MS  # its_loader.finality.SETTLE_MS
 NS_PER_MS = 1_000_000
 SHOWN = 5
 DOWNSTREAM_OF_DECISIONS = frozenset({"kill_trader", "kill_alerter"})
+DECISION_LAG_MIN = 3  # how far the decision stage may trail the feed clock at a fault
 
 
 @dataclass
@@ -203,16 +204,22 @@ def check_orders(stack: Database, settled_s: float = 30.0) -> Check:
 
 
 def outage_windows(stack: ChaosStack, results: list[FaultResult]) -> list[tuple[int, int, str]]:
-    """Per fault, the bars the decision stage may have passed over: from the feed clock at the
-    fault to the first bar decided after the fault ended. A restarted inference replays the
-    bars it missed as warm-up (state only, no decisions on stale bars), by design."""
+    """Per fault, the bars the decision stage may have passed over: from the first bar not
+    decided when the fault began (the decision stage trails the feed clock: at 60x a bar
+    announced a few seconds before a kill is still undecided; at most ``DECISION_LAG_MIN``
+    minutes back) to the first bar decided after the fault ended. A restarted inference replays
+    the bars it missed as warm-up (state only, no decisions on stale bars), by design."""
     windows = []
     for result in results:
         if result.ended is None or result.kind in DOWNSTREAM_OF_DECISIONS:
             continue
         resumed = stack.scalar("SELECT min(ts) FROM signals WHERE created_at > %s", result.ended)
         end = _ms(resumed) if resumed is not None else 2**62
-        windows.append((result.feed_start_ms // MINUTE_MS * MINUTE_MS, end, result.kind))
+        start = result.feed_start_ms // MINUTE_MS * MINUTE_MS
+        decided = stack.scalar("SELECT max(ts) FROM signals WHERE created_at <= %s", result.started)
+        if decided is not None:
+            start = min(start, max(_ms(decided) + MINUTE_MS, start - DECISION_LAG_MIN * MINUTE_MS))
+        windows.append((start, end, result.kind))
     return windows
 
 
