@@ -40,14 +40,12 @@ from tests.bench.wholestack import Stack, metric, wait_for, whole_stack
 
 HOLD_S = float(os.environ.get("ITS_BENCH_E2E_HOLD_S", "60"))
 FULL_HOLD_S = 60.0
-RATES = [
-    int(r) for r in os.environ.get(
-        "ITS_BENCH_E2E_RATES", "5000,10000,20000,40000,60000,80000,100000,120000"
-    ).split(",")
-]  # fmt: skip
+DEFAULT_RATES = "5000,10000,20000,40000,60000,80000,100000,120000,140000,160000,200000"
+RATES = [int(r) for r in os.environ.get("ITS_BENCH_E2E_RATES", DEFAULT_RATES).split(",")]
 SYMBOLS = 8_000
 ANCHOR_PEAK = 119_536  # the 2024 US tape's peak one-second trade rate (UTP SIP statistics)
 LATENCY_RATE = 20_000
+PEAK_RATE = 120_000  # latency is reported here too: the anchor, rounded up
 TARGET_P99_MS = 50.0
 LAG_ALLOWANCE_MS = 1_000  # the lag's peak may move by a second between the hold's thirds
 SIM_ARGS = [
@@ -222,12 +220,15 @@ def run() -> dict[str, Any]:
     sustained = [s for s in steps if s["sustained"]]
     best = max((s["rate"] for s in sustained), default=0)
     at_20k = next((s for s in steps if s["rate"] == LATENCY_RATE), None)
+    at_peak = next((s for s in steps if s["rate"] == PEAK_RATE), None)
     top = next((s for s in steps if s["rate"] == best), None)
     return {
         "hold_s": HOLD_S,
         "symbols": SYMBOLS,
         "highest_sustained_trades_per_s": best,
         "latency_at_20k_ms": at_20k["latency_ms"] if at_20k else {},
+        "latency_at_120k_ms": at_peak["latency_ms"] if at_peak else {},
+        "peak_step_sustained": bool(at_peak and at_peak["sustained"]),
         "latency_at_top_ms": top["latency_ms"] if top else {},
         "top_rate": best,
         "steps": steps,
@@ -265,11 +266,16 @@ def figures(result: dict[str, Any]) -> list[Figure]:
         )
     at_20k = next((s for s in result["steps"] if s["rate"] == LATENCY_RATE), None)
     note_20k = "" if at_20k is None or at_20k["sustained"] else " (step NOT sustained)"
-    for label, key, rate in (
+    note_peak = "" if result.get("peak_step_sustained") else " (step NOT sustained)"
+    rows: list[tuple[str, str, int | None]] = [
         (f"20,000 trades/s{note_20k}", "latency_at_20k_ms", LATENCY_RATE),
-        (f"{result['top_rate']:,} trades/s (highest sustained)", "latency_at_top_ms", None),
-    ):
-        lat = result[key]
+        (f"{PEAK_RATE:,} trades/s{note_peak}", "latency_at_120k_ms", None),
+    ]
+    if result["top_rate"] not in (LATENCY_RATE, PEAK_RATE):
+        top = f"{result['top_rate']:,} trades/s (highest sustained)"
+        rows.append((top, "latency_at_top_ms", None))
+    for label, key, rate in rows:
+        lat = result.get(key)
         if not lat:
             continue
         target = f"p99 < {TARGET_P99_MS:.0f} ms" if rate == LATENCY_RATE else ""

@@ -4,15 +4,18 @@ and the resident memory of every process at rest and at peak.
 1. Session: the simulator replays one full regular session of NVDA+MSFT (default activity:
    about 1.9 million trades; quotes off) at ``--speed 300`` (6.5 hours in 78 s, about 25,000
    trades/s on average, several times that at the open and close) through the router (trades
-   and minute bars, its normal lag-aware trimming), one loader and the features service
-   (features from the bars). Redis ``used_memory`` is sampled every second: its peak during
-   the session and its value once the session has closed and the loader has stored
-   everything, against the 150 MB target (``make run`` gives Redis 200 MB with
-   ``noeviction``). Decisions (inference, trader) are not part of this run.
-2. Whole market: the end-to-end stack (8,000 tickers, ``T.*``/``AM.*``); resident memory of
-   each process at rest (subscribed, rate 0), then ``PEAK_RATE`` trades/s for ``PEAK_S`` s: the
-   peak of Redis ``used_memory`` and of each process' resident memory (PostgreSQL: the
-   postmaster and its backends together).
+   and minute bars, its normal lag-aware trimming), one loader, the features service, inference
+   (the committed demo model) and the trader (simulated broker): trades, bars, features,
+   decisions and orders, as ``make run``. Redis ``used_memory`` is sampled every second: its
+   peak during the session and its value once the session has closed and the loader has
+   stored everything, against the 150 MB target (``make run`` gives Redis 200 MB with
+   ``noeviction``).
+2. Whole market: the end-to-end stack (8,000 tickers, ``T.*``/``AM.*``) with every other
+   service of ``make run`` beside it (features, inference, trader, validator, alerter,
+   collector, dashboard); resident memory of each process at rest (subscribed, rate 0), then
+   ``PEAK_RATE`` trades/s for ``PEAK_S`` s: the peak of Redis ``used_memory`` and of each
+   process' memory as proportional set size (PSS: shared pages divided among their sharers;
+   PostgreSQL: the postmaster and its backends together, shared buffers counted once).
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from typing import Any
 from its_common.streams import Stream
 from tests.bench.e2e_bench import SIM_ARGS, _settle
 from tests.bench.report import Figure
-from tests.bench.wholestack import BIN, Stack, feed_env, wait_for, whole_stack
+from tests.bench.wholestack import (
+    Stack,
+    start_decision_services,
+    start_observers,
+    wait_for,
+    whole_stack,
+)
 
 SESSION_SPEED = os.environ.get("ITS_BENCH_MEMORY_SPEED", "300")
 SESSION_DAY = "2025-11-03"
@@ -43,7 +52,7 @@ def session(work: Path) -> dict[str, Any]:
     peak = 0
     peak_rss: dict[str, int] = {}
     with whole_stack(work / "session", sim_args) as stack:
-        stack.start_service("features", [str(BIN / "its-features")], feed_env(stack))
+        start_decision_services(stack)
         started = time.monotonic()
         while (status := stack.sim_status())["clock_ms"] < SESSION_CLOSE_MS + 60_000:
             if status["day"] not in (None, SESSION_DAY):
@@ -59,6 +68,7 @@ def session(work: Path) -> dict[str, Any]:
         lengths = _lengths(stack)
         stored = stack.sql("SELECT count(*) FROM trades")[0][0]
         bars = stack.sql("SELECT count(*) FROM market_data")[0][0]
+        decisions = stack.sql("SELECT count(*) FROM signals")[0][0]
         stack_drops = stack.sim_status()["slow_reader_drops"]
     return {
         "redis_used_peak_bytes": max(peak, end),
@@ -66,6 +76,7 @@ def session(work: Path) -> dict[str, Any]:
         "stream_lengths_end": lengths,
         "trades_stored": stored,
         "bars_stored": bars,
+        "decisions_stored": decisions,
         "rss_peak_bytes": peak_rss,
         "session_wall_s": seconds,
         "slow_reader_drops": stack_drops,
@@ -75,7 +86,8 @@ def session(work: Path) -> dict[str, Any]:
 def _lengths(stack: Stack) -> dict[str, int]:
     client = stack.redis
     try:
-        return {s.value: int(client.xlen(s)) for s in (Stream.TRADES, Stream.BARS_1M)}
+        streams = (Stream.TRADES, Stream.BARS_1M, Stream.FEATURES, Stream.DECISIONS)
+        return {s.value: int(client.xlen(s)) for s in streams}
     finally:
         client.close()
 
@@ -83,6 +95,8 @@ def _lengths(stack: Stack) -> dict[str, int]:
 def whole_market(work: Path) -> dict[str, Any]:
     with whole_stack(work / "whole", SIM_ARGS, {"ITS_SUBSCRIBE_ALL": "true"}) as stack:
         wait_for(lambda: stack.sim_status()["subscribed"] >= 1, 60, "router subscribed")
+        start_decision_services(stack)
+        start_observers(stack)
         _settle(stack)
         rest = stack.rss()
         rest_redis = stack.redis_memory()["used"]
@@ -115,7 +129,8 @@ def run() -> dict[str, Any]:
     print(
         f"session NVDA+MSFT: Redis used {first['redis_used_end_bytes'] / MB:.1f} MB at the end,"
         f" peak {first['redis_used_peak_bytes'] / MB:.1f} MB (target < 150 MB); "
-        f"{first['trades_stored']:,} trades, {first['bars_stored']:,} bars stored in "
+        f"{first['trades_stored']:,} trades, {first['bars_stored']:,} bars, "
+        f"{first['decisions_stored']:,} decisions stored in "
         f"{first['session_wall_s']:.0f} s; slow-reader drops {first['slow_reader_drops']}",
         flush=True,
     )
@@ -134,8 +149,9 @@ def figures(result: dict[str, Any]) -> list[Figure]:
     first, second = result["session"], result["whole_market"]
     out = [
         Figure(
-            "Redis used_memory after a full NVDA+MSFT session (router + loader + features, "
-            f"trades and bars, normal trimming; speed {SESSION_SPEED})",
+            "Redis used_memory after a full NVDA+MSFT session (router, loader, features, "
+            "inference, trader: trades, bars, features, decisions; normal trimming; speed "
+            f"{SESSION_SPEED})",
             first["redis_used_end_bytes"] / MB,
             "MB",
             TARGET_BYTES / MB,
@@ -162,14 +178,14 @@ def figures(result: dict[str, Any]) -> list[Figure]:
     for name in sorted(second["rss_rest_bytes"]):
         out.append(
             Figure(
-                f"resident memory of {name}, whole market at rest (subscribed, rate 0)",
+                f"memory (PSS) of {name}, whole market at rest (subscribed, rate 0)",
                 second["rss_rest_bytes"][name] / MB,
                 "MB",
             )
         )
         out.append(
             Figure(
-                f"resident memory of {name}, whole market at {second['rate']:,} trades/s (peak)",
+                f"memory (PSS) of {name}, whole market at {second['rate']:,} trades/s (peak)",
                 second["rss_peak_bytes"][name] / MB,
                 "MB",
             )

@@ -24,9 +24,11 @@ import redis
 
 from its_common.db.migrate import apply_migrations
 from its_common.localstack.servers import PostgresServer, RedisServer, free_port
+from its_common.localstack.token import dashboard_token
 from its_common.streams import Stream
 
-BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
 KEY = "bench-key"
 LOADER_GROUP = "loader"
 LAG_CAP = 100_000
@@ -86,14 +88,24 @@ class Service:
 
 
 def process_rss(pid: int, children: bool = True) -> int:
-    """Resident bytes of a process (and its children: PostgreSQL's backends)."""
+    """Memory of a process and its children (PostgreSQL's backends, Redis' rewrite fork) as
+    the sum of their proportional set sizes: a page shared by n processes counts 1/n to each,
+    so PostgreSQL's shared buffers or a fork's copy-on-write pages are counted once, not once
+    per process as plain RSS would."""
     proc = psutil.Process(pid)
-    total = proc.memory_info().rss
+    total = _pss(proc)
     if children:
         for child in proc.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
+                total += _pss(child)
     return int(total)
+
+
+def _pss(proc: psutil.Process) -> int:
+    try:
+        return int(proc.memory_full_info().pss)
+    except (psutil.AccessDenied, AttributeError):  # no smaps to read: resident set instead
+        return int(proc.memory_info().rss)
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -236,6 +248,39 @@ def feed_env(stack: Stack) -> dict[str, str]:
         "ITS_POLYGON_REST_URL": f"http://127.0.0.1:{stack.sim_rest}",
         "POLYGON_API_KEY": KEY,
     }
+
+
+def start_decision_services(stack: Stack) -> None:
+    """Features, inference (the committed demo model, as ``make run``) and the trader (the
+    simulated broker): bars -> features -> decisions -> orders, as in the local stack."""
+    env = feed_env(stack)
+    stack.start_service("features", [str(BIN / "its-features")], env)
+    bundle = {"ITS_INFERENCE_BUNDLE_DIR": str(ROOT / "models" / "demo")}
+    stack.start_service("inference", [str(BIN / "its-inference")], {**env, **bundle})
+    stack.start_service("trader", [str(BIN / "its-trader")], env)
+
+
+def start_observers(stack: Stack) -> None:
+    """The rest of ``make run``: validator, alerter, collector (scraping every service) and
+    the dashboard, with the local stack's settings."""
+    env = feed_env(stack)
+    stack.start_service("validator", [str(BIN / "its-validator")], env)
+    alerter_env = {"ITS_ALERTER_EXPECTED_SERVICES": "router,loader"}
+    stack.start_service("alerter", [str(BIN / "its-alerter")], {**env, **alerter_env})
+    targets = ",".join(
+        f"{name}=http://127.0.0.1:{service.http_port}/metrics"
+        for name, service in stack.services.items()
+    )
+    stack.start_service(
+        "collector", [str(BIN / "its-collector")], {"ITS_COLLECTOR_TARGETS": targets}
+    )
+    token_env, _ = dashboard_token(stack.work)
+    router_metrics = f"http://127.0.0.1:{stack.services['router'].http_port}/metrics"
+    stack.start_service(
+        "dashboard",
+        [str(BIN / "its-dashboard")],
+        {**token_env, "ITS_DASHBOARD_ROUTER_METRICS_URL": router_metrics},
+    )
 
 
 @contextlib.contextmanager

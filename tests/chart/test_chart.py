@@ -355,6 +355,31 @@ def test_pdb_exactly_for_services_with_several_replicas(
         assert expected == ["its-marketsim", "its-router"]
 
 
+def test_replicas_spread_over_nodes_unless_told_otherwise(render: Render) -> None:
+    spread = [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone",
+               "whenUnsatisfiable": "DoNotSchedule"}]  # fmt: skip
+    objects = parse_manifests(
+        render(
+            {
+                "services": {
+                    "loader": {"replicas": 3},
+                    "router": {"replicas": 1},
+                    "validator": {"replicas": 2, "topologySpreadConstraints": spread},
+                }
+            }
+        )
+    )
+    loader = find(objects, "Deployment", "its-loader")["spec"]
+    (constraint,) = loader["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint["topologyKey"] == "kubernetes.io/hostname"
+    assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert constraint["labelSelector"]["matchLabels"] == loader["selector"]["matchLabels"]
+    router = find(objects, "Deployment", "its-router")["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in router
+    validator = find(objects, "Deployment", "its-validator")["spec"]["template"]["spec"]
+    assert validator["topologySpreadConstraints"] == spread
+
+
 def test_replicas_zero_is_respected(render: Render) -> None:
     objects = parse_manifests(render({"services": {"marketsim": {"replicas": 0}}}))
     assert find(objects, "Deployment", "its-marketsim")["spec"]["replicas"] == 0
