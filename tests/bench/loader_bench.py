@@ -23,16 +23,19 @@ rows/s, ceiling rows/s and their ratio; the correction path also as a ratio of t
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import struct
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis as sync_redis
 from prometheus_client import CollectorRegistry
 
 from its_common.db.migrate import apply_migrations
@@ -54,6 +57,7 @@ T0 = 1_795_000_000_000
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 TARGET_TRADES_ROWS_PER_S = 150_000
 TARGET_CORRECTION_OF_NEW = 0.5
+REPLICAS = int(os.environ.get("ITS_BENCH_LOADER_REPLICAS", "2"))
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 BAR_CEILING_COLUMNS = (
@@ -164,6 +168,106 @@ def measure_ceiling(url: str, table: str, columns: str, data: list[bytes]) -> fl
         count = conn.execute("SELECT count(*) FROM ceiling").fetchone()
         assert count is not None and count[0] == ROWS, count
         conn.execute("DROP TABLE ceiling")
+    return ROWS / elapsed
+
+
+def measure_parallel_ceiling(url: str, data: list[bytes], writers: int) -> float:
+    """``writers`` connections COPYing their share of ``data`` into one empty ``LIKE trades``
+    table at once (what N loader replicas do, without the Python work): rows/s."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS ceiling")
+        conn.execute("CREATE TABLE ceiling (LIKE trades INCLUDING ALL)")
+    connections = [psycopg.connect(url, autocommit=True) for _ in range(writers)]
+
+    def write(index: int) -> None:
+        conn = connections[index]
+        for payload in data[index::writers]:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY ceiling ({TRADE_CEILING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as c,
+            ):
+                c.write(payload)
+
+    try:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(write, range(writers)))
+        elapsed = time.perf_counter() - started
+    finally:
+        for conn in connections:
+            conn.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        count = conn.execute("SELECT count(*) FROM ceiling").fetchone()
+        assert count is not None and count[0] == ROWS, count
+        conn.execute("DROP TABLE ceiling")
+    return ROWS / elapsed
+
+
+def _replica(redis_url: str, db_url: str, name: str, start: Any, stop: Any) -> None:
+    """One loader replica in its own process: connect, wait at ``start``, consume until
+    ``stop``."""
+    asyncio.run(_replica_main(redis_url, db_url, name, start, stop))
+
+
+async def _replica_main(redis_url: str, db_url: str, name: str, start: Any, stop: Any) -> None:
+    client = connect(redis_url)
+    registry = CollectorRegistry()
+    stopping = asyncio.Event()
+    database = Database(BaseServiceSettings(database_url=db_url, redis_url=redis_url))
+    consumer, _ = loader_consumer(
+        TradesHandler(),
+        client,
+        database,
+        ConsumerSettings(group="loader", consumer=name, batch_entries=BATCH_ENTRIES, block_ms=50),
+        LoaderMetrics(registry),
+        stopping,
+        registry,
+    )
+    await database.connection()
+    await asyncio.to_thread(start.wait)
+    task = asyncio.create_task(consumer.run())
+    try:
+        while not stop.is_set() and not task.done():
+            await asyncio.sleep(0.01)
+    finally:
+        stopping.set()
+        await task
+        await database.close()
+        await client.aclose()
+
+
+def measure_replicas(redis_url: str, db_url: str, replicas: int) -> float:
+    """Rows/s of ``replicas`` loader processes of one consumer group draining the trades
+    stream's new entries: from their common start until the group has delivered and
+    acknowledged (stored) every entry."""
+    context = multiprocessing.get_context("spawn")
+    start, stop = context.Barrier(replicas + 1), context.Event()
+    client = sync_redis.Redis.from_url(redis_url)
+    newest: Any = client.xrevrange(Stream.TRADES, count=1)
+    last = newest[0][0]
+    processes = [
+        context.Process(target=_replica, args=(redis_url, db_url, f"r{i}", start, stop))
+        for i in range(replicas)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        start.wait(timeout=120)
+        started = time.perf_counter()
+        while True:
+            group = next(g for g in client.xinfo_groups(Stream.TRADES) if g["name"] == b"loader")
+            if group["last-delivered-id"] == last and group["pending"] == 0:
+                break
+            if not all(p.is_alive() for p in processes):
+                raise RuntimeError("a loader replica ended early")
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        for process in processes:
+            process.join(timeout=60)
+        client.close()
     return ROWS / elapsed
 
 
@@ -291,6 +395,33 @@ def run_scenario(redis_url: str, db_url: str, s: Scenario) -> dict[str, Any]:
     }
 
 
+def run_replicas(redis_url: str, db_url: str) -> dict[str, Any]:
+    """New trades again (table emptied) stored by REPLICAS loader processes of one group,
+    against REPLICAS raw COPY connections writing the same rows at once."""
+    trades = make_trades()
+    batch = EVENTS_PER_ENTRY * BATCH_ENTRIES
+    data = payloads(trade_ceiling_rows(trades), batch)
+    ceiling = measure_parallel_ceiling(db_url, data, REPLICAS)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE trades")
+    asyncio.run(fill_stream(redis_url, Stream.TRADES, "T", trades))
+    rate = measure_replicas(redis_url, db_url, REPLICAS)
+    stored = int(scalar(db_url, "SELECT count(*) FROM trades"))
+    print(
+        f"   new trades, {REPLICAS} replicas: {rate:>9,.0f} rows/s; {REPLICAS} parallel COPY "
+        f"ceiling {ceiling:>9,.0f} rows/s; ratio {rate / ceiling:.2f}"
+        + ("" if stored == ROWS else f"; STORED {stored} != {ROWS}"),
+        flush=True,
+    )
+    return {
+        "loader_rows_per_s": round(rate),
+        "copy_ceiling_rows_per_s": round(ceiling),
+        "ratio": round(rate / ceiling, 3),
+        "stored_ok": stored == ROWS,
+        "replicas": REPLICAS,
+    }
+
+
 def run() -> dict[str, Any]:
     load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="its-bench-loader-") as tmp:
@@ -302,6 +433,7 @@ def run() -> dict[str, Any]:
             with psycopg.connect(postgres.url) as conn:
                 apply_migrations(conn)
             figures = {s.name: run_scenario(redis.url, postgres.url, s) for s in scenarios()}
+            figures["new_trades_replicas"] = run_replicas(redis.url, postgres.url)
         finally:
             redis.stop()
             postgres.discard()
@@ -338,6 +470,10 @@ LABELS = {
     "corrected_bars": "corrected bars (staging + upsert)",
     "new_trades": "new trades (COPY straight into trades)",
     "duplicate_trades": "duplicate trades (staging + ON CONFLICT DO NOTHING)",
+    "new_trades_replicas": f"new trades, {REPLICAS} replicas (processes) of one consumer group",
+}
+CEILING_LABELS = {
+    "new_trades_replicas": f"{REPLICAS} raw binary COPY connections at once, same rows, same run",
 }
 
 
@@ -352,7 +488,7 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             p["loader_rows_per_s"],
             "rows/s",
             p["copy_ceiling_rows_per_s"],
-            "raw binary COPY of the same rows, same run",
+            CEILING_LABELS.get(name, "raw binary COPY of the same rows, same run"),
             f">= {TARGET_TRADES_ROWS_PER_S:,} rows/s" if name == "new_trades" else "",
         )
         for name, p in paths.items()
