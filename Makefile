@@ -55,9 +55,12 @@ lock:
 ## Start the whole system locally: Redis, PostgreSQL, migrations, simulator and every service.
 ## BROKER=sim (default: the built-in paper broker), ib-sim (the local IB Gateway simulator) or ib.
 ## BASE_PORT=N moves every port of the local stack (default 18080: dashboard on 18089).
+## WHOLE_MARKET=N adds N simulated tickers (ZAAA...) and subscribes the router to every ticker
+## (T.*, AM.*): the whole-market path of docs/scaling.md, locally.
 BROKER ?= sim
 run: venv
-	BROKER=$(BROKER) $(BIN)/its-local run $(if $(BASE_PORT),--base-port $(BASE_PORT))
+	BROKER=$(BROKER) $(if $(WHOLE_MARKET),ITS_MARKETSIM_WHOLE_MARKET_SYMBOLS=$(WHOLE_MARKET) \
+	  ITS_SUBSCRIBE_ALL=true) $(BIN)/its-local run $(if $(BASE_PORT),--base-port $(BASE_PORT))
 
 lint: venv
 	$(BIN)/ruff check .
