@@ -51,6 +51,7 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.ticks import conforms_to_tick
+from its_common.rediscluster import xread_streams
 from its_trader.actions import Side
 from its_trader.broker import (
     AccountSummary,
@@ -473,10 +474,8 @@ class SimBroker:
         backoff = Backoff(0.2, 5.0)
         while not self._closing:
             try:
-                reply: Any = await self._redis.xread(
-                    dict(self._cursors),  # type: ignore[arg-type]
-                    count=self.config.read_count,
-                    block=self.config.block_ms,
+                reply = await xread_streams(
+                    self._redis, self._cursors, self.config.read_count, self.config.block_ms
                 )
                 backoff.reset()
             except RedisError as exc:

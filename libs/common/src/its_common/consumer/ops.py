@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
+from its_common.rediscluster import is_cluster
 from its_common.streams import DEFAULT_TRIM, Stream
 
 from .model import id_tuple
@@ -168,9 +169,18 @@ class ConsumerOps:
         return int(await self.redis.xack(self.stream, self.group, *entry_ids))
 
     async def dead_letter(self, record: dict[bytes, bytes], entry_id: str) -> None:
-        """Add the record to the dead-letter stream and ack the entry, atomically."""
+        """Add the record to the dead-letter stream and ack the entry: atomically on one Redis;
+        on a Redis Cluster (the two streams are in different slots, a transaction would be
+        refused) the record is added first, then the entry acked, so a crash in between leaves
+        the entry pending and dead-lettered again later: a duplicate record, never a lost one."""
         policy = DEFAULT_TRIM[Stream.DEAD_LETTER]
         payload: dict[Any, Any] = record
+        if is_cluster(self.redis):
+            await self.redis.xadd(
+                Stream.DEAD_LETTER, payload, maxlen=policy.maxlen, approximate=True
+            )
+            await self.redis.xack(self.stream, self.group, entry_id)
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(Stream.DEAD_LETTER, payload, maxlen=policy.maxlen, approximate=True)
             pipe.xack(self.stream, self.group, entry_id)
