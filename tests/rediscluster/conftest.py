@@ -32,3 +32,9 @@ async def cluster_client(redis_cluster: RedisClusterServers) -> AsyncIterator[ai
     await cluster.flushall(target_nodes=RedisCluster.PRIMARIES)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def redis_client(cluster_client: aioredis.Redis) -> aioredis.Redis:
+    """The suites re-run here (test_suites_on_cluster.py) get the cluster client."""
+    return cluster_client

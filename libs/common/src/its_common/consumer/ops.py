@@ -50,6 +50,17 @@ return 0
 )
 
 
+# ConsumerOps.read_new_checked as one script (Redis Cluster): the stream's head, its groups and
+# the new entries, atomically. KEYS[1] the stream; ARGV: group, consumer, count.
+CHECKED_READ: Final = """
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], '>')
+return {info, groups, reply}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class HeadState:
     """The group's position against the stream's head, read atomically with new entries."""
@@ -109,6 +120,10 @@ class ConsumerOps:
         self.group = group
         self.consumer = consumer
         self._delete_if_dead = redis.register_script(DELETE_IF_DEAD)
+        # On a Redis Cluster the checked read is a script: redis-py's asyncio cluster MULTI
+        # queues each command from a helper thread with its own event loop and fails on commands
+        # whose keys it must ask the server for (XREADGROUP, XINFO).
+        self._checked_read = redis.register_script(CHECKED_READ) if is_cluster(redis) else None
 
     async def read_new_checked(self, count: int) -> tuple[HeadState, list[RawEntry]]:
         """New entries (non-blocking) and, in the same MULTI/EXEC, the stream's head and the
@@ -116,11 +131,14 @@ class ConsumerOps:
         two could otherwise never be noticed (once the group reads past them, last-delivered-id
         moves on and the evidence is gone). A transaction rather than a Lua script: the entries
         go straight to the reply, not through Lua (half the time for large batches)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xinfo_stream(self.stream)
-            pipe.xinfo_groups(self.stream)
-            pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count)
-            stream_info, groups, reply = await pipe.execute()
+        if self._checked_read is not None:
+            stream_info, groups, reply = await self._read_checked_scripted(count)
+        else:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(self.stream)
+                pipe.xinfo_groups(self.stream)
+                pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count)
+                stream_info, groups, reply = await pipe.execute()
         info = {_text(k): v for k, v in stream_info.items()}
         group: dict[str, Any] = {}
         for row in groups:
@@ -137,6 +155,19 @@ class ConsumerOps:
             length=int(info.get("length") or 0),
         )
         return head, _flatten(reply)
+
+    async def _read_checked_scripted(self, count: int) -> tuple[dict[Any, Any], list[Any], Any]:
+        """:data:`CHECKED_READ`'s raw reply in the shapes redis-py gives the MULTI above."""
+        assert self._checked_read is not None
+        raw: Any = await self._checked_read(
+            keys=[self.stream], args=[self.group, self.consumer, count]
+        )
+        stream_info, groups, reply = raw
+        entries = []
+        for _stream, messages in reply or []:
+            for entry_id, fields in messages:
+                entries.append((entry_id, _pairs(fields) if fields else None))
+        return _pairs(stream_info), [_pairs(row) for row in groups], [[self.stream, entries]]
 
     async def read_new_blocking(self, count: int, block_ms: int) -> list[RawEntry]:
         reply: Any = await self.redis.xreadgroup(
@@ -247,6 +278,10 @@ def _flatten(reply: Any) -> list[RawEntry]:
         for entry_id, fields in messages:
             out.append((_text(entry_id), dict(fields) if fields else {}))
     return out
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _text(value: Any) -> str:
