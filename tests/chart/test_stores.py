@@ -3,6 +3,7 @@ guard (issue 13, items 4, 5 and 8)."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 from pathlib import Path
@@ -217,7 +218,7 @@ def test_an_external_store_needs_an_existing_secret(render: Render) -> None:
 
 
 def test_an_external_redis_cluster_sets_cluster_mode_for_every_process(render: Render) -> None:
-    cluster = {"redis": {**EXTERNAL["redis"], "external": {**EXTERNAL["redis"]["external"]}}}
+    cluster: dict[str, Any] = copy.deepcopy(EXTERNAL)
     cluster["redis"]["external"]["cluster"] = True
     objects = parse_manifests(render(cluster))
     config = find(objects, "ConfigMap", "its-config")
@@ -239,13 +240,14 @@ def test_an_external_redis_cluster_sets_cluster_mode_for_every_process(render: R
     assert {"its-router", "its-loader", "its-features", "its-trader"} <= set(redis_users)
     single = parse_manifests(render(EXTERNAL))
     assert find(single, "ConfigMap", "its-config")["data"]["ITS_REDIS_CLUSTER"] == "false"
-    assert find(parse_manifests(render(None)), "ConfigMap", "its-config")["data"][
-        "ITS_REDIS_CLUSTER"
-    ] == "false"
+    assert (
+        find(parse_manifests(render(None)), "ConfigMap", "its-config")["data"]["ITS_REDIS_CLUSTER"]
+        == "false"
+    )
 
 
 def test_cluster_mode_needs_an_external_redis_and_a_boolean(render: Render) -> None:
-    with pytest.raises(helm.HelmRenderError, match="redis.external.url"):
+    with pytest.raises(helm.HelmRenderError, match=r"redis\.external\.url"):
         render({"redis": {"external": {"cluster": True}}})
     with pytest.raises(helm.HelmValuesError, match="boolean"):
         render({"redis": {"external": {"cluster": "yes"}}})

@@ -29,6 +29,12 @@ def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
+def node_of(cluster: RedisCluster, key: str) -> str:
+    node = cluster.get_node_from_key(key)
+    assert node is not None
+    return str(node.name)
+
+
 def test_the_setting_chooses_the_cluster_client_and_the_default_stays_single_node(
     redis_cluster: RedisClusterServers,
 ) -> None:
@@ -91,7 +97,7 @@ async def test_one_read_over_streams_of_several_nodes(cluster_client) -> None:
     layout = StreamLayout(4)
     names = layout.names(Stream.TRADES)
     assert len({slot(n) for n in names}) == 4
-    with pytest.raises(Exception, match="(?i)crossslot|slot"):
+    with pytest.raises(Exception, match=r"(?i)slot"):
         await cluster_client.xread(dict.fromkeys(names, "0"))
     for k, name in enumerate(names):
         await cluster_client.xadd(name, {b"k": str(k).encode()})
@@ -107,11 +113,9 @@ async def test_heartbeats_are_written_and_found_on_every_node(cluster_client) ->
     instances = [f"i{k}" for k in range(12)]
     for instance in instances:
         await beat(cluster_client, "loader", instance, "1", "ok", {"rows": 1.0}, 30, 0)
-    cluster: RedisCluster = cluster_client  # type: ignore[assignment]
-    nodes_used = set()
-    for instance in instances:
-        node = cluster.get_node_from_key(f"its:heartbeat:loader:{instance}")
-        nodes_used.add(node.name)
+    nodes_used = {
+        node_of(cluster_client, f"its:heartbeat:loader:{instance}") for instance in instances
+    }
     assert len(nodes_used) >= 2
     beats = await read_heartbeats(cluster_client)
     assert sorted(b["instance"] for b in beats) == sorted(instances)

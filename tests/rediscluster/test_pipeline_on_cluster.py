@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio.cluster import RedisCluster
 
 from its_common import streams
 from its_common.clock import FEED_CLOCK_KEY, WORKER_CLOCK_KEY
 from its_common.events import Trade, encode_frame
 from its_common.streams import Stream, StreamLayout
+from its_router.batching import Frame
 from its_router.metrics import RouterMetrics
-from its_router.writer import Frame, StreamWriter, WorkerIdentity
+from its_router.writer import StreamWriter, WorkerIdentity
 from tests.conditions import wait_until
 from tests.loader.conftest import (
     _restore_logging,
@@ -23,6 +23,8 @@ from tests.loader.conftest import (
     scalar,
     start_loader,
 )
+
+from .test_cluster_client import node_of
 
 __all__ = ["_restore_logging", "db_url", "start_loader"]
 
@@ -45,9 +47,8 @@ async def test_sharded_streams_over_the_cluster_reach_the_database_exactly_once(
     redis_cluster, redis_client: Any, db_url: str, start_loader
 ) -> None:
     layout = StreamLayout(SHARDS)
-    cluster: RedisCluster = redis_client
     names = layout.names(Stream.TRADES)
-    nodes = {cluster.get_node_from_key(name).name for name in names}
+    nodes = {node_of(redis_client, name) for name in names}
     assert len(nodes) >= 2, "the shards must spread over several nodes"
 
     writers = [

@@ -16,7 +16,8 @@ transaction must share a hash tag (the part of the name between the first ``{`` 
   key carries the stream's own slot tag (:func:`slot_tag`);
 - a lease and its fencing-token counter (:mod:`its_common.leader.redis_lease`):
   ``its:leader:{<name>}`` and ``its:leader:{<name>}:token``;
-- a market-data shard's streams: ``its:stream:{g<k>}:...`` (:class:`its_common.streams.StreamLayout`);
+- a market-data shard's streams: ``its:stream:{g<k>}:...``
+  (:class:`its_common.streams.StreamLayout`);
 - single-key scripts and transactions (trimming, the router's clock hash, heartbeats, a
   consumer's checked read) are safe by construction.
 

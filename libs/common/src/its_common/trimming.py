@@ -37,8 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
-from its_common.streams import DEFAULT_TRIM, MIB, TrimPolicy, now_ms
 from its_common.rediscluster import memory_info
+from its_common.streams import DEFAULT_TRIM, MIB, TrimPolicy, now_ms
 
 log = logging.getLogger("its.trimming")
 

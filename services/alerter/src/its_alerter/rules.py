@@ -46,8 +46,8 @@ from its_common import calendar
 from its_common.feed_status import FEED_STATE_KEY, HEALTHY_STATES, SLOW_CONSUMER, decode_status
 from its_common.heartbeat import read_heartbeats
 from its_common.redaction import redact
-from its_common.streams import Stream, latest_trade_key
 from its_common.rediscluster import memory_info
+from its_common.streams import Stream, latest_trade_key
 
 KILL_KEY: Final = "its:trader:kill"
 HEALTHY_FEED_STATES: Final = HEALTHY_STATES

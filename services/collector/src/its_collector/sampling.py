@@ -12,8 +12,8 @@ import aiohttp
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from its_common.streams import HEARTBEAT_PATTERN, Stream
 from its_common.rediscluster import server_info
+from its_common.streams import HEARTBEAT_PATTERN, Stream
 
 
 @dataclass(frozen=True, slots=True)

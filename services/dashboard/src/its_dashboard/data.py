@@ -21,8 +21,8 @@ from its_common.features.spec import FEATURE_NAMES
 from its_common.feed_status import FEED_STATE_KEY
 from its_common.heartbeat import read_heartbeats
 from its_common.redaction import redact
-from its_common.streams import Stream, now_ms
 from its_common.rediscluster import memory_info, server_info
+from its_common.streams import Stream, now_ms
 from its_dashboard.config import DashboardSettings
 
 log = logging.getLogger("its.dashboard.data")

@@ -22,9 +22,9 @@ from redis.exceptions import RedisError
 from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.logs import setup_logging
+from its_common.rediscluster import connect_redis
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
-from its_common.rediscluster import connect_redis
 from its_common.symbols import read_symbols
 from its_loader import __version__
 from its_loader.app import main as service_main

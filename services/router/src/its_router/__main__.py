@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import sys
 
+from its_common.rediscluster import connect_redis
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
-from its_common.rediscluster import connect_redis
 from its_common.symbols import SymbolError, parse_symbols, set_symbols
 from its_router import __version__
 from its_router.app import main as service_main

@@ -25,6 +25,7 @@ from its_common.backoff import Backoff
 from its_common.clock import ADVANCE_HASH_LUA, FEED_CLOCK_KEY, WORKER_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade, encode_frame
 from its_common.gaps import GapWindow
+from its_common.rediscluster import is_cluster
 from its_common.streams import (
     DEFAULT_TRIM,
     STREAM_FOR_EVENT,
@@ -35,7 +36,6 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.telemetry import current_traceparent
-from its_common.rediscluster import is_cluster
 from its_router.batching import Batch, Frame, build_batch
 from its_router.metrics import RouterMetrics
 

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from its_common.backoff import Backoff
 from its_common.clock import read_feed_clock
 from its_common.events import Trade
+from its_common.rediscluster import xread_streams
 from its_common.streams import (
     EntryFormatError,
     Stream,
@@ -51,7 +52,6 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.ticks import conforms_to_tick
-from its_common.rediscluster import xread_streams
 from its_trader.actions import Side
 from its_trader.broker import (
     AccountSummary,

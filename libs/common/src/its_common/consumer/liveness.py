@@ -2,8 +2,8 @@
 
 A consumer is dead only when both hold:
 
-* its liveness key ``its:consumer:<tag>:<stream>|<group>|<consumer>`` is gone: every framework consumer
-  refreshes it from its own task (independent of how long a handler runs) with a TTL of the
+* its liveness key ``its:consumer:<tag>:<stream>|<group>|<consumer>`` is gone: every framework
+  consumer refreshes it from its own task (independent of how long a handler runs) with a TTL of the
   death threshold, so a consumer busy with a slow batch or waiting out a database outage stays
   alive;
 * Redis has not seen it for the threshold (XINFO CONSUMERS ``idle``: since its last attempted
