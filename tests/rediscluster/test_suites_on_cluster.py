@@ -3,7 +3,8 @@
 The ``redis_client`` fixture of this directory is the cluster client (ITS_REDIS_CLUSTER=true), so
 each test below runs its Lua scripts, transactions and pipelines through Redis Cluster: the
 consumer framework (read with the head check in one MULTI, claim, ack, dead-letter, dead-consumer
-script with its liveness key), the Redis lease (two-key scripts), the trimmer (scripts, INFO).
+script with its liveness key), the Redis lease (two-key scripts), the trimmer (scripts, INFO),
+the simulated broker reading the trades shards of several nodes (one XREAD per slot).
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ from tests.leader.test_redis_lease import (
     test_an_unrenewed_lease_expires_and_the_renewal_extends_it,
     test_one_holder_and_a_larger_token_for_every_new_holder,
 )
+from tests.trader.conftest import db_url
+from tests.trader.test_simbroker import (
+    test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order,
+    test_with_stream_shards_each_symbol_fills_from_its_own_shard,
+)
 
 __all__ = [
+    "db_url",
     "running",
     "test_a_crashed_consumer_rereads_its_own_pending_entries_on_restart",
     "test_a_deleted_stream_recreates_the_group",
@@ -53,6 +60,7 @@ __all__ = [
     "test_entries_are_acked_only_after_the_handler_returns",
     "test_entries_every_group_read_and_acked_are_trimmed_to_maxlen",
     "test_entries_trimmed_before_they_were_read_become_a_gap_window",
+    "test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order",
     "test_lag_metrics",
     "test_one_holder_and_a_larger_token_for_every_new_holder",
     "test_over_the_high_water_mark_unread_entries_are_trimmed_counted_logged_and_reported",
@@ -60,4 +68,5 @@ __all__ = [
     "test_poison_goes_to_the_dead_letter_stream_with_its_reason",
     "test_stop_finishes_and_acks_the_batch_in_hand",
     "test_the_trimmer_runs_periodically_until_stopped",
+    "test_with_stream_shards_each_symbol_fills_from_its_own_shard",
 ]
