@@ -4,11 +4,17 @@ The ``redis_client`` fixture of this directory is the cluster client (ITS_REDIS_
 each test below runs its Lua scripts, transactions and pipelines through Redis Cluster: the
 consumer framework (read with the head check in one MULTI, claim, ack, dead-letter, dead-consumer
 script with its liveness key), the Redis lease (two-key scripts), the trimmer (scripts, INFO),
-the simulated broker reading the trades shards of several nodes (one XREAD per slot).
+the simulated broker reading the trades shards of several nodes (one XREAD per slot), the
+alerter's Redis memory (INFO of every primary), heartbeat (SCAN of every primary) and lag rules.
 """
 
 from __future__ import annotations
 
+from tests.alerter.test_rules import (
+    test_heartbeat_missing,
+    test_loader_lag_pending_and_backlog,
+    test_redis_memory_threshold,
+)
 from tests.common.test_consumer import (
     running,
     test_a_crashed_consumer_rereads_its_own_pending_entries_on_restart,
@@ -61,11 +67,14 @@ __all__ = [
     "test_entries_every_group_read_and_acked_are_trimmed_to_maxlen",
     "test_entries_trimmed_before_they_were_read_become_a_gap_window",
     "test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order",
+    "test_heartbeat_missing",
     "test_lag_metrics",
+    "test_loader_lag_pending_and_backlog",
     "test_one_holder_and_a_larger_token_for_every_new_holder",
     "test_over_the_high_water_mark_unread_entries_are_trimmed_counted_logged_and_reported",
     "test_pending_entries_trimmed_before_they_were_handled_are_counted",
     "test_poison_goes_to_the_dead_letter_stream_with_its_reason",
+    "test_redis_memory_threshold",
     "test_stop_finishes_and_acks_the_batch_in_hand",
     "test_the_trimmer_runs_periodically_until_stopped",
     "test_with_stream_shards_each_symbol_fills_from_its_own_shard",
