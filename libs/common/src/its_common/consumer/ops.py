@@ -130,9 +130,12 @@ class ConsumerOps:
         group's position as they were just before the read: entries trimmed away between the
         two could otherwise never be noticed (once the group reads past them, last-delivered-id
         moves on and the evidence is gone). A transaction rather than a Lua script: the entries
-        go straight to the reply, not through Lua (half the time for large batches)."""
+        go straight to the reply, not through Lua (half the time for large batches); on a Redis
+        Cluster the script :data:`CHECKED_READ` (see ``__init__``)."""
         if self._checked_read is not None:
-            stream_info, groups, reply = await self._read_checked_scripted(count)
+            stream_info, groups, reply = await _read_checked_scripted(
+                self._checked_read, self.stream, self.group, self.consumer, count
+            )
         else:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xinfo_stream(self.stream)
@@ -155,19 +158,6 @@ class ConsumerOps:
             length=int(info.get("length") or 0),
         )
         return head, _flatten(reply)
-
-    async def _read_checked_scripted(self, count: int) -> tuple[dict[Any, Any], list[Any], Any]:
-        """:data:`CHECKED_READ`'s raw reply in the shapes redis-py gives the MULTI above."""
-        assert self._checked_read is not None
-        raw: Any = await self._checked_read(
-            keys=[self.stream], args=[self.group, self.consumer, count]
-        )
-        stream_info, groups, reply = raw
-        entries = []
-        for _stream, messages in reply or []:
-            for entry_id, fields in messages:
-                entries.append((entry_id, _pairs(fields) if fields else None))
-        return _pairs(stream_info), [_pairs(row) for row in groups], [[self.stream, entries]]
 
     async def read_new_blocking(self, count: int, block_ms: int) -> list[RawEntry]:
         reply: Any = await self.redis.xreadgroup(
@@ -278,6 +268,20 @@ def _flatten(reply: Any) -> list[RawEntry]:
         for entry_id, fields in messages:
             out.append((_text(entry_id), dict(fields) if fields else {}))
     return out
+
+
+async def _read_checked_scripted(
+    script: Any, stream: str, group: str, consumer: str, count: int
+) -> tuple[dict[Any, Any], list[Any], Any]:
+    """:data:`CHECKED_READ`'s raw reply in the shapes redis-py gives the MULTI of
+    :meth:`ConsumerOps.read_new_checked`."""
+    raw: Any = await script(keys=[stream], args=[group, consumer, count])
+    stream_info, groups, reply = raw
+    entries = []
+    for _stream, messages in reply or []:
+        for entry_id, fields in messages:
+            entries.append((entry_id, _pairs(fields) if fields else None))
+    return _pairs(stream_info), [_pairs(row) for row in groups], [[stream, entries]]
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:
