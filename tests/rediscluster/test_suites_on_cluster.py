@@ -5,7 +5,8 @@ each test below runs its Lua scripts, transactions and pipelines through Redis C
 consumer framework (read with the head check in one MULTI, claim, ack, dead-letter, dead-consumer
 script with its liveness key), the Redis lease (two-key scripts), the trimmer (scripts, INFO),
 the simulated broker reading the trades shards of several nodes (one XREAD per slot), the
-alerter's Redis memory (INFO of every primary), heartbeat (SCAN of every primary) and lag rules.
+alerter's Redis memory (INFO of every primary), heartbeat (SCAN of every primary) and lag rules,
+the features processor (feature entries, caches, the live symbol list, the market clock).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ from tests.common.test_trimming import (
     test_over_the_high_water_mark_unread_entries_are_trimmed_counted_logged_and_reported,
     test_the_trimmer_runs_periodically_until_stopped,
 )
+from tests.features_service.test_features_service import (
+    test_features_follow_the_live_symbol_list,
+    test_processor_publishes_stream_entries_and_the_cache,
+    test_the_market_clock_is_awaited_before_assembling,
+)
 from tests.leader.test_redis_lease import (
     test_a_lost_token_counter_restarts_above_the_old_tokens,
     test_a_standby_elector_takes_over_when_the_leader_stops_and_releases,
@@ -66,6 +72,7 @@ __all__ = [
     "test_entries_are_acked_only_after_the_handler_returns",
     "test_entries_every_group_read_and_acked_are_trimmed_to_maxlen",
     "test_entries_trimmed_before_they_were_read_become_a_gap_window",
+    "test_features_follow_the_live_symbol_list",
     "test_fills_at_the_next_trade_never_at_a_price_seen_before_the_order",
     "test_heartbeat_missing",
     "test_lag_metrics",
@@ -74,8 +81,10 @@ __all__ = [
     "test_over_the_high_water_mark_unread_entries_are_trimmed_counted_logged_and_reported",
     "test_pending_entries_trimmed_before_they_were_handled_are_counted",
     "test_poison_goes_to_the_dead_letter_stream_with_its_reason",
+    "test_processor_publishes_stream_entries_and_the_cache",
     "test_redis_memory_threshold",
     "test_stop_finishes_and_acks_the_batch_in_hand",
+    "test_the_market_clock_is_awaited_before_assembling",
     "test_the_trimmer_runs_periodically_until_stopped",
     "test_with_stream_shards_each_symbol_fills_from_its_own_shard",
 ]

@@ -350,7 +350,9 @@ async def read_group(
     count: int = 500,
     block_ms: int | None = 1000,
 ) -> RawEntries:
-    """New entries for this consumer: ``[(stream, entry_id, fields), ...]``."""
+    """New entries for this consumer: ``[(stream, entry_id, fields), ...]``.
+
+    For tools and tests; on a Redis Cluster the streams must share a slot (one XREADGROUP)."""
     reply = await client.xreadgroup(
         group, consumer, {stream: ">" for stream in streams}, count=count, block=block_ms
     )
