@@ -3,6 +3,7 @@ guard (issue 13, items 4, 5 and 8)."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 from pathlib import Path
@@ -214,6 +215,42 @@ def test_external_redis_and_timescaledb_replace_the_in_chart_stores(render: Rend
 def test_an_external_store_needs_an_existing_secret(render: Render) -> None:
     with pytest.raises(helm.HelmRenderError, match="existingSecret"):
         render({"redis": {"external": {"url": "redis://redis.example.net:6379/0"}}})
+
+
+def test_an_external_redis_cluster_sets_cluster_mode_for_every_process(render: Render) -> None:
+    cluster: dict[str, Any] = copy.deepcopy(EXTERNAL)
+    cluster["redis"]["external"]["cluster"] = True
+    objects = parse_manifests(render(cluster))
+    config = find(objects, "ConfigMap", "its-config")
+    assert config["data"]["ITS_REDIS_CLUSTER"] == "true"
+    # Every container given REDIS_URL also reads the shared ConfigMap: none misses the setting.
+    redis_users = []
+    for workload in objects:
+        if workload["kind"] == "CronJob":
+            spec = workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        elif workload["kind"] in ("Deployment", "StatefulSet", "Job"):
+            spec = pod_spec(workload)
+        else:
+            continue
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            if any(e["name"] == "REDIS_URL" for e in c.get("env", [])):
+                refs = [e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])]
+                assert "its-config" in refs, (workload["metadata"]["name"], c["name"])
+                redis_users.append(workload["metadata"]["name"])
+    assert {"its-router", "its-loader", "its-features", "its-trader"} <= set(redis_users)
+    single = parse_manifests(render(EXTERNAL))
+    assert find(single, "ConfigMap", "its-config")["data"]["ITS_REDIS_CLUSTER"] == "false"
+    assert (
+        find(parse_manifests(render(None)), "ConfigMap", "its-config")["data"]["ITS_REDIS_CLUSTER"]
+        == "false"
+    )
+
+
+def test_cluster_mode_needs_an_external_redis_and_a_boolean(render: Render) -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"redis\.external\.url"):
+        render({"redis": {"external": {"cluster": True}}})
+    with pytest.raises(helm.HelmValuesError, match="boolean"):
+        render({"redis": {"external": {"cluster": "yes"}}})
 
 
 def test_stream_shards_are_one_setting_for_every_service(render: Render) -> None:

@@ -269,6 +269,9 @@ Offline rendering (helm template, lint) has no cluster, so it always generates.
 {{- if and .Values.redis.external.url (not .Values.redis.auth.existingSecret) -}}
 {{- fail "redis.external.url needs redis.auth.existingSecret (the external Redis' password)" -}}
 {{- end -}}
+{{- if and .Values.redis.external.cluster (not .Values.redis.external.url) -}}
+{{- fail "redis.external.cluster needs redis.external.url (the in-chart Redis is one node)" -}}
+{{- end -}}
 {{- if and .Values.timescaledb.external.host (not .Values.timescaledb.auth.existingSecret) -}}
 {{- fail "timescaledb.external.host needs timescaledb.auth.existingSecret (the database password)" -}}
 {{- end -}}

@@ -23,8 +23,8 @@ from its_common.db.schema import SchemaGate
 from its_common.health import HealthState, ReadinessCheck, bound_port, start_health_server
 from its_common.heartbeat import heartbeat_loop
 from its_common.logs import setup_logging
+from its_common.rediscluster import connect_redis
 from its_common.settings import BaseServiceSettings
-from its_common.streams import connect
 from its_common.telemetry import setup_telemetry
 
 log = logging.getLogger("its.runtime")
@@ -129,7 +129,7 @@ async def _serve(
 
     tasks: list[asyncio.Task[None]] = []
     if uses_redis:
-        ctx.redis = connect(settings.redis_url_with_password())
+        ctx.redis = connect_redis(settings)
         redis_client = ctx.redis
 
         async def redis_ready() -> None:

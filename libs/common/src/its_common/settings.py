@@ -173,6 +173,11 @@ class BaseServiceSettings(BaseSettings):
     redis_password: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_PASSWORD", "ITS_REDIS_PASSWORD")
     )
+    redis_cluster: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("REDIS_CLUSTER", "ITS_REDIS_CLUSTER"),
+        description="REDIS_URL is a node of a Redis Cluster (its_common.rediscluster)",
+    )
     database_url: str = Field(
         default="postgresql://its@127.0.0.1:5432/its",
         validation_alias=AliasChoices("DATABASE_URL", "ITS_DATABASE_URL"),

@@ -30,9 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from its_common.events import Event, decode_frame, encode_frame
@@ -277,11 +278,20 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    """An asyncio Redis client (hiredis parses replies when installed; bytes responses)."""
+def connect(url: str, *, cluster: bool = False, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio Redis client (hiredis parses replies when installed; bytes responses).
+
+    ``cluster=True`` (``ITS_REDIS_CLUSTER``, see :func:`its_common.rediscluster.connect_redis`):
+    a :class:`redis.asyncio.cluster.RedisCluster` seeded from ``url`` (any node of the cluster),
+    with the same options. It follows MOVED/ASK and routes each key to its node; commands the
+    Redis client runs are the same, so it is typed as the plain client.
+    """
     kwargs.setdefault("health_check_interval", 30)
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("socket_keepalive", True)
+    if cluster:
+        client: Any = RedisCluster.from_url(url, decode_responses=False, **kwargs)
+        return cast(aioredis.Redis, client)
     return aioredis.Redis.from_url(url, decode_responses=False, **kwargs)
 
 
@@ -340,7 +350,9 @@ async def read_group(
     count: int = 500,
     block_ms: int | None = 1000,
 ) -> RawEntries:
-    """New entries for this consumer: ``[(stream, entry_id, fields), ...]``."""
+    """New entries for this consumer: ``[(stream, entry_id, fields), ...]``.
+
+    For tools and tests; on a Redis Cluster the streams must share a slot (one XREADGROUP)."""
     reply = await client.xreadgroup(
         group, consumer, {stream: ">" for stream in streams}, count=count, block=block_ms
     )

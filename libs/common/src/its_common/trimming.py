@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
+from its_common.rediscluster import memory_info
 from its_common.streams import DEFAULT_TRIM, MIB, TrimPolicy, now_ms
 
 log = logging.getLogger("its.trimming")
@@ -234,7 +235,7 @@ class StreamTrimmer:
 
     async def trim_once(self) -> dict[str, TrimResult]:
         """One pass over every stream; returns what was removed, per stream."""
-        info = await self.redis.info("memory")
+        info = await memory_info(self.redis)
         over = int(info["used_memory"]) >= self.high_water_bytes
         self.metrics.over_high_water.set(1 if over else 0)
         results: dict[str, TrimResult] = {}

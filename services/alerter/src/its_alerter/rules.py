@@ -46,6 +46,7 @@ from its_common import calendar
 from its_common.feed_status import FEED_STATE_KEY, HEALTHY_STATES, SLOW_CONSUMER, decode_status
 from its_common.heartbeat import read_heartbeats
 from its_common.redaction import redact
+from its_common.rediscluster import memory_info
 from its_common.streams import Stream, latest_trade_key
 
 KILL_KEY: Final = "its:trader:kill"
@@ -158,7 +159,7 @@ async def price_divergence_rule(ctx: RuleContext) -> list[Condition]:
 
 
 async def redis_memory_rule(ctx: RuleContext) -> list[Condition]:
-    info: dict[str, Any] = await ctx.redis.info("memory")
+    info = await memory_info(ctx.redis)
     used = int(info.get("used_memory", 0))
     limit = ctx.settings.redis_memory_bytes
     if used <= limit:

@@ -12,6 +12,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from its_common.rediscluster import server_info
 from its_common.streams import HEARTBEAT_PATTERN, Stream
 
 
@@ -58,7 +59,7 @@ async def redis_samples(
     client: aioredis.Redis, streams: Iterable[str] = tuple(Stream)
 ) -> list[Sample]:
     """Used memory, keyspace hit ratio, clients and every stream's length."""
-    info: dict[str, Any] = await client.info()
+    info = await server_info(client)
     hits = float(info.get("keyspace_hits", 0))
     misses = float(info.get("keyspace_misses", 0))
     ratio = hits / (hits + misses) if hits + misses else 1.0

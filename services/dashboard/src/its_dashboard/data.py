@@ -21,6 +21,7 @@ from its_common.features.spec import FEATURE_NAMES
 from its_common.feed_status import FEED_STATE_KEY
 from its_common.heartbeat import read_heartbeats
 from its_common.redaction import redact
+from its_common.rediscluster import memory_info, server_info
 from its_common.streams import Stream, now_ms
 from its_dashboard.config import DashboardSettings
 
@@ -113,8 +114,8 @@ class Sources:
         return {**raw, "last_trades": last}
 
     async def redis_info(self) -> dict[str, Any]:
-        memory: dict[str, Any] = await self.redis.info("memory")
-        stats: dict[str, Any] = await self.redis.info("stats")
+        memory = await memory_info(self.redis)
+        stats = await server_info(self.redis, "stats")
         hits, misses = int(stats.get("keyspace_hits", 0)), int(stats.get("keyspace_misses", 0))
         lengths = {}
         for stream in Stream:

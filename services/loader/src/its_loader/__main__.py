@@ -22,9 +22,9 @@ from redis.exceptions import RedisError
 from its_common.clock import MarketClock
 from its_common.db.connect import connection_kwargs
 from its_common.logs import setup_logging
+from its_common.rediscluster import connect_redis
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
-from its_common.streams import connect
 from its_common.symbols import read_symbols
 from its_loader import __version__
 from its_loader.app import main as service_main
@@ -197,7 +197,7 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
             if trades is not None:
                 await write_trades_audit(conn, trades)
     if not args.no_event and report.trading_day:
-        redis = connect(settings.redis_url_with_password())
+        redis = connect_redis(settings)
         try:
             await publish_audit_event(redis, report)
         finally:
@@ -218,7 +218,7 @@ async def run_audit(settings: LoaderSettings, args: argparse.Namespace) -> int:
 async def _live_view(settings: LoaderSettings) -> tuple[datetime, list[str]]:
     """The market clock and the live symbol list from Redis (its_common.clock / .symbols); the
     wall clock and ITS_SYMBOLS when Redis cannot be reached (said on stderr)."""
-    redis = connect(settings.redis_url_with_password())
+    redis = connect_redis(settings)
     try:
         now = await asyncio.wait_for(MarketClock(redis).now(), timeout=5)
         symbols = await read_symbols(redis, default=settings.symbols)

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from its_common.consumer import StreamConsumer, consumer_counters
+from its_common.rediscluster import memory_info
 from its_loader.database import sleep_or_stop
 from its_loader.metrics import LoaderMetrics
 
@@ -80,7 +81,7 @@ async def lag_loop(
     while not await sleep_or_stop(stopping, interval_s):
         counters.update(consumer_counters(consumers))
         try:
-            memory = await redis.info("memory")
+            memory = await memory_info(redis)
             used = int(memory.get("used_memory", 0))
             metrics.redis_used_memory.set(used)
             counters["redis_used_memory"] = used

@@ -10,9 +10,9 @@ import argparse
 import asyncio
 import sys
 
+from its_common.rediscluster import connect_redis
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
-from its_common.streams import connect
 from its_common.symbols import SymbolError, parse_symbols, set_symbols
 from its_router import __version__
 from its_router.app import main as service_main
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _set_symbols(settings: RouterSettings, symbols: list[str]) -> int:
-    client = connect(settings.redis_url_with_password())
+    client = connect_redis(settings)
     try:
         await set_symbols(client, symbols, settings.symbols_key)
     except SymbolError as exc:

@@ -65,6 +65,7 @@ async def main(
                 settings.stream_shards,
                 settings.log_level,
                 settings.subscribe_all,
+                settings.redis_cluster,
             )
             for index in range(settings.workers)
         ]

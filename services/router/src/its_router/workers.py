@@ -68,6 +68,7 @@ class WorkerConfig:
     stream_shards: int = 1
     log_level: str = "INFO"
     latest_for_listed_only: bool = False  # whole-market mode: the symbol list's hashes only
+    redis_cluster: bool = False  # ITS_REDIS_CLUSTER: redis_url is a node of a Redis Cluster
 
 
 def is_aggregate_frame(payload: bytes) -> bool:
@@ -88,7 +89,7 @@ def worker_process(config: WorkerConfig, inbox: Connection, outbox: Connection) 
 
 
 async def _serve(config: WorkerConfig, inbox: Connection, outbox: Connection) -> None:
-    redis = connect(config.redis_url)
+    redis = connect(config.redis_url, cluster=config.redis_cluster)
     recorder = MetricsRecorder()
     symbols: list[tuple[str, ...]] = [()]
     written_bytes = [0]

@@ -25,6 +25,7 @@ from its_common.backoff import Backoff
 from its_common.clock import ADVANCE_HASH_LUA, FEED_CLOCK_KEY, WORKER_CLOCK_KEY, feed_clock_mapping
 from its_common.events import Trade, encode_frame
 from its_common.gaps import GapWindow
+from its_common.rediscluster import is_cluster
 from its_common.streams import (
     DEFAULT_TRIM,
     STREAM_FOR_EVENT,
@@ -104,6 +105,15 @@ class StreamWriter:
         self.worker = worker
         self.layout = layout or StreamLayout()
         self._advance = redis.register_script(ADVANCE_HASH_LUA) if worker else None
+        self._advance_by_text = worker is not None and is_cluster(redis)
+
+    async def _advance_hash(self, pipe: Any, key: str, args: list[Any]) -> None:
+        """Queue ADVANCE_HASH_LUA for ``key``: by its SHA, or by its text on a Redis Cluster
+        (redis-py's cluster pipelines refuse EVALSHA)."""
+        if self._advance_by_text:
+            pipe.eval(ADVANCE_HASH_LUA, 1, key, *args)
+        elif self._advance is not None:
+            await self._advance(keys=[key], args=args, client=pipe)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -342,15 +352,15 @@ class StreamWriter:
                     if clock is not None:
                         pipe.hset(FEED_CLOCK_KEY, mapping=feed_clock_mapping(clock))
                 else:
-                    run, advance = self.worker.run, self._advance
+                    run = self.worker.run
                     for symbol, trade in latest:
                         pairs = _flat(_trade_mapping(trade, received))
                         args = ["t", trade.timestamp, run, *pairs]
-                        await advance(keys=[latest_trade_key(symbol)], args=args, client=pipe)
+                        await self._advance_hash(pipe, latest_trade_key(symbol), args)
                     if clock is not None:
                         pairs = _flat(feed_clock_mapping(clock))
                         args = ["event_ms", clock, run, *pairs]
-                        await advance(keys=[FEED_CLOCK_KEY], args=args, client=pipe)
+                        await self._advance_hash(pipe, FEED_CLOCK_KEY, args)
                         pipe.hset(WORKER_CLOCK_KEY, f"w{self.worker.index}", str(clock))
                 for received_ms, error in batch.dead_letters:
                     pipe.xadd(

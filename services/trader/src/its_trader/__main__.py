@@ -18,9 +18,9 @@ import sys
 import psycopg
 
 from its_common.db.connect import connection_kwargs
+from its_common.rediscluster import connect_redis
 from its_common.runtime import run_service
 from its_common.settings import SettingsError, load_settings
-from its_common.streams import connect
 from its_trader import __version__, control
 from its_trader.app import main as service_main
 from its_trader.config import TraderSettings
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run_tool(settings: TraderSettings, args: argparse.Namespace) -> int:
-    redis = connect(settings.redis_url_with_password())
+    redis = connect_redis(settings)
     store = TraderStore(connection_kwargs(settings))
     try:
         await store.connect()

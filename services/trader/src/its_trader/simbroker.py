@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from its_common.backoff import Backoff
 from its_common.clock import read_feed_clock
 from its_common.events import Trade
+from its_common.rediscluster import xread_streams
 from its_common.streams import (
     EntryFormatError,
     Stream,
@@ -473,10 +474,8 @@ class SimBroker:
         backoff = Backoff(0.2, 5.0)
         while not self._closing:
             try:
-                reply: Any = await self._redis.xread(
-                    dict(self._cursors),  # type: ignore[arg-type]
-                    count=self.config.read_count,
-                    block=self.config.block_ms,
+                reply = await xread_streams(
+                    self._redis, self._cursors, self.config.read_count, self.config.block_ms
                 )
                 backoff.reset()
             except RedisError as exc:

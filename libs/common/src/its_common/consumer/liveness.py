@@ -2,8 +2,8 @@
 
 A consumer is dead only when both hold:
 
-* its liveness key ``its:consumer:<stream>|<group>|<consumer>`` is gone: every framework consumer
-  refreshes it from its own task (independent of how long a handler runs) with a TTL of the
+* its liveness key ``its:consumer:<tag>:<stream>|<group>|<consumer>`` is gone: every framework
+  consumer refreshes it from its own task (independent of how long a handler runs) with a TTL of the
   death threshold, so a consumer busy with a slow batch or waiting out a database outage stays
   alive;
 * Redis has not seen it for the threshold (XINFO CONSUMERS ``idle``: since its last attempted
@@ -28,13 +28,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from its_common.backoff import Backoff
+from its_common.rediscluster import slot_tag
 from its_common.streams import KEY_PREFIX
 
 log = logging.getLogger("its.consumer.liveness")
 
 
 def liveness_key(stream: str, group: str, consumer: str) -> str:
-    return f"{KEY_PREFIX}:consumer:{stream}|{group}|{consumer}"
+    """``its:consumer:<slot tag of the stream>:<stream>|<group>|<consumer>``: in the stream's
+    Redis Cluster slot (the dead-consumer script reads both; its_common.rediscluster)."""
+    return f"{KEY_PREFIX}:consumer:{slot_tag(stream)}:{stream}|{group}|{consumer}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The lease outside a cluster: a Redis key with a fencing token.
 
-``its:leader:<name>`` holds ``<identity>|<token>`` with a PX expiry; ``its:leader:<name>:token``
+``its:leader:{<name>}`` holds ``<identity>|<token>`` with a PX expiry; ``its:leader:{<name>}:token``
 is the counter INCRemented at every new holding, so a later holder always has a larger token (a
 new counter starts at the Redis clock in microseconds, so a lost counter never restarts below the
 tokens the database fence has already seen).
@@ -19,11 +19,13 @@ KEY_PREFIX: Final = "its:leader:"
 
 
 def lease_key(name: str) -> str:
-    return f"{KEY_PREFIX}{name}"
+    # The hash tag keeps the lease and its counter in one Redis Cluster slot: the scripts below
+    # touch both (its_common.rediscluster).
+    return f"{KEY_PREFIX}{{{name}}}"
 
 
 def token_key(name: str) -> str:
-    return f"{KEY_PREFIX}{name}:token"
+    return f"{KEY_PREFIX}{{{name}}}:token"
 
 
 # Returns the token when the caller holds the lease after the call, -1 when someone else does.
