@@ -8,10 +8,10 @@ become dead letters with their raw payload, the good ones still flow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_
 from typing import NamedTuple
 
 from its_common.events import (
@@ -35,7 +35,8 @@ _symbol = attrgetter("symbol")
 _timestamp = attrgetter("timestamp")
 _start = attrgetter("start")
 _end = attrgetter("end")
-_type_name = attrgetter("__class__.__name__")
+_name = attrgetter("__name__")
+_BEFORE_ELEMENT = b"[, \t\r\n"
 
 
 class Frame(NamedTuple):
@@ -115,34 +116,60 @@ def build_batch(frames: Sequence[Frame], layout: StreamLayout = UNSHARDED) -> Ba
         try:
             events = decode_frame(frame.payload)
         except CodecError:
-            events = []
-        kind = type(events[0]) if events else None
-        if kind is not None and kind is not Status and all(type(e) is kind for e in events):
+            good, errors = decode_frame_lenient(frame.payload)
+            batch.dead_letters.extend((frame.received_ms, error) for error in errors)
+            _add_by_type(batch, frame, good, None, layout)
+            continue
+        kinds = set(map(type, events))
+        if len(kinds) == 1 and Status not in kinds:
             body = frame.payload.strip()[1:-1]
             _add_events(batch, frame, events, body, layout)  # type: ignore[arg-type]
         else:
-            _add_mixed(batch, frame, events, layout)
+            _add_by_type(batch, frame, events, element_bodies(frame.payload, len(events)), layout)
     return batch
 
 
-def _add_mixed(
-    batch: Batch, frame: Frame, strict_events: list[Event], layout: StreamLayout
+def element_bodies(payload: bytes, count: int) -> list[bytes] | None:
+    """The frame's elements as they arrived, each without its closing brace and with what went
+    before it (``[`` or a comma, whitespace): ``count`` pieces, or None when the frame holds a
+    ``}`` other than its ``count`` events' own (inside a string, an unknown field's object).
+
+    Only for a frame that decoded strictly into ``count`` events: each is a flat JSON object
+    (no event field holds an object), so exactly ``count`` closing braces means every one ends
+    an event. Cheaper than re-encoding the events (a tenth of the router's time on mixed frames).
+    """
+    pieces = payload.split(b"}")
+    if len(pieces) != count + 1:
+        return None
+    pieces.pop()  # "]" and trailing whitespace
+    return pieces
+
+
+def join_elements(pieces: Iterable[bytes]) -> bytes:
+    """A JSON array body (without brackets) of the :func:`element_bodies` ``pieces``."""
+    return b"}".join(pieces).lstrip(_BEFORE_ELEMENT) + b"}"
+
+
+def _add_by_type(
+    batch: Batch,
+    frame: Frame,
+    events: list[Event],
+    pieces: list[bytes] | None,
+    layout: StreamLayout,
 ) -> None:
-    errors: list[CodecError] = []
-    if strict_events:
-        events = strict_events
-    else:
-        events, errors = decode_frame_lenient(frame.payload)
-    batch.dead_letters.extend((frame.received_ms, error) for error in errors)
-    # Group by type at C level: a stable sort by class name keeps each type's events in frame
-    # order (a Python loop over the events was the second hot spot on Polygon's mixed frames).
+    """Events of several types (or statuses): each type to its group, in frame order; the
+    raw ``pieces`` of the events (:func:`element_bodies`) when known, else re-encoded."""
+    types = list(map(type, events))
     newest = 0
-    for name, same_type in groupby(sorted(events, key=_type_name), key=_type_name):
-        if name == "Status":
-            batch.statuses.extend(same_type)  # type: ignore[arg-type]
+    # One C-level pass per type present (a Python loop per event was a hot spot).
+    for kind in sorted(set(types), key=_name):
+        chosen = list(map(is_, types, repeat(kind)))
+        if kind is Status:
+            batch.statuses.extend(compress(events, chosen))  # type: ignore[arg-type]
             continue
-        same: list[MarketEvent] = list(same_type)  # type: ignore[arg-type]
-        newest = max(newest, _add_events(batch, frame, same, None, layout, record_frame=False))
+        same: list[MarketEvent] = list(compress(events, chosen))  # type: ignore[arg-type]
+        body = None if pieces is None else join_elements(compress(pieces, chosen))
+        newest = max(newest, _add_events(batch, frame, same, body, layout, record_frame=False))
     batch.frame_newest_exchange_ms.append(newest)
 
 
