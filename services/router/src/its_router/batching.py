@@ -8,7 +8,7 @@ become dead letters with their raw payload, the good ones still flow.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import attrgetter, is_
@@ -184,7 +184,21 @@ def _add_events(
     """Add same-type events; returns the newest trade time among them (0 if not trades)."""
     kind = type(events[0])
     tag = _TAG[kind]
-    symbols = set(map(_symbol, events))
+    newest_of: dict[str, MarketEvent] | None = None
+    if kind is Trade:
+        # One C-level stable sort by time (frames are nearly in time order: timsort is ~linear)
+        # gives the time range and, through a dict keeping the last per symbol, the newest
+        # trade of each symbol (the later one in the frame on a tie) and the symbols.
+        ordered = sorted(events, key=_timestamp)
+        newest_of = dict(zip(map(_symbol, ordered), ordered, strict=True))
+        symbols: Collection[str] = newest_of.keys()
+        low, high = ordered[0].timestamp, ordered[-1].timestamp  # type: ignore[union-attr]
+        reach = high
+    else:
+        symbols = set(map(_symbol, events))
+        times = list(map(_timestamp if kind is Quote else _start, events))
+        low, high = min(times), max(times)
+        reach = high if kind is Quote else max(map(_end, events))
     shards = {layout.shard_of(symbol) for symbol in symbols} if layout.sharded else {0}
     if len(shards) == 1:
         body = raw_body if raw_body is not None else encode_frame(events)[1:-1]
@@ -199,35 +213,23 @@ def _add_events(
             group.add(encode_frame(same)[1:-1], len(same))
     batch.event_count += len(events)
     batch.symbols.update(symbols)
-    times = list(map(_timestamp if kind in (Trade, Quote) else _start, events))
-    low, high = min(times), max(times)
     if batch.min_event_ms is None or low < batch.min_event_ms:
         batch.min_event_ms = low
     if batch.max_event_ms is None or high > batch.max_event_ms:
         batch.max_event_ms = high
-    reach = high if kind in (Trade, Quote) else max(map(_end, events))
     if batch.reach_ms is None or reach > batch.reach_ms:
         batch.reach_ms = reach
     newest_trade = 0
-    if kind is Trade:
+    if newest_of is not None:
         newest_trade = high
-        _keep_latest(batch.latest_trades, events, symbols)
+        _keep_latest(batch.latest_trades, newest_of)
     if record_frame:
         batch.frame_newest_exchange_ms.append(newest_trade)
     return newest_trade
 
 
-def _keep_latest(
-    latest: dict[str, Trade], trades: Sequence[MarketEvent], symbols: set[str]
-) -> None:
-    """The newest trade (by exchange time; the later one in the frame on a tie) per symbol."""
-    if len(symbols) == 1:
-        newest_of = {next(iter(symbols)): max(reversed(trades), key=_timestamp)}
-    else:
-        # C level: a stable sort by time (frames are nearly in time order: timsort is ~linear),
-        # then a dict keeps the last, i.e. newest, trade per symbol.
-        ordered = sorted(trades, key=_timestamp)
-        newest_of = dict(zip(map(_symbol, ordered), ordered, strict=True))
+def _keep_latest(latest: dict[str, Trade], newest_of: dict[str, MarketEvent]) -> None:
+    """Keep each symbol's trade of ``newest_of`` that is at least as new as the one kept."""
     for symbol, newest in newest_of.items():
         assert isinstance(newest, Trade)
         previous = latest.get(symbol)
