@@ -1,9 +1,11 @@
 """Turn received frames into a write batch: validate, group by stream, keep the latest trades.
 
-Pure functions, no I/O. The fast path: a frame that decodes strictly and holds one event type
-is kept as the raw JSON it arrived in (validated, not re-encoded), and per-event bookkeeping uses
-C-level iteration (``map``/``attrgetter``). Other frames are split event by event: invalid events
-become dead letters with their raw payload, the good ones still flow.
+Pure functions, no I/O. The fast path: a frame that decodes strictly is kept as the raw JSON it
+arrived in (validated, not re-encoded): whole when it holds one event type, else cut into its
+events' own bytes and joined per type (:func:`element_bodies`; re-encoded only when a brace
+besides the events' own makes the cut unsafe). Per-event bookkeeping uses C-level iteration
+(``map``/``compress``/``sorted``). Other frames are split event by event: invalid events become
+dead letters with their raw payload, the good ones still flow.
 """
 
 from __future__ import annotations
@@ -120,12 +122,14 @@ def build_batch(frames: Sequence[Frame], layout: StreamLayout = UNSHARDED) -> Ba
             batch.dead_letters.extend((frame.received_ms, error) for error in errors)
             _add_by_type(batch, frame, good, None, layout)
             continue
-        kinds = set(map(type, events))
+        types = list(map(type, events))
+        kinds = set(types)
         if len(kinds) == 1 and Status not in kinds:
             body = frame.payload.strip()[1:-1]
             _add_events(batch, frame, events, body, layout)  # type: ignore[arg-type]
         else:
-            _add_by_type(batch, frame, events, element_bodies(frame.payload, len(events)), layout)
+            pieces = element_bodies(frame.payload, len(events))
+            _add_by_type(batch, frame, events, pieces, layout, types, kinds)
     return batch
 
 
@@ -156,13 +160,17 @@ def _add_by_type(
     events: list[Event],
     pieces: list[bytes] | None,
     layout: StreamLayout,
+    types: list[type[Event]] | None = None,
+    kinds: set[type[Event]] | None = None,
 ) -> None:
     """Events of several types (or statuses): each type to its group, in frame order; the
-    raw ``pieces`` of the events (:func:`element_bodies`) when known, else re-encoded."""
-    types = list(map(type, events))
+    raw ``pieces`` of the events (:func:`element_bodies`) when known, else re-encoded.
+    ``types``/``kinds``: the events' types and their set, when the caller has them."""
+    if types is None:
+        types = list(map(type, events))
     newest = 0
     # One C-level pass per type present (a Python loop per event was a hot spot).
-    for kind in sorted(set(types), key=_name):
+    for kind in sorted(set(types) if kinds is None else kinds, key=_name):
         chosen = list(map(is_, types, repeat(kind)))
         if kind is Status:
             batch.statuses.extend(compress(events, chosen))  # type: ignore[arg-type]
