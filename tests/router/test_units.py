@@ -15,6 +15,7 @@ from its_common.settings import SettingsError, load_settings
 from its_common.symbols import SymbolError, parse_symbols
 from its_router.batching import Frame, build_batch, element_bodies
 from its_router.config import RouterSettings
+from its_router.feed import may_hold_status
 from its_router.subscriptions import diff, feed_topics, subscribe_message, topics
 
 
@@ -223,3 +224,14 @@ def test_a_mixed_frame_with_a_non_finite_value_keeps_its_good_events_of_each_typ
     ((received, error),) = batch.dead_letters
     assert (received, error.reason) == (7, "non_finite") and b'"bad"' in error.raw
     assert batch.latest_trades["MSFT"].trade_id == "2" and "NVDA" not in batch.latest_trades
+
+
+def test_a_frame_that_may_hold_a_status_is_told_apart_from_market_data() -> None:
+    status = {"ev": "status", "status": "max_connections", "message": "Maximum number"}
+    compact = (",", ":")
+    assert may_hold_status(json.dumps([status], separators=compact).encode())
+    mixed = json.dumps([*MIXED, status, MIXED[0]], separators=compact).encode()
+    assert may_hold_status(mixed)  # a status among events
+    assert not may_hold_status(json.dumps(MIXED, separators=compact).encode())
+    unusual = dict(MIXED[0], ds="unusual")  # a "u" in a new field: the full search says no
+    assert not may_hold_status(json.dumps([unusual], separators=compact).encode())
