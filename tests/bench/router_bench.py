@@ -8,7 +8,9 @@
    minute bars in the same frames, condition lists, normal JSON spacing, ~500 events a frame) as
    fast as it reads; events/s = growth of ``router_events_total`` (every type). Once in one
    process, once with write workers (``ITS_ROUTER_WORKERS``); then both fed at the target rate
-   (paced): what they write and the frames they drop.
+   (paced): what they write and the frames they drop. Fed faster than it writes, the router
+   reads on and drops what its full queue cannot take (with workers the main process out-reads
+   them): counted, published as gap windows for backfill, and stated beside each figure.
 3. Best case, labelled as such: pre-encoded frames of 500 trades of one symbol, compact JSON,
    against the ceiling of its own entries.
 4. Compute on one core, no I/O: the router's parse/validate/batch (``build_batch``) over the same
@@ -289,7 +291,9 @@ def run() -> dict[str, Any]:
         "router_events_per_s": round(one["events_per_s"]),
         "ratio_to_ceiling": round(one["events_per_s"] / ceiling, 3),
         "router_workers": WORKERS,
+        "router_dropped_frames": one["dropped_frames"],
         "router_workers_events_per_s": round(several["events_per_s"]),
+        "router_workers_dropped_frames": several["dropped_frames"],
         "workers_ratio_to_ceiling": round(several["events_per_s"] / ceiling, 3),
         "workers_main_read_events_per_s": round(several["read_events_per_s"]),
         "paced": {
@@ -334,7 +338,8 @@ def figures(result: dict[str, Any]) -> list[Figure]:
     lat = result["latency_at_20k"]
     return [
         Figure(
-            f"router, one process, {frames}",
+            f"router, one process, {frames}; frames dropped as gaps (read queue full): "
+            f"{result['router_dropped_frames']:,.0f}",
             result["router_events_per_s"],
             "events/s",
             result["redis_ceiling_events_per_s"],
@@ -342,7 +347,9 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             target,
         ),
         Figure(
-            f"router, {result['router_workers']} write workers (ITS_ROUTER_WORKERS), {frames}",
+            f"router, {result['router_workers']} write workers (ITS_ROUTER_WORKERS), {frames}; "
+            f"frames dropped as gaps (the workers' queues full, by design: published for "
+            f"backfill): {result['router_workers_dropped_frames']:,.0f}",
             result["router_workers_events_per_s"],
             "events/s",
             result["redis_ceiling_events_per_s"],

@@ -286,6 +286,35 @@ def test_max_connections_is_reported_and_backed_off(tmp_path: Path, redis_server
         wait_until(lambda: r.xlen(Stream.TRADES) > before, 20, "the first router keeps streaming")
 
 
+def test_a_status_among_the_market_data_is_acted_on(tmp_path: Path, redis_server, r) -> None:
+    """Every frame read is checked for statuses (``feed.may_hold_status``): a streaming router
+    sent ``max_connections`` (another client took its place) reports it and backs off."""
+    with (
+        simulator(tmp_path, "--max-connections-drop", "oldest") as sim,
+        router(tmp_path, redis_server.url, sim, ITS_MAX_CONNECTIONS_BACKOFF_S="60") as first,
+    ):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "first router streaming")
+        with router(tmp_path, redis_server.url, sim) as second:
+            wait_until(
+                lambda: first.metric("router_reconnects_total", cause="max_connections") == 1, 20
+            )
+            assert "another client uses this API key" in first.log()
+            assert second.metric("router_reconnects_total", cause="max_connections") == 0
+
+
+def test_each_feed_status_is_counted_once(tmp_path: Path, redis_server, r) -> None:
+    """The subscription acks (one ``success`` status per topic) arrive on the read loop, which
+    counts them; the writer, which decodes the same frames, counted them a second time."""
+    r.delete("its:config:symbols")
+    with (
+        simulator(tmp_path) as sim,
+        router(tmp_path, redis_server.url, sim, ITS_SYMBOLS="NVDA") as rt,
+    ):
+        wait_until(lambda: r.xlen(Stream.TRADES) > 0, 20, "trades after the acks")
+        assert rt.metric("router_feed_status_total", status="success") == 2  # T.NVDA, AM.NVDA
+        assert rt.metric("router_feed_status_total", status="auth_success") == 1
+
+
 def test_a_dead_writer_ends_the_router_with_a_non_zero_exit(tmp_path: Path, redis_server, r):
     """Crash-only: the writer task raising must not leave a router that reads and writes nothing
     while its probes stay green; the process ends non-zero so it gets restarted."""

@@ -40,6 +40,20 @@ async def stored_trades(client: Any) -> list[int]:
     return sequences
 
 
+def settling_writer(redis_client: Any, now: list[float]) -> StreamWriter:
+    """A writer for NVDA whose gaps settle for 1 s on the clock ``now[0]`` (moved by the test)."""
+    return StreamWriter(
+        redis_client,
+        RouterMetrics.create(CollectorRegistry()),
+        batch_max_events=1_000,
+        hold_max_events=1_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+        gap_settle_s=1.0,
+        monotonic=lambda: now[0],
+    )
+
+
 async def eventually(check: Any, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -294,16 +308,7 @@ async def test_a_gap_ends_where_the_events_of_its_settle_time_reach(redis_client
     the settle time decide where the window ends (a longer outage lost the trades between the
     late report's time and the feed's clock otherwise)."""
     now = [100.0]
-    writer = StreamWriter(
-        redis_client,
-        RouterMetrics.create(CollectorRegistry()),
-        batch_max_events=1_000,
-        hold_max_events=1_000,
-        symbols=lambda: ["NVDA"],
-        publish_gap=StatusPublisher(redis_client).publish_gap,
-        gap_settle_s=1.0,
-        monotonic=lambda: now[0],
-    )
+    writer = settling_writer(redis_client, now)
     writer.hold_frames([frame(0)])  # the newest event before the drop: ...009
     late = Trade("NVDA", 4, "late", 3, 100.0, 10, 1_764_081_030_000, 7, (12,))
     writer.hold_frames([Frame(streams.now_ms(), encode_frame([late]), "ws", "reconnect")])
@@ -326,16 +331,7 @@ async def test_a_gap_not_yet_published_is_kept_for_the_next_router_process(redis
     process's restart gap began at that clock. The unpublished gap's start is stored beside
     the worker clocks (where the restart gap starts at the oldest value) until it is published."""
     now = [100.0]
-    writer = StreamWriter(
-        redis_client,
-        RouterMetrics.create(CollectorRegistry()),
-        batch_max_events=1_000,
-        hold_max_events=1_000,
-        symbols=lambda: ["NVDA"],
-        publish_gap=StatusPublisher(redis_client).publish_gap,
-        gap_settle_s=1.0,
-        monotonic=lambda: now[0],
-    )
+    writer = settling_writer(redis_client, now)
     writer.hold_frames([frame(0)])  # the newest event before the drop: ...009
     assert await writer.flush()
     assert await redis_client.hget(WORKER_CLOCK_KEY, "gap") is None

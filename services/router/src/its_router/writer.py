@@ -162,8 +162,8 @@ class StreamWriter:
             self.hold(build_batch(frames[start:], self.layout))
 
     def hold(self, batch: Batch) -> None:
-        for status in batch.statuses:
-            self.metrics.feed_status.labels(status.status).inc()
+        # The statuses among the frames were counted by the read loop (its_router.feed), which
+        # acts on them; counting them here too counted each one twice.
         if batch.event_count == 0 and not batch.dead_letters:
             return
         before = self.seen_event_ms
