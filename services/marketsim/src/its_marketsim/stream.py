@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
@@ -34,6 +34,8 @@ TAIL_KINDS = ("T", "AM")
 # kinds whose first use of a day is built while the others keep flowing (the quotes: 1-4 s)
 BACKGROUND_KINDS = frozenset({"Q"})
 Chunk = tuple[list[Any], Any, Any]  # events, their emission times, their symbol indices
+# a day with the tables of some kinds built, or None when there is no trading that day
+DayGetter = Callable[[date, frozenset[str]], Awaitable[DayData | None]]
 
 
 @dataclass
@@ -91,17 +93,22 @@ class Stream:
         faults: FaultState,
         clock: SimClock,
         tail: Tail | None = None,
+        days: DayGetter | None = None,
     ) -> None:
         """``tail``: the whole market's other symbols (:mod:`its_common.simmarket.wholemarket`),
-        streamed beside the source's to subscribers of ``T.*``/``AM.*`` or of their tickers."""
+        streamed beside the source's to subscribers of ``T.*``/``AM.*`` or of their tickers.
+        ``days``: where days come from (the generator process of
+        :mod:`its_marketsim.dayworker`); by default the source in a worker thread."""
         self.source = source
+        self.days: DayGetter = days or self._prepare_in_thread
+        self.prefetch_failures = 0
         self.tail = tail
         self._tail_names = frozenset(tail.names) if tail else frozenset()
         self._index: dict[tuple[str, ...], dict[str, int]] = {}
         # kinds whose table is being built off the event loop, and the time from which their
         # events are owed to subscribers once it is ready (nothing is skipped, only delayed)
         self._building: dict[str, tuple[DayData, asyncio.Task[Any], int]] = {}
-        self._prefetches: set[asyncio.Task[None]] = set()
+        self._prefetches: set[asyncio.Task[DayData | None]] = set()
         self.config = config
         self.faults = faults
         self.clock = clock
@@ -133,33 +140,43 @@ class Stream:
                     while clock.target_ms() < start and not stopping.is_set():
                         await _wait(stopping, min(1.0, (start - clock.target_ms()) / 1000))
                     clock.pos_ms = start
-            data = await asyncio.to_thread(self.source.day, day)
+            data = await self.days(day, self._kinds_in_use())
             if data is None:
                 clock.pos_ms = end
                 continue
             self.current_day = data
-            await asyncio.to_thread(data.table, "T")
             following = self.source.first_window_after(end)
             if following is not None and following[0] != prefetching:
                 # the next day is generated while this one streams, whatever state the
                 # previous preparation is in (a day is never waited for twice)
                 prefetching = following[0]
-                kinds = {kind for s in self._active() for kind, _, _ in s.subs.key()}
-                prefetch = asyncio.create_task(
-                    asyncio.to_thread(self._prepare, following[0], kinds | {"T"})
-                )
+                prefetch = asyncio.create_task(self.days(following[0], self._kinds_in_use()))
                 self._prefetches.add(prefetch)
-                prefetch.add_done_callback(self._prefetches.discard)
+                prefetch.add_done_callback(self._prefetched)
             await self._run_window(data, end, stopping)
 
-    def _prepare(self, day: date, kinds: set[str]) -> None:
-        """Generate a day ahead of time (in a worker thread), with the tables in use now."""
+    def _kinds_in_use(self) -> frozenset[str]:
+        return frozenset({kind for s in self._active() for kind, _, _ in s.subs.key()} | {"T"})
+
+    def _prefetched(self, task: asyncio.Task[DayData | None]) -> None:
+        self._prefetches.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the stream raises it when it reaches that day (and retries it then)
+            self.prefetch_failures += 1
+            log.error("preparing the next day failed: %r", task.exception())
+
+    async def _prepare_in_thread(self, day: date, kinds: frozenset[str]) -> DayData | None:
+        return await asyncio.to_thread(self._prepare, day, kinds)
+
+    def _prepare(self, day: date, kinds: frozenset[str]) -> DayData | None:
+        """Generate a day (in a worker thread), with the tables in use now."""
         data = self.source.day(day)
         if data is None:
-            return
+            return None
         for kind in EVENT_TYPES:
             if kind in kinds:
                 data.table(kind)
+        return data
 
     async def _run_window(self, data: DayData, end: int, stopping: asyncio.Event) -> None:
         clock = self.clock

@@ -336,6 +336,18 @@ class DayData:
     _updates: U8 | None = field(default=None, repr=False)
     _quotes: QuoteColumns | None = field(default=None, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a day generated in another process): without the lock and the quote
+        factory (a closure of the generator); quotes already built travel with the day."""
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        state["quote_factory"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     def symbol_index(self, symbol: str) -> int | None:
         try:
             return self.symbols.index(symbol)
@@ -392,6 +404,10 @@ class DayData:
 
     def has_table(self, kind: str) -> bool:
         return kind in self._tables
+
+    def has_quotes(self) -> bool:
+        """Whether the day's quotes are built (or there are none to build)."""
+        return self._quotes is not None or self.quote_factory is None
 
     def table(self, kind: str) -> EmitTable:
         built = self._tables.get(kind)  # without the lock: another table may be building

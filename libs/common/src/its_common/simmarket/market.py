@@ -210,6 +210,26 @@ class MarketGenerator:
                 self._day_locks.pop(day, None)
             return data
 
+    def cached(self, day: date) -> tuple[bool, DayData | None]:
+        """(True, the day) when it is in the cache, else (False, None); never generates."""
+        with self._lock:
+            if day in self._cache:
+                self._cache.move_to_end(day)
+                return True, self._cache[day]
+            return False, None
+
+    def adopt(self, day: date, data: DayData | None) -> DayData | None:
+        """Cache a day generated elsewhere (another process, same config and anchor: the same
+        values); the day already cached wins, so every reader sees one object per day."""
+        with self._lock:
+            if day in self._cache:
+                self._cache.move_to_end(day)
+                return self._cache[day]
+            self._cache[day] = data
+            while len(self._cache) > self._cache_days:
+                self._cache.popitem(last=False)
+            return data
+
     def _rng(self, day: date, stream: int, symbol: str | None = None) -> np.random.Generator:
         key = [self.config.seed & 0xFFFFFFFF, day.toordinal(), stream, self._set_key]
         if symbol is not None:

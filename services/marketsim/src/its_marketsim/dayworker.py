@@ -1,0 +1,155 @@
+"""Days generated in a separate process, so the stream's event loop never waits for one.
+
+Generating a day (and its quotes) takes seconds of numpy and Python work; in a thread of the
+simulator's process it held the GIL long enough to pause the stream at day changes (0.6-14 s
+measured at ``--speed max``). Here one long-lived generator process (``spawn``: no copy of the
+parent's state, no fork of its threads) owns its own :class:`MarketGenerator` with the same
+config and anchor day, so it produces the same values (every draw is keyed by seed, day and
+symbol). A day comes back pickled with the tables asked for, and is adopted into the parent's
+generator cache, so REST and the stream read one object per day. A day's quotes, when first
+needed after the day arrived, are built in the generator process as well.
+
+Failures in the generator process are logged, counted (:attr:`DayWorker.failures`) and raised
+to whoever waits for the day; :meth:`DayWorker.stop` ends the process (no orphan is left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from datetime import date
+from typing import Any, TypeVar
+
+from its_common.simmarket.config import SimConfig
+from its_common.simmarket.daydata import EVENT_TYPES, DayData, QuoteColumns
+from its_common.simmarket.market import MarketGenerator
+
+log = logging.getLogger("its.marketsim.dayworker")
+T = TypeVar("T")
+# days the generator process keeps: the last one, so its quotes come without regenerating it
+WORKER_CACHE_DAYS = 1
+
+_generator: MarketGenerator | None = None  # in the generator process only
+
+
+def _start(config: SimConfig, anchor: date) -> None:
+    global _generator
+    _generator = MarketGenerator(config, anchor=anchor, cache_days=WORKER_CACHE_DAYS)
+
+
+def _day(day: date, kinds: frozenset[str]) -> DayData | None:
+    """In the generator process: the day with the tables of ``kinds`` built."""
+    assert _generator is not None
+    data = _generator.day(day)
+    if data is not None:
+        for kind in EVENT_TYPES:
+            if kind in kinds:
+                data.table(kind)
+    return data
+
+
+def _quotes(day: date) -> QuoteColumns:
+    """In the generator process: the day's quotes."""
+    assert _generator is not None
+    data = _generator.day(day)
+    assert data is not None, f"no trading on {day}"
+    return data.quotes()
+
+
+def _fail(message: str) -> None:
+    """In the generator process: raise (the tests' way to make a generation fail)."""
+    raise RuntimeError(message)
+
+
+class DayWorker:
+    """The generator process and the days it hands back (see the module docstring)."""
+
+    def __init__(self, generator: MarketGenerator) -> None:
+        self.generator = generator
+        self.failures = 0
+        self.days_generated = 0
+        self._failures_lock = threading.Lock()
+        self._pending: dict[date, asyncio.Future[DayData | None]] = {}
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start,
+            initargs=(generator.config, generator.anchor),
+        )
+
+    def pids(self) -> list[int]:
+        """Process ids of the generator process (none before its first job or after stop)."""
+        processes = getattr(self._pool, "_processes", None) or {}
+        return [p.pid for p in processes.values() if p.pid is not None]
+
+    async def day(self, day: date, kinds: frozenset[str] = frozenset({"T"})) -> DayData | None:
+        """The day, from the parent's cache or generated in the generator process (a day asked
+        for again while it is generated waits for the same generation)."""
+        found, data = self.generator.cached(day)
+        if found:
+            return data
+        pending = self._pending.get(day)
+        if pending is None:
+            pending = asyncio.ensure_future(self._generate(day, kinds))
+            self._pending[day] = pending
+            pending.add_done_callback(lambda done: self._settled(day, done))
+        return await asyncio.shield(pending)
+
+    def _settled(self, day: date, done: asyncio.Future[DayData | None]) -> None:
+        self._pending.pop(day, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: logged and counted in _run, raised to waiters
+
+    async def _generate(self, day: date, kinds: frozenset[str]) -> DayData | None:
+        loop = asyncio.get_running_loop()
+        data = await self._run(loop.run_in_executor(self._pool, _day, day, kinds), f"day {day}")
+        self.days_generated += 1
+        if data is not None and not data.has_quotes():
+            data.quote_factory = self._quote_factory(day)
+        return self.generator.adopt(day, data)
+
+    def _quote_factory(self, day: date) -> Callable[[], QuoteColumns]:
+        def quotes() -> QuoteColumns:  # called in a thread (DayData.table("Q")), never the loop
+            try:
+                return self._pool.submit(_quotes, day).result()
+            except BaseException:
+                self._failed(f"quotes of {day}")
+                raise
+
+        return quotes
+
+    async def fail(self, message: str) -> None:
+        """Run a job that raises in the generator process (for tests of the error path)."""
+        loop = asyncio.get_running_loop()
+        await self._run(loop.run_in_executor(self._pool, _fail, message), "a failing job")
+
+    async def _run(self, job: asyncio.Future[T], what: str) -> T:
+        try:
+            return await job
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._failed(what)
+            raise
+
+    def _failed(self, what: str) -> None:
+        with self._failures_lock:
+            self.failures += 1
+        log.exception("generating %s failed in the generator process", what)
+
+    def stop(self) -> None:
+        """End the generator process, even in the middle of a day (blocking: call it off the
+        event loop)."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+        self._pool.shutdown(wait=True)
+
