@@ -148,6 +148,7 @@ class Simulator:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self.stream.stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

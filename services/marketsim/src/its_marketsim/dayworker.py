@@ -72,6 +72,7 @@ class DayWorker:
         self.generator = generator
         self.failures = 0
         self.days_generated = 0
+        self._stopping = False
         self._failures_lock = threading.Lock()
         self._pending: dict[date, asyncio.Future[DayData | None]] = {}
         self._pool = concurrent.futures.ProcessPoolExecutor(
@@ -108,7 +109,8 @@ class DayWorker:
         loop = asyncio.get_running_loop()
         data = await self._run(loop.run_in_executor(self._pool, _day, day, kinds), f"day {day}")
         self.days_generated += 1
-        if data is not None and not data.has_quotes():
+        wants_quotes = self.generator.config.quotes_per_trade > 0
+        if data is not None and wants_quotes and not data.quotes_built():
             data.quote_factory = self._quote_factory(day)
         return self.generator.adopt(day, data)
 
@@ -137,6 +139,8 @@ class DayWorker:
             raise
 
     def _failed(self, what: str) -> None:
+        if self._stopping:  # a job cut short by stop(): not a failure
+            return
         with self._failures_lock:
             self.failures += 1
         log.exception("generating %s failed in the generator process", what)
@@ -144,6 +148,7 @@ class DayWorker:
     def stop(self) -> None:
         """End the generator process, even in the middle of a day (blocking: call it off the
         event loop)."""
+        self._stopping = True
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:

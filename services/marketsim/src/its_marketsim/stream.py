@@ -102,6 +102,7 @@ class Stream:
         self.source = source
         self.days: DayGetter = days or self._prepare_in_thread
         self.prefetch_failures = 0
+        self.stopped = False  # set when the simulator stops: jobs cut short are no failures
         self.tail = tail
         self._tail_names = frozenset(tail.names) if tail else frozenset()
         self._index: dict[tuple[str, ...], dict[str, int]] = {}
@@ -160,7 +161,7 @@ class Stream:
 
     def _prefetched(self, task: asyncio.Task[DayData | None]) -> None:
         self._prefetches.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and not self.stopped:
             # the stream raises it when it reaches that day (and retries it then)
             self.prefetch_failures += 1
             log.error("preparing the next day failed: %r", task.exception())

@@ -405,9 +405,8 @@ class DayData:
     def has_table(self, kind: str) -> bool:
         return kind in self._tables
 
-    def has_quotes(self) -> bool:
-        """Whether the day's quotes are built (or there are none to build)."""
-        return self._quotes is not None or self.quote_factory is None
+    def quotes_built(self) -> bool:
+        return self._quotes is not None
 
     def table(self, kind: str) -> EmitTable:
         built = self._tables.get(kind)  # without the lock: another table may be building
