@@ -18,6 +18,7 @@ Run it with ``python -m tests.bench marketsim_bench`` (or ``make bench BENCH=mar
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -173,7 +174,7 @@ async def _across_day_change(port: int, pid: int) -> dict[str, Any]:
                 break
         rss = process_rss(pid)
     assert changed_at is not None
-    gaps = [(b[0] - a[0], b[0]) for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [(b[0] - a[0], b[0]) for a, b in itertools.pairwise(arrivals)]
     near = [g for g, at in gaps if abs(at - changed_at) <= NEAR_CHANGE_S]
     within = [g for g, at in gaps if at < changed_at - NEAR_CHANGE_S]
     return {
@@ -222,9 +223,7 @@ def run() -> dict[str, Any]:
         "trades_per_day": TRADES,
         "push": push_rate(),
         "day_change": day_change(),
-        "day_change_whole_market": day_change(
-            "--whole-market-symbols", str(WHOLE_MARKET_SYMBOLS)
-        ),
+        "day_change_whole_market": day_change("--whole-market-symbols", str(WHOLE_MARKET_SYMBOLS)),
         "first_quotes": first_quotes(),
         "target_events_per_s": TARGET_EVENTS_PER_S,
     }

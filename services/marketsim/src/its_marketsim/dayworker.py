@@ -22,7 +22,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 from datetime import date
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import EVENT_TYPES, DayData, QuoteColumns
@@ -157,4 +157,3 @@ class DayWorker:
         for process in processes:
             process.join()
         self._pool.shutdown(wait=True)
-

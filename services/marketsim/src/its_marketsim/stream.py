@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ TAIL_KINDS = ("T", "AM")
 BACKGROUND_KINDS = frozenset({"Q"})
 Chunk = tuple[list[Any], Any, Any]  # events, their emission times, their symbol indices
 # a day with the tables of some kinds built, or None when there is no trading that day
-DayGetter = Callable[[date, frozenset[str]], Awaitable[DayData | None]]
+DayGetter = Callable[[date, frozenset[str]], Coroutine[Any, Any, DayData | None]]
 
 
 @dataclass
