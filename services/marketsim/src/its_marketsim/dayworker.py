@@ -30,8 +30,9 @@ from its_common.simmarket.market import MarketGenerator
 
 log = logging.getLogger("its.marketsim.dayworker")
 T = TypeVar("T")
-# days the generator process keeps: the last one, so its quotes come without regenerating it
-WORKER_CACHE_DAYS = 1
+# days the generator process keeps after handing them over: none (the parent caches them);
+# quotes asked for later regenerate their day there (seconds, off the stream's process)
+WORKER_CACHE_DAYS = 0
 
 _generator: MarketGenerator | None = None  # in the generator process only
 

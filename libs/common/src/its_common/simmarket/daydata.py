@@ -251,8 +251,6 @@ class TradeEmit:
         self.cols = cols
         self.emit_ms = cols.report_ms
         self.sym = cols.sym
-        self.t_ms = cols.t_ns // NS_PER_MS
-        self.trft_ms = (cols.t_ns - cols.trf_delta_ns) // NS_PER_MS
         self.names = np.array(day.symbols, dtype=object)
         self.tapes = np.array(day.tapes, dtype=np.int64)
         self.cond_table = day.cond_table
@@ -261,8 +259,10 @@ class TradeEmit:
         c = self.cols
         sym = c.sym[lo:hi]
         ctab = self.cond_table
+        t_ns = c.t_ns[lo:hi]  # times in ms per slice: no day-long copies of the column
+        t_ms = (t_ns // NS_PER_MS).tolist()
         trf = c.trf_id[lo:hi].tolist()
-        trft = self.trft_ms[lo:hi].tolist()
+        trft = ((t_ns - c.trf_delta_ns[lo:hi]) // NS_PER_MS).tolist()
         trf_ids = [v or None for v in trf]
         trf_ts = [t if f else None for f, t in zip(trf, trft, strict=True)]
         conds = [ctab[i] for i in c.cond[lo:hi].tolist()]
@@ -280,7 +280,7 @@ class TradeEmit:
                 self.tapes[sym].tolist(),
                 c.price[lo:hi].tolist(),
                 c.size[lo:hi].tolist(),
-                self.t_ms[lo:hi].tolist(),
+                t_ms,
                 c.seq[lo:hi].tolist(),
                 conds,
                 trf_ids,
