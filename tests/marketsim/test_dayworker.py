@@ -121,3 +121,4 @@ async def test_no_generator_process_is_left_after_stop_even_in_the_middle_of_a_d
     assert pids
     assert not [pid for pid in pids if psutil.pid_exists(pid)]
     assert worker.failures == 0  # cut short by stop: not a failure
+    assert not os.path.exists(worker.folder)  # no handover file left either

@@ -5,9 +5,10 @@ simulator's process it held the GIL long enough to pause the stream at day chang
 measured at ``--speed max``). Here one long-lived generator process (``spawn``: no copy of the
 parent's state, no fork of its threads) owns its own :class:`MarketGenerator` with the same
 config and anchor day, so it produces the same values (every draw is keyed by seed, day and
-symbol). A day comes back pickled with the tables asked for, and is adopted into the parent's
-generator cache, so REST and the stream read one object per day. A day's quotes, when first
-needed after the day arrived, are built in the generator process as well.
+symbol). A day comes back with the tables asked for, its arrays mapped from files rather than
+copied (:mod:`its_marketsim.handover`), and is adopted into the parent's generator cache, so REST
+and the stream read one object per day. A day's quotes, when first needed after the day arrived,
+are built in the generator process as well (from the NBBO it keeps for its last two days).
 
 Failures in the generator process are logged, counted (:attr:`DayWorker.failures`) and raised
 to whoever waits for the day; :meth:`DayWorker.stop` ends the process (no orphan is left).
@@ -27,38 +28,51 @@ from typing import TypeVar
 from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import EVENT_TYPES, DayData, QuoteColumns
 from its_common.simmarket.market import MarketGenerator
+from its_marketsim import handover
 
 log = logging.getLogger("its.marketsim.dayworker")
 T = TypeVar("T")
 # days the generator process keeps after handing them over: none (the parent caches them);
-# quotes asked for later regenerate their day there (seconds, off the stream's process)
+# it keeps the quote makers (the NBBO) of the last few, so a first quote subscription of the
+# current day does not regenerate it
 WORKER_CACHE_DAYS = 0
+QUOTE_MAKER_DAYS = 2
 
 _generator: MarketGenerator | None = None  # in the generator process only
+_folder = ""
+_quote_makers: dict[date, Callable[[], QuoteColumns]] = {}
 
 
-def _start(config: SimConfig, anchor: date) -> None:
-    global _generator
+def _start(config: SimConfig, anchor: date, folder: str) -> None:
+    global _generator, _folder
     _generator = MarketGenerator(config, anchor=anchor, cache_days=WORKER_CACHE_DAYS)
+    _folder = folder
 
 
-def _day(day: date, kinds: frozenset[str]) -> DayData | None:
-    """In the generator process: the day with the tables of ``kinds`` built."""
+def _day(day: date, kinds: frozenset[str]) -> bytes:
+    """In the generator process: the day with the tables of ``kinds`` built (handed over)."""
     assert _generator is not None
     data = _generator.day(day)
     if data is not None:
         for kind in EVENT_TYPES:
             if kind in kinds:
                 data.table(kind)
-    return data
+        if data.quote_factory is not None:
+            _quote_makers[day] = data.quote_factory
+            while len(_quote_makers) > QUOTE_MAKER_DAYS:
+                _quote_makers.pop(next(iter(_quote_makers)))
+    return handover.dumps(data, _folder)
 
 
-def _quotes(day: date) -> QuoteColumns:
-    """In the generator process: the day's quotes."""
+def _quotes(day: date) -> bytes:
+    """In the generator process: the day's quotes (handed over)."""
     assert _generator is not None
-    data = _generator.day(day)
-    assert data is not None, f"no trading on {day}"
-    return data.quotes()
+    maker = _quote_makers.get(day)
+    if maker is None:
+        data = _generator.day(day)
+        assert data is not None, f"no trading on {day}"
+        return handover.dumps(data.quotes(), _folder)
+    return handover.dumps(maker(), _folder)
 
 
 def _fail(message: str) -> None:
@@ -76,11 +90,12 @@ class DayWorker:
         self._stopping = False
         self._failures_lock = threading.Lock()
         self._pending: dict[date, asyncio.Future[DayData | None]] = {}
+        self.folder = handover.folder()
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(generator.config, generator.anchor),
+            initargs=(generator.config, generator.anchor, self.folder),
         )
 
     def pids(self) -> list[int]:
@@ -108,7 +123,8 @@ class DayWorker:
 
     async def _generate(self, day: date, kinds: frozenset[str]) -> DayData | None:
         loop = asyncio.get_running_loop()
-        data = await self._run(loop.run_in_executor(self._pool, _day, day, kinds), f"day {day}")
+        payload = await self._run(loop.run_in_executor(self._pool, _day, day, kinds), f"day {day}")
+        data: DayData | None = await asyncio.to_thread(handover.loads, payload)
         self.days_generated += 1
         wants_quotes = self.generator.config.quotes_per_trade > 0
         if data is not None and wants_quotes and not data.quotes_built():
@@ -118,7 +134,8 @@ class DayWorker:
     def _quote_factory(self, day: date) -> Callable[[], QuoteColumns]:
         def quotes() -> QuoteColumns:  # called in a thread (DayData.table("Q")), never the loop
             try:
-                return self._pool.submit(_quotes, day).result()
+                quotes: QuoteColumns = handover.loads(self._pool.submit(_quotes, day).result())
+                return quotes
             except BaseException:
                 self._failed(f"quotes of {day}")
                 raise
@@ -158,3 +175,4 @@ class DayWorker:
         for process in processes:
             process.join()
         self._pool.shutdown(wait=True)
+        handover.remove(self.folder)
