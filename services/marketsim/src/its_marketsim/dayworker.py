@@ -75,6 +75,12 @@ def _quotes(day: date) -> bytes:
     return handover.dumps(maker(), _folder)
 
 
+def _quotes_from(maker: bytes) -> bytes:
+    """In a generator process: quotes made from a day's NBBO (handed over both ways)."""
+    assert _generator is not None
+    return handover.dumps(_generator.make_quotes(handover.loads(maker)), _folder)
+
+
 def _fail(message: str) -> None:
     """In the generator process: raise (the tests' way to make a generation fail)."""
     raise RuntimeError(message)
@@ -91,17 +97,31 @@ class DayWorker:
         self._failures_lock = threading.Lock()
         self._pending: dict[date, asyncio.Future[DayData | None]] = {}
         self.folder = handover.folder()
-        self._pool = concurrent.futures.ProcessPoolExecutor(
+        self._pool = self._new_pool()
+        # a second process for quotes asked for while the first generates a day (the first
+        # keeps the NBBO of its last days, but a day's generation is not interrupted)
+        self._quotes_pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._quotes_lock = threading.Lock()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(generator.config, generator.anchor, self.folder),
+            initargs=(self.generator.config, self.generator.anchor, self.folder),
         )
 
+    def _pools(self) -> list[concurrent.futures.ProcessPoolExecutor]:
+        return [self._pool] + ([self._quotes_pool] if self._quotes_pool else [])
+
     def pids(self) -> list[int]:
-        """Process ids of the generator process (none before its first job or after stop)."""
-        processes = getattr(self._pool, "_processes", None) or {}
-        return [p.pid for p in processes.values() if p.pid is not None]
+        """Process ids of the generator processes (none before their first job or after stop)."""
+        return [
+            p.pid
+            for pool in self._pools()
+            for p in (getattr(pool, "_processes", None) or {}).values()
+            if p.pid is not None
+        ]
 
     async def day(self, day: date, kinds: frozenset[str] = frozenset({"T"})) -> DayData | None:
         """The day, from the parent's cache or generated in the generator process (a day asked
@@ -128,19 +148,32 @@ class DayWorker:
         self.days_generated += 1
         wants_quotes = self.generator.config.quotes_per_trade > 0
         if data is not None and wants_quotes and not data.quotes_built():
-            data.quote_factory = self._quote_factory(day)
+            data.quote_factory = self._quote_factory(day, data.quote_maker)
         return self.generator.adopt(day, data)
 
-    def _quote_factory(self, day: date) -> Callable[[], QuoteColumns]:
+    def _quote_factory(self, day: date, maker: object) -> Callable[[], QuoteColumns]:
         def quotes() -> QuoteColumns:  # called in a thread (DayData.table("Q")), never the loop
             try:
-                quotes: QuoteColumns = handover.loads(self._pool.submit(_quotes, day).result())
+                quotes: QuoteColumns = handover.loads(self._quotes_job(day, maker).result())
                 return quotes
             except BaseException:
                 self._failed(f"quotes of {day}")
                 raise
 
         return quotes
+
+    def _quotes_job(self, day: date, maker: object) -> concurrent.futures.Future[bytes]:
+        """Quotes from the generator process when it is idle (it has the day's NBBO), else from
+        the second process, given the NBBO that came with the day (no day generated again)."""
+        if not self._pending or maker is None:
+            return self._pool.submit(_quotes, day)
+        payload = handover.dumps(maker, self.folder)
+        with self._quotes_lock:
+            if self._stopping:
+                raise RuntimeError("the simulator is stopping")
+            if self._quotes_pool is None:
+                self._quotes_pool = self._new_pool()
+            return self._quotes_pool.submit(_quotes_from, payload)
 
     async def fail(self, message: str) -> None:
         """Run a job that raises in the generator process (for tests of the error path)."""
@@ -166,13 +199,19 @@ class DayWorker:
     def stop(self) -> None:
         """End the generator process, even in the middle of a day (blocking: call it off the
         event loop)."""
-        self._stopping = True
-        processes = list((getattr(self._pool, "_processes", None) or {}).values())
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._quotes_lock:
+            self._stopping = True
+            pools = self._pools()
+        processes = [
+            p for pool in pools for p in (getattr(pool, "_processes", None) or {}).values()
+        ]
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
                 process.terminate()
         for process in processes:
             process.join()
-        self._pool.shutdown(wait=True)
+        for pool in pools:
+            pool.shutdown(wait=True)
         handover.remove(self.folder)

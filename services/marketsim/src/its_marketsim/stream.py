@@ -109,6 +109,9 @@ class Stream:
         # kinds whose table is being built off the event loop, and the time from which their
         # events are owed to subscribers once it is ready (nothing is skipped, only delayed)
         self._building: dict[str, tuple[DayData, asyncio.Task[Any], int]] = {}
+        # kinds whose events since a time are still owed after their table was built: a
+        # backlog sent in steps (MAX_MODE_EVENTS_PER_STEP), not in one step that stops the stream
+        self._owed: dict[str, tuple[DayData, int]] = {}
         self._prefetches: set[asyncio.Task[DayData | None]] = set()
         self.config = config
         self.faults = faults
@@ -217,6 +220,10 @@ class Stream:
             for _, task, _ in list(self._building.values()):
                 await asyncio.wait([task])
             await self.emit(data, end, end, tail=False)
+        while any(owed[0] is data for owed in self._owed.values()):
+            await self.emit(data, end, end, tail=False)
+            await asyncio.sleep(0)
+        self._owed.clear()
 
     def _table_ready(self, data: DayData, kind: str, lo: int) -> int | None:
         """Where this kind's events start in this step: ``lo``, or earlier when its table was
@@ -224,6 +231,9 @@ class Stream:
 
         Building the day's quotes (1-4 s) runs in a worker thread while the other kinds keep
         flowing, rather than pausing the whole stream; they follow in their own order."""
+        owed = self._owed.pop(kind, None)
+        if owed is not None and owed[0] is data:
+            return owed[1]
         pending = self._building.get(kind)
         if pending is not None:
             owner, task, since = pending
@@ -268,6 +278,12 @@ class Stream:
                     await asyncio.to_thread(data.table, kind)
             table = data.table(kind)
             a, b = np.searchsorted(table.emit_ms, [since, hi], side="left").tolist()
+            if since < lo and b - a > MAX_MODE_EVENTS_PER_STEP:  # a backlog: the rest next step
+                cut = int(table.emit_ms[a + MAX_MODE_EVENTS_PER_STEP])
+                cut_at = int(np.searchsorted(table.emit_ms, cut, side="left"))
+                if cut_at > a:  # cut between two emission times: nothing sent twice
+                    b = cut_at
+                    self._owed[kind] = (data, cut)
             if b <= a:
                 continue
             events = table.build(a, b)

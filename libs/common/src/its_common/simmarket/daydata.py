@@ -330,6 +330,8 @@ class DayData:
     trades: TradeColumns
     cond_table: tuple[tuple[int, ...], ...]
     quote_factory: Callable[[], QuoteColumns] | None = None
+    # what the quotes are made from, picklable (market.QuoteMaker; None for a replay)
+    quote_maker: Any = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _by_symbol: dict[int, NDArray[np.intp]] = field(default_factory=dict, repr=False)
     _tables: dict[str, EmitTable] = field(default_factory=dict, repr=False)
@@ -338,7 +340,8 @@ class DayData:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a day generated in another process): without the lock and the quote
-        factory (a closure of the generator); quotes already built travel with the day."""
+        factory (bound to the generator); quotes already built, or what they are made from
+        (``quote_maker``), travel with the day."""
         state = dict(self.__dict__)
         state["_lock"] = None
         state["quote_factory"] = None

@@ -45,6 +45,7 @@ any day can be generated on its own, in any order, by the WebSocket stream or by
 
 from __future__ import annotations
 
+import functools
 import threading
 import zlib
 from collections import OrderedDict
@@ -133,6 +134,16 @@ class _Nbbo:
     bid: F64
     ask: F64
     seq: I64
+
+
+@dataclass
+class QuoteMaker:
+    """What a day's quotes are made from (:meth:`MarketGenerator.make_quotes`): picklable, so
+    another process can make them without generating the day again."""
+
+    session: sessions.TradingDay
+    nbbos: list[_Nbbo]
+    window: tuple[int, int]
 
 
 class MarketGenerator:
@@ -422,9 +433,8 @@ class MarketGenerator:
         order = np.lexsort((merged.t_ns, merged.report_ms))
         trades = merged.take(order)
 
-        def quotes() -> QuoteColumns:
-            return self._quotes(session, nbbos, (win_start, win_end))
-
+        maker = QuoteMaker(session, nbbos, (win_start, win_end))
+        with_quotes = self.config.quotes_per_trade > 0
         return DayData(
             day=day,
             symbols=self.symbols,
@@ -434,8 +444,13 @@ class MarketGenerator:
             open_ms=session.open_ms,
             trades=trades,
             cond_table=COND_TABLE,
-            quote_factory=quotes if self.config.quotes_per_trade > 0 else None,
+            quote_factory=functools.partial(self.make_quotes, maker) if with_quotes else None,
+            quote_maker=maker if with_quotes else None,
         )
+
+    def make_quotes(self, maker: QuoteMaker) -> QuoteColumns:
+        """A day's quotes from its NBBO (any generator of the same config makes the same)."""
+        return self._quotes(maker.session, maker.nbbos, maker.window)
 
     def _nbbo(
         self,
