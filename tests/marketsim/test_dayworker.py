@@ -13,13 +13,17 @@ from datetime import date
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from its_common.events import Trade
+from its_common.events import Quote, Trade
 from its_common.simmarket.market import MarketGenerator
 from its_marketsim.app import Simulator
 from tests.conditions import wait_until
 from tests.marketsim.support import config, open_client, recv_events
 
 FIRST, SECOND = date(2025, 11, 3), date(2025, 11, 4)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def _expected(day: date) -> list[tuple[str, str]]:
@@ -121,4 +125,36 @@ async def test_no_generator_process_is_left_after_stop_even_in_the_middle_of_a_d
     assert pids
     assert not [pid for pid in pids if psutil.pid_exists(pid)]
     assert worker.failures == 0  # cut short by stop: not a failure
-    assert not os.path.exists(worker.folder)  # no handover file left either
+    assert not _exists(worker.folder)  # no handover file left either
+
+
+async def test_a_first_quote_subscription_gets_each_owed_quote_once_in_order() -> None:
+    # enough quotes that the backlog owed since the subscription is sent in several steps
+    busy = config(trades_per_day={"NVDA": 150_000, "MSFT": 10_000})
+    generator = MarketGenerator(busy, anchor=FIRST)
+    day = generator.day(FIRST)
+    assert day is not None
+    quotes = day.quotes()
+    nvda = quotes.sym == day.symbols.index("NVDA")
+    expected = list(zip(quotes.t_ms[nvda].tolist(), quotes.seq[nvda].tolist(), strict=True))
+    close = day.end_ms
+    async with Simulator(busy) as sim:
+        ws = await open_client(sim.ws_port, topics="T.NVDA")
+        await recv_events(ws, 30)
+        await ws.send('{"action":"subscribe","params":"Q.NVDA"}')
+        got: list[tuple[int, int]] = []
+        past_close = False
+
+        async def day_done() -> bool:
+            nonlocal past_close
+            for event in await recv_events(ws, 60):
+                if isinstance(event, Quote) and event.timestamp < close:
+                    got.append((event.timestamp, event.sequence))
+                if isinstance(event, Quote | Trade):
+                    past_close = past_close or event.timestamp >= close
+            return past_close
+
+        await wait_until(day_done, timeout_s=180, interval_s=0)
+        await ws.close()
+    assert len(got) > 20_000  # more than one step's worth
+    assert got == expected[len(expected) - len(got) :]  # each once, in order, to the close

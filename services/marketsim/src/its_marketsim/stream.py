@@ -247,6 +247,7 @@ class Stream:
         if data.has_table(kind):
             return lo
         task = asyncio.create_task(asyncio.to_thread(data.table, kind))
+        task.add_done_callback(_retrieved)  # raised to the stream when it looks (below)
         self._building[kind] = (data, task, lo)
         log.info("building the %s events of %s; they follow when ready", kind, data.day)
         return None
@@ -369,6 +370,11 @@ class Stream:
         frames = [faults.encode(merged[i : i + size]) for i in range(0, len(merged), size)]
         self.frames_sent += len(frames)
         return frames
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _wait(stopping: asyncio.Event, seconds: float) -> None:
