@@ -22,6 +22,7 @@ import numpy as np
 
 MIN_FILE_BYTES = 1 << 20  # smaller arrays travel inside the pickle
 SHM = "/dev/shm"
+PREFIX = "its-marketsim-days-"  # then the owner's pid
 SHM_MIN_FREE = 4 << 30  # container /dev/shm is often 64 MB: use it only when it has room
 
 
@@ -34,7 +35,32 @@ def folder() -> str:
                 base = SHM
         except OSError:
             pass
-    return tempfile.mkdtemp(prefix="its-marketsim-days-", dir=base)
+    _remove_orphans(base)
+    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
+
+
+def _remove_orphans(base: str) -> None:
+    """Folders left by simulators that were killed (SIGKILL: no stop) are removed."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove(os.path.join(base, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove(path: str) -> None:
