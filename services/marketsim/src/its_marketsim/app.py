@@ -21,6 +21,7 @@ from its_common.simmarket.wholemarket import Tail, TailConfig
 from its_marketsim import position
 from its_marketsim.admin import AdminApi
 from its_marketsim.clock import SimClock, parse_start
+from its_marketsim.dayworker import DayWorker
 from its_marketsim.faults import FaultState
 from its_marketsim.replay import ReplaySource
 from its_marketsim.rest import RestApi
@@ -65,6 +66,8 @@ class Simulator:
         self.faults = FaultState()
         self.faults.update(config.faults)
         source: MarketSource
+        self.generator: MarketGenerator | None = None
+        self.day_worker: DayWorker | None = None
         if config.replay_file:
             replay = ReplaySource(config.replay_file, config)
             source = replay
@@ -83,6 +86,7 @@ class Simulator:
                 if resumed is not None:
                     start, self.resumed = resumed, True
             generator.anchor = sessions.ny_date(start)
+            self.generator = generator
         self.source = source
         self.clock = SimClock(start, config.speed)
         self.tail = whole_market_tail(config, tuple(source.symbols))
@@ -108,6 +112,10 @@ class Simulator:
         return app
 
     async def start(self) -> None:
+        if self.generator is not None and self.stream.source is self.generator:
+            # days are generated in a process of their own
+            self.day_worker = DayWorker(self.generator)
+            self.stream.days = self.day_worker.day
         self.ws_port = await self.ws.start(self.config.host, self.config.port)
         self._runner = web.AppRunner(self.build_http_app(), access_log=None)
         await self._runner.setup()
@@ -140,10 +148,13 @@ class Simulator:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self.stream.stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self.day_worker is not None:
+            await asyncio.to_thread(self.day_worker.stop)
         await self.ws.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
@@ -34,6 +34,8 @@ TAIL_KINDS = ("T", "AM")
 # kinds whose first use of a day is built while the others keep flowing (the quotes: 1-4 s)
 BACKGROUND_KINDS = frozenset({"Q"})
 Chunk = tuple[list[Any], Any, Any]  # events, their emission times, their symbol indices
+# a day with the tables of some kinds built, or None when there is no trading that day
+DayGetter = Callable[[date, frozenset[str]], Coroutine[Any, Any, DayData | None]]
 
 
 @dataclass
@@ -91,17 +93,26 @@ class Stream:
         faults: FaultState,
         clock: SimClock,
         tail: Tail | None = None,
+        days: DayGetter | None = None,
     ) -> None:
         """``tail``: the whole market's other symbols (:mod:`its_common.simmarket.wholemarket`),
-        streamed beside the source's to subscribers of ``T.*``/``AM.*`` or of their tickers."""
+        streamed beside the source's to subscribers of ``T.*``/``AM.*`` or of their tickers.
+        ``days``: where days come from (the generator process of
+        :mod:`its_marketsim.dayworker`); by default the source in a worker thread."""
         self.source = source
+        self.days: DayGetter = days or self._prepare_in_thread
+        self.prefetch_failures = 0
+        self.stopped = False  # set when the simulator stops: jobs cut short are no failures
         self.tail = tail
         self._tail_names = frozenset(tail.names) if tail else frozenset()
         self._index: dict[tuple[str, ...], dict[str, int]] = {}
         # kinds whose table is being built off the event loop, and the time from which their
         # events are owed to subscribers once it is ready (nothing is skipped, only delayed)
         self._building: dict[str, tuple[DayData, asyncio.Task[Any], int]] = {}
-        self._prefetches: set[asyncio.Task[None]] = set()
+        # kinds whose events since a time are still owed after their table was built: a
+        # backlog sent in steps (MAX_MODE_EVENTS_PER_STEP), not in one step that stops the stream
+        self._owed: dict[str, tuple[DayData, int]] = {}
+        self._prefetches: set[asyncio.Task[DayData | None]] = set()
         self.config = config
         self.faults = faults
         self.clock = clock
@@ -133,33 +144,43 @@ class Stream:
                     while clock.target_ms() < start and not stopping.is_set():
                         await _wait(stopping, min(1.0, (start - clock.target_ms()) / 1000))
                     clock.pos_ms = start
-            data = await asyncio.to_thread(self.source.day, day)
+            data = await self.days(day, self._kinds_in_use())
             if data is None:
                 clock.pos_ms = end
                 continue
             self.current_day = data
-            await asyncio.to_thread(data.table, "T")
             following = self.source.first_window_after(end)
             if following is not None and following[0] != prefetching:
                 # the next day is generated while this one streams, whatever state the
                 # previous preparation is in (a day is never waited for twice)
                 prefetching = following[0]
-                kinds = {kind for s in self._active() for kind, _, _ in s.subs.key()}
-                prefetch = asyncio.create_task(
-                    asyncio.to_thread(self._prepare, following[0], kinds | {"T"})
-                )
+                prefetch = asyncio.create_task(self.days(following[0], self._kinds_in_use()))
                 self._prefetches.add(prefetch)
-                prefetch.add_done_callback(self._prefetches.discard)
+                prefetch.add_done_callback(self._prefetched)
             await self._run_window(data, end, stopping)
 
-    def _prepare(self, day: date, kinds: set[str]) -> None:
-        """Generate a day ahead of time (in a worker thread), with the tables in use now."""
+    def _kinds_in_use(self) -> frozenset[str]:
+        return frozenset({kind for s in self._active() for kind, _, _ in s.subs.key()} | {"T"})
+
+    def _prefetched(self, task: asyncio.Task[DayData | None]) -> None:
+        self._prefetches.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self.stopped:
+            # the stream raises it when it reaches that day (and retries it then)
+            self.prefetch_failures += 1
+            log.error("preparing the next day failed: %r", task.exception())
+
+    async def _prepare_in_thread(self, day: date, kinds: frozenset[str]) -> DayData | None:
+        return await asyncio.to_thread(self._prepare, day, kinds)
+
+    def _prepare(self, day: date, kinds: frozenset[str]) -> DayData | None:
+        """Generate a day (in a worker thread), with the tables in use now."""
         data = self.source.day(day)
         if data is None:
-            return
+            return None
         for kind in EVENT_TYPES:
             if kind in kinds:
                 data.table(kind)
+        return data
 
     async def _run_window(self, data: DayData, end: int, stopping: asyncio.Event) -> None:
         clock = self.clock
@@ -199,6 +220,10 @@ class Stream:
             for _, task, _ in list(self._building.values()):
                 await asyncio.wait([task])
             await self.emit(data, end, end, tail=False)
+        while any(owed[0] is data for owed in self._owed.values()):
+            await self.emit(data, end, end, tail=False)
+            await asyncio.sleep(0)
+        self._owed.clear()
 
     def _table_ready(self, data: DayData, kind: str, lo: int) -> int | None:
         """Where this kind's events start in this step: ``lo``, or earlier when its table was
@@ -206,6 +231,9 @@ class Stream:
 
         Building the day's quotes (1-4 s) runs in a worker thread while the other kinds keep
         flowing, rather than pausing the whole stream; they follow in their own order."""
+        owed = self._owed.pop(kind, None)
+        if owed is not None and owed[0] is data:
+            return owed[1]
         pending = self._building.get(kind)
         if pending is not None:
             owner, task, since = pending
@@ -219,6 +247,7 @@ class Stream:
         if data.has_table(kind):
             return lo
         task = asyncio.create_task(asyncio.to_thread(data.table, kind))
+        task.add_done_callback(_retrieved)  # raised to the stream when it looks (below)
         self._building[kind] = (data, task, lo)
         log.info("building the %s events of %s; they follow when ready", kind, data.day)
         return None
@@ -250,6 +279,12 @@ class Stream:
                     await asyncio.to_thread(data.table, kind)
             table = data.table(kind)
             a, b = np.searchsorted(table.emit_ms, [since, hi], side="left").tolist()
+            if since < lo and b - a > MAX_MODE_EVENTS_PER_STEP:  # a backlog: the rest next step
+                cut = int(table.emit_ms[a + MAX_MODE_EVENTS_PER_STEP])
+                cut_at = int(np.searchsorted(table.emit_ms, cut, side="left"))
+                if cut_at > a:  # cut between two emission times: nothing sent twice
+                    b = cut_at
+                    self._owed[kind] = (data, cut)
             if b <= a:
                 continue
             events = table.build(a, b)
@@ -335,6 +370,11 @@ class Stream:
         frames = [faults.encode(merged[i : i + size]) for i in range(0, len(merged), size)]
         self.frames_sent += len(frames)
         return frames
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _wait(stopping: asyncio.Event, seconds: float) -> None:

@@ -251,8 +251,6 @@ class TradeEmit:
         self.cols = cols
         self.emit_ms = cols.report_ms
         self.sym = cols.sym
-        self.t_ms = cols.t_ns // NS_PER_MS
-        self.trft_ms = (cols.t_ns - cols.trf_delta_ns) // NS_PER_MS
         self.names = np.array(day.symbols, dtype=object)
         self.tapes = np.array(day.tapes, dtype=np.int64)
         self.cond_table = day.cond_table
@@ -261,8 +259,10 @@ class TradeEmit:
         c = self.cols
         sym = c.sym[lo:hi]
         ctab = self.cond_table
+        t_ns = c.t_ns[lo:hi]  # times in ms per slice: no day-long copies of the column
+        t_ms = (t_ns // NS_PER_MS).tolist()
         trf = c.trf_id[lo:hi].tolist()
-        trft = self.trft_ms[lo:hi].tolist()
+        trft = ((t_ns - c.trf_delta_ns[lo:hi]) // NS_PER_MS).tolist()
         trf_ids = [v or None for v in trf]
         trf_ts = [t if f else None for f, t in zip(trf, trft, strict=True)]
         conds = [ctab[i] for i in c.cond[lo:hi].tolist()]
@@ -280,7 +280,7 @@ class TradeEmit:
                 self.tapes[sym].tolist(),
                 c.price[lo:hi].tolist(),
                 c.size[lo:hi].tolist(),
-                self.t_ms[lo:hi].tolist(),
+                t_ms,
                 c.seq[lo:hi].tolist(),
                 conds,
                 trf_ids,
@@ -330,11 +330,26 @@ class DayData:
     trades: TradeColumns
     cond_table: tuple[tuple[int, ...], ...]
     quote_factory: Callable[[], QuoteColumns] | None = None
+    # what the quotes are made from, picklable (market.QuoteMaker; None for a replay)
+    quote_maker: Any = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _by_symbol: dict[int, NDArray[np.intp]] = field(default_factory=dict, repr=False)
     _tables: dict[str, EmitTable] = field(default_factory=dict, repr=False)
     _updates: U8 | None = field(default=None, repr=False)
     _quotes: QuoteColumns | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (a day generated in another process): without the lock and the quote
+        factory (bound to the generator); quotes already built, or what they are made from
+        (``quote_maker``), travel with the day."""
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        state["quote_factory"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def symbol_index(self, symbol: str) -> int | None:
         try:
@@ -392,6 +407,9 @@ class DayData:
 
     def has_table(self, kind: str) -> bool:
         return kind in self._tables
+
+    def quotes_built(self) -> bool:
+        return self._quotes is not None
 
     def table(self, kind: str) -> EmitTable:
         built = self._tables.get(kind)  # without the lock: another table may be building

@@ -45,6 +45,7 @@ any day can be generated on its own, in any order, by the WebSocket stream or by
 
 from __future__ import annotations
 
+import functools
 import threading
 import zlib
 from collections import OrderedDict
@@ -135,6 +136,16 @@ class _Nbbo:
     seq: I64
 
 
+@dataclass
+class QuoteMaker:
+    """What a day's quotes are made from (:meth:`MarketGenerator.make_quotes`): picklable, so
+    another process can make them without generating the day again."""
+
+    session: sessions.TradingDay
+    nbbos: list[_Nbbo]
+    window: tuple[int, int]
+
+
 class MarketGenerator:
     """Generates (and caches) :class:`DayData` for any trading day."""
 
@@ -208,6 +219,26 @@ class MarketGenerator:
                 while len(self._cache) > self._cache_days:
                     self._cache.popitem(last=False)
                 self._day_locks.pop(day, None)
+            return data
+
+    def cached(self, day: date) -> tuple[bool, DayData | None]:
+        """(True, the day) when it is in the cache, else (False, None); never generates."""
+        with self._lock:
+            if day in self._cache:
+                self._cache.move_to_end(day)
+                return True, self._cache[day]
+            return False, None
+
+    def adopt(self, day: date, data: DayData | None) -> DayData | None:
+        """Cache a day generated elsewhere (another process, same config and anchor: the same
+        values); the day already cached wins, so every reader sees one object per day."""
+        with self._lock:
+            if day in self._cache:
+                self._cache.move_to_end(day)
+                return self._cache[day]
+            self._cache[day] = data
+            while len(self._cache) > self._cache_days:
+                self._cache.popitem(last=False)
             return data
 
     def _rng(self, day: date, stream: int, symbol: str | None = None) -> np.random.Generator:
@@ -402,9 +433,8 @@ class MarketGenerator:
         order = np.lexsort((merged.t_ns, merged.report_ms))
         trades = merged.take(order)
 
-        def quotes() -> QuoteColumns:
-            return self._quotes(session, nbbos, (win_start, win_end))
-
+        maker = QuoteMaker(session, nbbos, (win_start, win_end))
+        with_quotes = self.config.quotes_per_trade > 0
         return DayData(
             day=day,
             symbols=self.symbols,
@@ -414,8 +444,13 @@ class MarketGenerator:
             open_ms=session.open_ms,
             trades=trades,
             cond_table=COND_TABLE,
-            quote_factory=quotes if self.config.quotes_per_trade > 0 else None,
+            quote_factory=functools.partial(self.make_quotes, maker) if with_quotes else None,
+            quote_maker=maker if with_quotes else None,
         )
+
+    def make_quotes(self, maker: QuoteMaker) -> QuoteColumns:
+        """A day's quotes from its NBBO (any generator of the same config makes the same)."""
+        return self._quotes(maker.session, maker.nbbos, maker.window)
 
     def _nbbo(
         self,
