@@ -380,6 +380,26 @@ def test_replicas_spread_over_nodes_unless_told_otherwise(render: Render) -> Non
     assert validator["topologySpreadConstraints"] == spread
 
 
+def test_the_simulator_has_room_for_two_days_and_others_keep_the_default_tmp(
+    render: Render,
+) -> None:
+    objects = parse_manifests(render({"services": {"router": {"tmpSizeLimit": "64Mi"}}}))
+
+    def pod(name: str) -> dict[str, Any]:
+        spec: dict[str, Any] = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+        return spec
+
+    def tmp_size(name: str) -> str:
+        (tmp,) = [v for v in pod(name)["volumes"] if v["name"] == "tmp"]
+        return str(tmp["emptyDir"]["sizeLimit"])
+
+    assert tmp_size("its-marketsim") == "1Gi"
+    assert tmp_size("its-router") == "64Mi"
+    assert tmp_size("its-loader") == "256Mi"
+    (simulator,) = pod("its-marketsim")["containers"]
+    assert simulator["resources"]["limits"]["memory"] == "3Gi"
+
+
 def test_replicas_zero_is_respected(render: Render) -> None:
     objects = parse_manifests(render({"services": {"marketsim": {"replicas": 0}}}))
     assert find(objects, "Deployment", "its-marketsim")["spec"]["replicas"] == 0
