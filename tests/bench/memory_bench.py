@@ -62,6 +62,12 @@ def session(work: Path) -> dict[str, Any]:
                 peak_rss[name] = max(peak_rss.get(name, 0), rss)
             time.sleep(1.0)
         seconds = time.monotonic() - started
+        stack_drops = stack.sim_status()["slow_reader_drops"]
+        # The session is over: the feed stops (the simulator would go on into the next days
+        # without a pause, and the loader would never be seen with nothing left to store).
+        simulator = stack.services["marketsim"].process
+        simulator.terminate()
+        simulator.wait(timeout=30)
         wait_for(lambda: stack.loader_lag() == 0, 120, "loader drained", interval_s=0.5)
         time.sleep(3)  # a few trimmer periods
         end = stack.redis_memory()["used"]
@@ -69,7 +75,6 @@ def session(work: Path) -> dict[str, Any]:
         stored = stack.sql("SELECT count(*) FROM trades")[0][0]
         bars = stack.sql("SELECT count(*) FROM market_data")[0][0]
         decisions = stack.sql("SELECT count(*) FROM signals")[0][0]
-        stack_drops = stack.sim_status()["slow_reader_drops"]
     return {
         "redis_used_peak_bytes": max(peak, end),
         "redis_used_end_bytes": end,

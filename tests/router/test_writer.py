@@ -350,3 +350,34 @@ async def test_a_gap_not_yet_published_is_kept_for_the_next_router_process(redis
     writer.hold_frames([frame(360_000)])
     assert await writer.flush()
     assert await redis_client.hget(WORKER_CLOCK_KEY, "gap") is None
+
+
+async def test_a_backlog_is_written_in_batches_of_at_most_the_event_bound(redis_client: Any):
+    """``batch_max_events`` bounds events: it was compared with the number of frames, so a
+    backlog of frames (each of up to a thousand events) became one batch of up to a million
+    events, written in one pipeline while the read loop waited."""
+    registry = CollectorRegistry()
+    writer = StreamWriter(
+        redis_client,
+        RouterMetrics.create(registry),
+        batch_max_events=1_000,
+        hold_max_events=100_000,
+        symbols=lambda: ["NVDA"],
+        publish_gap=StatusPublisher(redis_client).publish_gap,
+    )
+    queue: asyncio.Queue[Frame] = asyncio.Queue()
+    for k in range(30):  # 30 frames of 100 trades waiting: 3,000 events
+        queue.put_nowait(frame(k * 100, count=100))
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(queue, stop))
+
+    async def all_stored() -> bool:
+        return len(await stored_trades(redis_client)) == 3_000
+
+    await eventually(all_stored)
+    stop.set()
+    await task
+    batches = registry.get_sample_value("router_batch_events_count")
+    within_bound = registry.get_sample_value("router_batch_events_bucket", {"le": "1000.0"})
+    assert batches is not None and batches >= 3
+    assert within_bound == batches

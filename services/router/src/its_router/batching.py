@@ -51,6 +51,11 @@ class Frame(NamedTuple):
     gap_before: str = ""
 
 
+def frame_events(frame: Frame) -> int:
+    """How many events (and statuses) a frame holds, without decoding it: its ``"ev"`` keys."""
+    return frame.payload.count(b'"ev"')
+
+
 @dataclass
 class Group:
     """Events of one (source, type): JSON array bodies (without brackets) and their counts."""

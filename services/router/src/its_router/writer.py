@@ -36,7 +36,7 @@ from its_common.streams import (
     now_ms,
 )
 from its_common.telemetry import current_traceparent
-from its_router.batching import Batch, Frame, build_batch
+from its_router.batching import Batch, Frame, build_batch, frame_events
 from its_router.metrics import RouterMetrics
 
 log = logging.getLogger("its.router.writer")
@@ -141,9 +141,14 @@ class StreamWriter:
             timeout = 0.2 if not self.held else max(0.01, self.retry_at - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 frames.append(await asyncio.wait_for(queue.get(), timeout))
-        # Everything already waiting, up to the batch bound (frames hold ~10-1000 events each).
-        while not queue.empty() and len(frames) < self.batch_max_events:
-            frames.append(queue.get_nowait())
+        # What is waiting, up to the batch bound in events: a frame holds ~10-1,000 of them,
+        # so a bound in frames let a backlog become one batch of a million events that kept
+        # the read loop waiting for seconds. Events are counted by their "ev" keys (C level).
+        events = sum(frame_events(frame) for frame in frames)
+        while not queue.empty() and events < self.batch_max_events:
+            frame = queue.get_nowait()
+            frames.append(frame)
+            events += frame_events(frame)
         return frames
 
     # -- holding and dropping ---------------------------------------------------------------
