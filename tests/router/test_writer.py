@@ -40,18 +40,27 @@ async def stored_trades(client: Any) -> list[int]:
     return sequences
 
 
-def settling_writer(redis_client: Any, now: list[float]) -> StreamWriter:
-    """A writer for NVDA whose gaps settle for 1 s on the clock ``now[0]`` (moved by the test)."""
+def nvda_writer(
+    redis_client: Any,
+    registry: CollectorRegistry | None = None,
+    hold_max_events: int = 1_000,
+    **options: Any,
+) -> StreamWriter:
+    """A writer for NVDA that publishes its gaps, in batches of at most 1,000 events."""
     return StreamWriter(
         redis_client,
-        RouterMetrics.create(CollectorRegistry()),
+        RouterMetrics.create(registry or CollectorRegistry()),
         batch_max_events=1_000,
-        hold_max_events=1_000,
+        hold_max_events=hold_max_events,
         symbols=lambda: ["NVDA"],
         publish_gap=StatusPublisher(redis_client).publish_gap,
-        gap_settle_s=1.0,
-        monotonic=lambda: now[0],
+        **options,
     )
+
+
+def settling_writer(redis_client: Any, now: list[float]) -> StreamWriter:
+    """A writer for NVDA whose gaps settle for 1 s on the clock ``now[0]`` (moved by the test)."""
+    return nvda_writer(redis_client, gap_settle_s=1.0, monotonic=lambda: now[0])
 
 
 async def eventually(check: Any, timeout_s: float = 10.0) -> None:
@@ -166,14 +175,7 @@ async def test_a_late_report_first_after_a_reconnect_does_not_close_its_gap_empt
     stamped up to 15 minutes earlier) or a corrected bar. The chaos soak lost such a trade: it
     closed the reconnect's window as empty, so the window (and the trades sent while the feed
     was down) was never backfilled. The window must wait for the first current event."""
-    writer = StreamWriter(
-        redis_client,
-        RouterMetrics.create(CollectorRegistry()),
-        batch_max_events=1_000,
-        hold_max_events=1_000,
-        symbols=lambda: ["NVDA"],
-        publish_gap=StatusPublisher(redis_client).publish_gap,
-    )
+    writer = nvda_writer(redis_client)
     writer.hold_frames([frame(0)])  # events at ...000 to ...009: the newest before the drop
     late = Trade("NVDA", 4, "late", 3, 100.0, 10, 1_764_081_000_000 - 5 * 60_000, 7, (12,))
     writer.hold_frames([Frame(streams.now_ms(), encode_frame([late]), "ws", "reconnect")])
@@ -191,14 +193,7 @@ async def test_an_invalid_event_becomes_a_gap_window_around_it(redis_client: Any
     """A malformed frame's events go to the dead-letter stream; the trades in it are still the
     exchange's trades, so the window they lie in (from the newest event before the bad frame to
     the first event after it) is published as a gap for the loader to backfill."""
-    writer = StreamWriter(
-        redis_client,
-        RouterMetrics.create(CollectorRegistry()),
-        batch_max_events=1_000,
-        hold_max_events=1_000,
-        symbols=lambda: ["NVDA"],
-        publish_gap=StatusPublisher(redis_client).publish_gap,
-    )
+    writer = nvda_writer(redis_client)
     writer.hold_frames([frame(0)])  # events at ...000 to ...009
     writer.hold_frames([Frame(streams.now_ms(), b'[{"ev":"T","sym":"NVDA","p":')])
     writer.hold_frames([frame(20)])  # the next events: ...020 to ...029
@@ -357,14 +352,7 @@ async def test_a_backlog_is_written_in_batches_of_at_most_the_event_bound(redis_
     backlog of frames (each of up to a thousand events) became one batch of up to a million
     events, written in one pipeline while the read loop waited."""
     registry = CollectorRegistry()
-    writer = StreamWriter(
-        redis_client,
-        RouterMetrics.create(registry),
-        batch_max_events=1_000,
-        hold_max_events=100_000,
-        symbols=lambda: ["NVDA"],
-        publish_gap=StatusPublisher(redis_client).publish_gap,
-    )
+    writer = nvda_writer(redis_client, registry, hold_max_events=100_000)
     queue: asyncio.Queue[Frame] = asyncio.Queue()
     for k in range(30):  # 30 frames of 100 trades waiting: 3,000 events
         queue.put_nowait(frame(k * 100, count=100))
