@@ -360,15 +360,7 @@ async def redis_rule(ctx: RuleContext) -> list[Condition]:
     try:
         await asyncio.wait_for(ctx.redis.ping(), timeout)
     except (RedisError, OSError, TimeoutError) as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
-        return [
-            Condition(
-                "redis_unreachable",
-                "critical",
-                f"Redis does not answer ({reason}; timeout {timeout:.0f}s)",
-                labels={"error": reason},
-            )
-        ]
+        return _unreachable("redis_unreachable", "Redis", exc, timeout)
     return []
 
 
@@ -381,16 +373,21 @@ async def database_rule(ctx: RuleContext) -> list[Condition]:
             async with pool.connection(timeout=timeout) as conn:
                 await conn.execute("SELECT 1")
     except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
-        return [
-            Condition(
-                "database_unreachable",
-                "critical",
-                f"PostgreSQL does not answer ({reason}; timeout {timeout:.0f}s)",
-                labels={"error": reason},
-            )
-        ]
+        return _unreachable("database_unreachable", "PostgreSQL", exc, timeout)
     return []
+
+
+def _unreachable(rule: str, store: str, exc: BaseException, timeout: float) -> list[Condition]:
+    """The critical condition of a store that did not answer within ``timeout``."""
+    reason = "no answer" if isinstance(exc, TimeoutError) else _reason(exc)
+    return [
+        Condition(
+            rule,
+            "critical",
+            f"{store} does not answer ({reason}; timeout {timeout:.0f}s)",
+            labels={"error": reason},
+        )
+    ]
 
 
 async def _recent(redis: aioredis.Redis, stream: str, window_s: float, now_ms: int) -> list[Any]:

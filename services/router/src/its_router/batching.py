@@ -134,7 +134,7 @@ def build_batch(frames: Sequence[Frame], layout: StreamLayout = UNSHARDED) -> Ba
             _add_events(batch, frame, events, body, layout)  # type: ignore[arg-type]
         else:
             pieces = element_bodies(frame.payload, len(events))
-            _add_by_type(batch, frame, events, pieces, layout, types, kinds)
+            _add_by_type(batch, frame, events, pieces, layout, types)
     return batch
 
 
@@ -166,16 +166,15 @@ def _add_by_type(
     pieces: list[bytes] | None,
     layout: StreamLayout,
     types: list[type[Event]] | None = None,
-    kinds: set[type[Event]] | None = None,
 ) -> None:
     """Events of several types (or statuses): each type to its group, in frame order; the
     raw ``pieces`` of the events (:func:`element_bodies`) when known, else re-encoded.
-    ``types``/``kinds``: the events' types and their set, when the caller has them."""
+    ``types``: the events' types, when the caller has them."""
     if types is None:
         types = list(map(type, events))
     newest = 0
     # One C-level pass per type present (a Python loop per event was a hot spot).
-    for kind in sorted(set(types) if kinds is None else kinds, key=_name):
+    for kind in sorted(set(types), key=_name):
         chosen = list(map(is_, types, repeat(kind)))
         if kind is Status:
             batch.statuses.extend(compress(events, chosen))  # type: ignore[arg-type]
