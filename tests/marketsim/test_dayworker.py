@@ -1,6 +1,7 @@
 """Days generated in a separate process (:mod:`its_marketsim.dayworker`): a client at speed max
 gets every event of both days across a day change in order, the generation runs outside the
-event loop's process, failures are reported, and no generator process outlives the simulator."""
+event loop's process, failures are reported, and no generator process outlives the simulator
+(not even a SIGKILLed one)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from its_common.simmarket.market import MarketGenerator
 from its_marketsim.app import Simulator
 from tests.conditions import wait_until
 from tests.marketsim.support import config, open_client, recv_events
+from tests.router.harness import simulator
+from tests.router.harness import wait_until as sync_wait_until
 
 FIRST, SECOND = date(2025, 11, 3), date(2025, 11, 4)
 
@@ -158,3 +161,24 @@ async def test_a_first_quote_subscription_gets_each_owed_quote_once_in_order() -
         await ws.close()
     assert len(got) > 20_000  # more than one step's worth
     assert got == expected[len(expected) - len(got) :]  # each once, in order, to the close
+
+
+def test_the_generator_process_ends_when_a_killed_simulator_cannot_stop_it(tmp_path) -> None:
+    # SIGKILL (an OOM kill, a supervisor's last resort) gives stop() no chance: the generator
+    # process must see its parent gone and end, or it lives on holding memory and the
+    # simulator's stdout (a reader of that pipe would wait forever)
+    with simulator(tmp_path, "--speed", "max") as sim:
+        parent = psutil.Process(sim.process.pid)
+
+        def generator() -> list[psutil.Process]:
+            return [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]
+
+        orphans = sync_wait_until(generator, 60, "the generator process started")
+        orphans += [p for p in parent.children() if p not in orphans]  # its resource tracker
+        sim.process.kill()
+        sim.process.wait(timeout=10)
+        sync_wait_until(
+            lambda: not [p for p in orphans if p.is_running() and p.status() != "zombie"],
+            30,
+            "the generator process ended with its parent",
+        )

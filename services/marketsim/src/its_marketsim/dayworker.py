@@ -20,7 +20,9 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import date
 from typing import TypeVar
@@ -37,16 +39,29 @@ T = TypeVar("T")
 # current day does not regenerate it
 WORKER_CACHE_DAYS = 0
 QUOTE_MAKER_DAYS = 2
+# how often the generator process checks that the simulator still lives
+PARENT_CHECK_S = 0.5
 
 _generator: MarketGenerator | None = None  # in the generator process only
 _folder = ""
 _quote_makers: dict[date, Callable[[], QuoteColumns]] = {}
 
 
-def _start(config: SimConfig, anchor: date, folder: str) -> None:
+def _start(config: SimConfig, anchor: date, folder: str, parent: int) -> None:
     global _generator, _folder
+    threading.Thread(target=_end_with, args=(parent,), name="parent-watch", daemon=True).start()
     _generator = MarketGenerator(config, anchor=anchor, cache_days=WORKER_CACHE_DAYS)
     _folder = folder
+
+
+def _end_with(parent: int) -> None:
+    """In the generator process: end when the simulator is gone. A SIGKILLed simulator cannot
+    stop its pool, and the pool's own queue never reports the loss (this process holds both
+    ends of it), so without this check the process would live on, holding its memory and the
+    simulator's stdout and stderr (whoever reads that pipe would wait for ever)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _day(day: date, kinds: frozenset[str]) -> bytes:
@@ -108,7 +123,7 @@ class DayWorker:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(self.generator.config, self.generator.anchor, self.folder),
+            initargs=(self.generator.config, self.generator.anchor, self.folder, os.getpid()),
         )
 
     def _pools(self) -> list[concurrent.futures.ProcessPoolExecutor]:
