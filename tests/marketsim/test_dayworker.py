@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from concurrent.futures.process import BrokenProcessPool
 from datetime import date
 
 import psutil  # type: ignore[import-untyped]
@@ -17,6 +16,7 @@ import pytest
 from its_common.events import Quote, Trade
 from its_common.simmarket.market import MarketGenerator
 from its_marketsim.app import Simulator
+from its_marketsim.jobprocess import JobProcessGoneError
 from tests.conditions import wait_until
 from tests.marketsim.support import config, open_client, recv_events
 from tests.router.harness import simulator
@@ -112,7 +112,7 @@ async def test_a_generator_process_that_dies_stops_the_stream_with_the_error() -
             return task.done()
 
         await wait_until(stream_ended, timeout_s=120, interval_s=0)
-        assert isinstance(task.exception(), BrokenProcessPool)  # not swallowed
+        assert isinstance(task.exception(), JobProcessGoneError)  # not swallowed
         assert worker.failures >= 1
 
 

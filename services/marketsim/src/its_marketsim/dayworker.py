@@ -2,8 +2,8 @@
 
 Generating a day (and its quotes) takes seconds of numpy and Python work; in a thread of the
 simulator's process it held the GIL long enough to pause the stream at day changes (0.6-14 s
-measured at ``--speed max``). Here one long-lived generator process (``spawn``: no copy of the
-parent's state, no fork of its threads) owns its own :class:`MarketGenerator` with the same
+measured at ``--speed max``). Here one long-lived generator process
+(:mod:`its_marketsim.jobprocess`) owns its own :class:`MarketGenerator` with the same
 config and anchor day, so it produces the same values (every draw is keyed by seed, day and
 symbol). A day comes back with the tables asked for, its arrays mapped from files rather than
 copied (:mod:`its_marketsim.handover`), and is adopted into the parent's generator cache, so REST
@@ -19,10 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import multiprocessing
-import os
 import threading
-import time
 from collections.abc import Callable
 from datetime import date
 from typing import TypeVar
@@ -31,6 +28,7 @@ from its_common.simmarket.config import SimConfig
 from its_common.simmarket.daydata import EVENT_TYPES, DayData, QuoteColumns
 from its_common.simmarket.market import MarketGenerator
 from its_marketsim import handover
+from its_marketsim.jobprocess import JobProcess
 
 log = logging.getLogger("its.marketsim.dayworker")
 T = TypeVar("T")
@@ -39,29 +37,16 @@ T = TypeVar("T")
 # current day does not regenerate it
 WORKER_CACHE_DAYS = 0
 QUOTE_MAKER_DAYS = 2
-# how often the generator process checks that the simulator still lives
-PARENT_CHECK_S = 0.5
 
 _generator: MarketGenerator | None = None  # in the generator process only
 _folder = ""
 _quote_makers: dict[date, Callable[[], QuoteColumns]] = {}
 
 
-def _start(config: SimConfig, anchor: date, folder: str, parent: int) -> None:
+def _start(config: SimConfig, anchor: date, folder: str) -> None:
     global _generator, _folder
-    threading.Thread(target=_end_with, args=(parent,), name="parent-watch", daemon=True).start()
     _generator = MarketGenerator(config, anchor=anchor, cache_days=WORKER_CACHE_DAYS)
     _folder = folder
-
-
-def _end_with(parent: int) -> None:
-    """In the generator process: end when the simulator is gone. A SIGKILLed simulator cannot
-    stop its pool, and the pool's own queue never reports the loss (this process holds both
-    ends of it), so without this check the process would live on, holding its memory and the
-    simulator's stdout and stderr (whoever reads that pipe would wait for ever)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(1)
 
 
 def _day(day: date, kinds: frozenset[str]) -> bytes:
@@ -112,31 +97,21 @@ class DayWorker:
         self._failures_lock = threading.Lock()
         self._pending: dict[date, asyncio.Future[DayData | None]] = {}
         self.folder = handover.folder()
-        self._pool = self._new_pool()
+        self._pool = self._new_pool("marketsim-generator")
         # a second process for quotes asked for while the first generates a day (the first
         # keeps the NBBO of its last days, but a day's generation is not interrupted)
-        self._quotes_pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._quotes_pool: JobProcess | None = None
         self._quotes_lock = threading.Lock()
 
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start,
-            initargs=(self.generator.config, self.generator.anchor, self.folder, os.getpid()),
-        )
+    def _new_pool(self, name: str) -> JobProcess:
+        return JobProcess(name, _start, (self.generator.config, self.generator.anchor, self.folder))
 
-    def _pools(self) -> list[concurrent.futures.ProcessPoolExecutor]:
+    def _pools(self) -> list[JobProcess]:
         return [self._pool] + ([self._quotes_pool] if self._quotes_pool else [])
 
     def pids(self) -> list[int]:
         """Process ids of the generator processes (none before their first job or after stop)."""
-        return [
-            p.pid
-            for pool in self._pools()
-            for p in (getattr(pool, "_processes", None) or {}).values()
-            if p.pid is not None
-        ]
+        return [pool.pid for pool in self._pools() if pool.pid is not None]
 
     async def day(self, day: date, kinds: frozenset[str] = frozenset({"T"})) -> DayData | None:
         """The day, from the parent's cache or generated in the generator process (a day asked
@@ -157,8 +132,8 @@ class DayWorker:
             done.exception()  # retrieved here: logged and counted in _run, raised to waiters
 
     async def _generate(self, day: date, kinds: frozenset[str]) -> DayData | None:
-        loop = asyncio.get_running_loop()
-        payload = await self._run(loop.run_in_executor(self._pool, _day, day, kinds), f"day {day}")
+        job = asyncio.wrap_future(self._pool.submit(_day, day, kinds))
+        payload = await self._run(job, f"day {day}")
         data: DayData | None = await asyncio.to_thread(handover.loads, payload)
         self.days_generated += 1
         wants_quotes = self.generator.config.quotes_per_trade > 0
@@ -187,13 +162,12 @@ class DayWorker:
             if self._stopping:
                 raise RuntimeError("the simulator is stopping")
             if self._quotes_pool is None:
-                self._quotes_pool = self._new_pool()
+                self._quotes_pool = self._new_pool("marketsim-quotes")
             return self._quotes_pool.submit(_quotes_from, payload)
 
     async def fail(self, message: str) -> None:
         """Run a job that raises in the generator process (for tests of the error path)."""
-        loop = asyncio.get_running_loop()
-        await self._run(loop.run_in_executor(self._pool, _fail, message), "a failing job")
+        await self._run(asyncio.wrap_future(self._pool.submit(_fail, message)), "a failing job")
 
     async def _run(self, job: asyncio.Future[T], what: str) -> T:
         try:
@@ -212,21 +186,11 @@ class DayWorker:
         log.exception("generating %s failed in the generator process", what)
 
     def stop(self) -> None:
-        """End the generator process, even in the middle of a day (blocking: call it off the
+        """End the generator processes, even in the middle of a day (blocking: call it off the
         event loop)."""
         with self._quotes_lock:
             self._stopping = True
             pools = self._pools()
-        processes = [
-            p for pool in pools for p in (getattr(pool, "_processes", None) or {}).values()
-        ]
         for pool in pools:
-            pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join()
-        for pool in pools:
-            pool.shutdown(wait=True)
+            pool.stop()
         handover.remove(self.folder)
