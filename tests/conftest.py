@@ -7,6 +7,7 @@ database when it asks for one.
 
 from __future__ import annotations
 
+import faulthandler
 import shutil
 import tempfile
 import uuid
@@ -19,6 +20,17 @@ import redis.asyncio as aioredis
 
 from its_common import redaction
 from its_common.localstack.servers import PostgresServer, RedisServer
+
+# how long the interpreter may take to exit once pytest is done
+EXIT_GRACE_S = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A run that cannot exit (a thread the interpreter joins at exit still waiting) ends after
+    EXIT_GRACE_S with every thread's stack printed and exit status 1, instead of hanging until
+    CI's time limit with nothing to show (it happened: a process pool's manager thread waiting
+    for a reply its terminated worker never finished)."""
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
 
 
 @pytest.fixture(scope="session")
