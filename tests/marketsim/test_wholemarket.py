@@ -90,6 +90,42 @@ def test_tail_is_deterministic_per_second_and_follows_the_rate() -> None:
     assert "ZAAB" not in names and len(set(names)) == 30
 
 
+def test_a_tail_day_prepared_ahead_trades_exactly_as_one_computed_on_the_spot() -> None:
+    ahead = Tail(TailConfig(symbols=300, rate=5_000.0, seed=3))
+    on_the_spot = Tail(TailConfig(symbols=300, rate=5_000.0, seed=3))
+    day = date(2025, 11, 4)
+    ahead.prepare(day)
+    second = _open_ms(day) // 1000 + 600
+    first, again = ahead.second(second), on_the_spot.second(second)
+    assert ahead.days_prepared_ahead == 1 and on_the_spot.days_prepared_ahead == 0
+    assert len(first.t_ms) > 0
+    for field in ("t_ms", "sym", "price", "size", "exchange", "seq"):
+        assert np.array_equal(getattr(first, field), getattr(again, field)), field
+
+
+async def test_the_stream_prepares_the_tail_s_next_day_before_it_gets_there() -> None:
+    # ten minutes before the close, a slow tail: the next day comes after a few steps
+    late = config(whole_market_symbols=50, whole_market_rate=5.0, start="2025-11-03T15:50:00")
+    async with Simulator(late) as sim:
+        tail = sim.tail
+        assert tail is not None
+        ws = await open_client(sim.ws_port, topics="T.*")
+        days: set[date] = set()
+
+        async def second_tail_day() -> bool:
+            events = await recv_events(ws, 30)
+            days.update(
+                _ny_day(e.timestamp)
+                for e in events
+                if isinstance(e, Trade) and e.symbol in tail.names
+            )
+            return len(days) >= 2
+
+        await wait_until(second_tail_day, timeout_s=240, interval_s=0)
+        await ws.close()
+        assert tail.days_prepared_ahead >= 1  # its paths were not computed on the loop
+
+
 def test_bursts_raise_the_rate_for_their_length() -> None:
     tail = Tail(TailConfig(symbols=10, rate=1_000.0, burst_rate=120_000.0, burst_every_s=600))
     open_ms = _open_ms(date(2025, 11, 3))

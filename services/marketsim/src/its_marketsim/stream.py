@@ -154,10 +154,19 @@ class Stream:
                 # the next day is generated while this one streams, whatever state the
                 # previous preparation is in (a day is never waited for twice)
                 prefetching = following[0]
-                prefetch = asyncio.create_task(self.days(following[0], self._kinds_in_use()))
+                prefetch = asyncio.create_task(self._prefetch(following[0]))
                 self._prefetches.add(prefetch)
                 prefetch.add_done_callback(self._prefetched)
             await self._run_window(data, end, stopping)
+
+    async def _prefetch(self, day: date) -> DayData | None:
+        """The next day, and the whole market tail's paths for it, prepared off the loop."""
+        if self.tail is None:
+            return await self.days(day, self._kinds_in_use())
+        data, _ = await asyncio.gather(
+            self.days(day, self._kinds_in_use()), asyncio.to_thread(self.tail.prepare, day)
+        )
+        return data
 
     def _kinds_in_use(self) -> frozenset[str]:
         return frozenset({kind for s in self._active() for kind, _, _ in s.subs.key()} | {"T"})
