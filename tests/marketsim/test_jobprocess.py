@@ -69,6 +69,20 @@ def test_a_job_s_result_and_its_error_come_back_in_order() -> None:
         jobs.stop()
 
 
+def test_a_job_cancelled_by_its_caller_leaves_the_others_alone() -> None:
+    # an asyncio caller cancelled (asyncio.wrap_future) cancels the job's future: its reply
+    # must be dropped, not break the reader (set_result on a cancelled future raises)
+    jobs = JobProcess("test-cancel", _nothing)
+    try:
+        assert jobs.submit(pow, 2, 2).result(60) == 4
+        slow, after = jobs.submit(time.sleep, 0.5), jobs.submit(pow, 2, 5)
+        assert slow.cancel()
+        assert after.result(60) == 32
+        assert jobs.submit(pow, 2, 6).result(60) == 64
+    finally:
+        jobs.stop()
+
+
 def test_a_child_dead_in_the_middle_of_a_reply_fails_every_waiting_job() -> None:
     jobs = JobProcess("test-torn", _nothing)
     try:

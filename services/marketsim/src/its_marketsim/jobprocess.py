@@ -107,6 +107,8 @@ class JobProcess:
                 job, ok, value, remote = connection.recv()
                 with self._lock:
                     future = self._pending.pop(job)
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled by its caller meanwhile: the reply is not wanted
                 if ok:
                     future.set_result(value)
                 else:
@@ -126,7 +128,8 @@ class JobProcess:
             if not stopped:
                 log.error("%s ended with %d jobs waiting: %r", self.name, len(waiting), error)
             for future in waiting:
-                future.set_exception(gone)
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(gone)
 
     def stop(self) -> None:
         """End the child, even in the middle of a job (whose future fails); blocking."""
