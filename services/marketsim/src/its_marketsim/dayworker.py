@@ -97,21 +97,21 @@ class DayWorker:
         self._failures_lock = threading.Lock()
         self._pending: dict[date, asyncio.Future[DayData | None]] = {}
         self.folder = handover.folder()
-        self._pool = self._new_pool("marketsim-generator")
+        self._generator_process = self._new_process("marketsim-generator")
         # a second process for quotes asked for while the first generates a day (the first
         # keeps the NBBO of its last days, but a day's generation is not interrupted)
-        self._quotes_pool: JobProcess | None = None
+        self._quotes_process: JobProcess | None = None
         self._quotes_lock = threading.Lock()
 
-    def _new_pool(self, name: str) -> JobProcess:
+    def _new_process(self, name: str) -> JobProcess:
         return JobProcess(name, _start, (self.generator.config, self.generator.anchor, self.folder))
 
-    def _pools(self) -> list[JobProcess]:
-        return [self._pool] + ([self._quotes_pool] if self._quotes_pool else [])
+    def _processes(self) -> list[JobProcess]:
+        return [self._generator_process] + ([self._quotes_process] if self._quotes_process else [])
 
     def pids(self) -> list[int]:
         """Process ids of the generator processes (none before their first job or after stop)."""
-        return [pool.pid for pool in self._pools() if pool.pid is not None]
+        return [p.pid for p in self._processes() if p.pid is not None]
 
     async def day(self, day: date, kinds: frozenset[str] = frozenset({"T"})) -> DayData | None:
         """The day, from the parent's cache or generated in the generator process (a day asked
@@ -132,7 +132,7 @@ class DayWorker:
             done.exception()  # retrieved here: logged and counted in _run, raised to waiters
 
     async def _generate(self, day: date, kinds: frozenset[str]) -> DayData | None:
-        job = asyncio.wrap_future(self._pool.submit(_day, day, kinds))
+        job = asyncio.wrap_future(self._generator_process.submit(_day, day, kinds))
         payload = await self._run(job, f"day {day}")
         data: DayData | None = await asyncio.to_thread(handover.loads, payload)
         self.days_generated += 1
@@ -156,18 +156,20 @@ class DayWorker:
         """Quotes from the generator process when it is idle (it has the day's NBBO), else from
         the second process, given the NBBO that came with the day (no day generated again)."""
         if not self._pending or maker is None:
-            return self._pool.submit(_quotes, day)
+            return self._generator_process.submit(_quotes, day)
         payload = handover.dumps(maker, self.folder)
         with self._quotes_lock:
             if self._stopping:
                 raise RuntimeError("the simulator is stopping")
-            if self._quotes_pool is None:
-                self._quotes_pool = self._new_pool("marketsim-quotes")
-            return self._quotes_pool.submit(_quotes_from, payload)
+            if self._quotes_process is None:
+                self._quotes_process = self._new_process("marketsim-quotes")
+            return self._quotes_process.submit(_quotes_from, payload)
 
     async def fail(self, message: str) -> None:
         """Run a job that raises in the generator process (for tests of the error path)."""
-        await self._run(asyncio.wrap_future(self._pool.submit(_fail, message)), "a failing job")
+        await self._run(
+            asyncio.wrap_future(self._generator_process.submit(_fail, message)), "a failing job"
+        )
 
     async def _run(self, job: asyncio.Future[T], what: str) -> T:
         try:
@@ -190,7 +192,7 @@ class DayWorker:
         event loop)."""
         with self._quotes_lock:
             self._stopping = True
-            pools = self._pools()
-        for pool in pools:
-            pool.stop()
+            processes = self._processes()
+        for process in processes:
+            process.stop()
         handover.remove(self.folder)

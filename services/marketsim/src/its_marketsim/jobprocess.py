@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger("its.marketsim.jobprocess")
 STOP_JOIN_S = 30.0
@@ -40,6 +40,12 @@ class RemoteTracebackError(Exception):
         return str(self.args[0])
 
 
+class _Child(NamedTuple):
+    process: BaseProcess
+    connection: Connection  # the parent's end
+    reader: threading.Thread  # reads the replies
+
+
 class JobProcess:
     """A child process running ``fn(*args)`` jobs in order (see the module docstring)."""
 
@@ -52,17 +58,15 @@ class JobProcess:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._pending: dict[int, concurrent.futures.Future[Any]] = {}
-        self._process: BaseProcess | None = None
-        self._connection: Connection | None = None
-        self._reader: threading.Thread | None = None
+        self._child: _Child | None = None  # from the first job on
         self._stopped = False
         self._gone: JobProcessGoneError | None = None
 
     @property
     def pid(self) -> int | None:
         """The child's process id (None before the first job and after stop)."""
-        process = self._process
-        return process.pid if process is not None and not self._stopped else None
+        child = self._child
+        return child.process.pid if child is not None and not self._stopped else None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Queue ``fn(*args)`` for the child (``fn`` importable there); its reply settles the
@@ -73,7 +77,7 @@ class JobProcess:
                 raise JobProcessGoneError(f"{self.name} is stopped")
             if self._gone is not None:
                 raise self._gone
-            connection = self._connection or self._start()
+            connection = (self._child or self._start()).connection
             job = next(self._ids)
             self._pending[job] = future
             try:
@@ -83,7 +87,7 @@ class JobProcess:
                 raise JobProcessGoneError(f"{self.name} ended: {error}") from error
         return future
 
-    def _start(self) -> Connection:
+    def _start(self) -> _Child:
         context = multiprocessing.get_context("spawn")
         mine, theirs = context.Pipe()
         process = context.Process(
@@ -94,12 +98,12 @@ class JobProcess:
         )
         process.start()
         theirs.close()  # the child's end lives in the child only: its death is our end of file
-        self._process, self._connection = process, mine
-        self._reader = threading.Thread(
+        reader = threading.Thread(
             target=self._read, args=(mine, process), name=f"{self.name}-replies", daemon=True
         )
-        self._reader.start()
-        return mine
+        reader.start()
+        self._child = _Child(process, mine, reader)
+        return self._child
 
     def _read(self, connection: Connection, process: BaseProcess) -> None:
         try:
@@ -135,9 +139,10 @@ class JobProcess:
         """End the child, even in the middle of a job (whose future fails); blocking."""
         with self._lock:
             self._stopped = True
-            process, connection, reader = self._process, self._connection, self._reader
-        if process is None or connection is None or reader is None:
+            child = self._child
+        if child is None:
             return
+        process, connection, reader = child
         if process.is_alive():
             process.terminate()
         process.join(STOP_JOIN_S)

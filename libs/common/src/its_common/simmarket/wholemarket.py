@@ -193,7 +193,7 @@ class Tail:
         self._minute = _Minute(n)
         self._ready_bars: list[tuple[int, list[MinuteAgg], NDArray[np.int64]]] = []
         self._seconds: dict[int, SecondTrades] = {}
-        self._prepared: dict[date, _DayPaths] = {}
+        self._prepared: tuple[date, _DayPaths] | None = None  # the next day's, set by a thread
         self.trades_generated = 0
         self.days_prepared_ahead = 0  # days whose paths were ready when the stream reached them
 
@@ -232,8 +232,9 @@ class Tail:
     def prepare(self, day: date) -> None:
         """Compute ``day``'s price paths ahead, in a worker thread (for 8,000 tickers about 0.1 s
         of numpy that would otherwise hold the stream's event loop at the day change)."""
-        if day not in self._prepared:
-            self._prepared[day] = self._paths(day)
+        prepared = self._prepared
+        if prepared is None or prepared[0] != day:
+            self._prepared = (day, self._paths(day))  # one assignment: safe across threads
 
     def _paths(self, day: date) -> _DayPaths:
         session = sessions.trading_day(day)
@@ -249,13 +250,12 @@ class Tail:
 
     def _start_day(self, day: date, ms: int) -> None:
         self._day = day
-        paths = self._prepared.pop(day, None)
-        if paths is None:
-            paths = self._paths(day)
-        else:
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == day:
+            paths = prepared[1]
             self.days_prepared_ahead += 1
-        for old in [d for d in self._prepared if d < day]:
-            del self._prepared[old]
+        else:
+            paths = self._paths(day)
         self._session, self._level, self._path = paths
         n = self.config.symbols
         self._seq = np.zeros(n, np.int64)
